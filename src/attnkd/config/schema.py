@@ -1,0 +1,105 @@
+"""Typed configuration. YAML files are the serialised form of :class:`DistillConfig`.
+
+At most three levels deep: ``DistillConfig`` -> section dataclass -> (list of) loss terms.
+Every field has a default, so ``DistillConfig()`` is the default recipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TeacherConfig:
+    """The frozen teacher."""
+
+    name: str = "sentence-transformers/all-MiniLM-L6-v2"
+    """Hub id, local folder, or packaged alias (resolved offline first)."""
+    attn_implementation: str = "sdpa"
+    """'sdpa' (fused) or 'eager'. q/k/v capture works on both."""
+
+
+@dataclass
+class StudentConfig:
+    """How the student is built."""
+
+    init: str = "teacher"
+    """'teacher' (cut layers from the teacher) or a model name/path to start from."""
+    layers: list[int] | None = field(default_factory=lambda: [0, 2, 5])
+    """Teacher layers to keep when init='teacher'; None means use `layer_rule`."""
+    layer_rule: str = ""
+    """Alternative to `layers`: 'every:k', 'first:n' or 'last:n'."""
+    hidden_size: int | None = None
+    """Narrower width than the teacher (fresh init where shapes change); None keeps it."""
+    num_heads: int | None = None
+    intermediate_size: int | None = None
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class LossTermConfig:
+    """One weighted loss term; see ``attnkd ls losses`` for names and their options."""
+
+    name: str = "relation"
+    weight: float = 1.0
+    teacher_layer: int = -1
+    """Teacher layer index (negative counts from the end)."""
+    student_layer: int = -1
+    relation_heads: int | None = None
+    """Relation heads (MiniLMv2); None means the teacher's head count."""
+    relations: list[str] = field(default_factory=lambda: ["qq", "kk", "vv"])
+    temperature: float = 1.0
+    projector: bool = False
+    """Learn a linear map student width -> teacher width (hidden/embedding terms)."""
+    impl: str = "auto"
+    """'auto', 'naive' or 'chunked' for attention/relation/vocabulary losses."""
+
+
+@dataclass
+class DataConfig:
+    data_dir: str | None = None
+    """Benchmark data folder; None means $ATTNKD_DATA_DIR, then ../shared/data."""
+    train_sources: list[str] = field(
+        default_factory=lambda: ["stsb:train", "sst2:train", "mrpc:train", "rte:train", "wikitext2"]
+    )
+    """Unlabeled sentence sources: 'stsb:train', 'sst2:train', 'mrpc:train', 'rte:train',
+    'wikitext2', 'tinyshakespeare', or 'file:PATH' (one sentence per line / tsv / jsonl)."""
+    max_sentences: int | None = None
+    eval_task: str = "stsb:dev"
+    """Evaluation split, 'stsb:dev' or 'stsb:val' (a held-out split of stsb train made by seed)."""
+    val_fraction: float = 0.1
+    max_length: int = 128
+    bad_rows: str = "error"
+    """'error' stops at the first malformed row (naming file and line); 'skip' counts and skips."""
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    clip_norm: float = 1.0
+    eval_every: int = 250
+    save_every: int = 250
+    log_every: int = 10
+    bf16: bool = False
+    seed: int = 0
+    max_minutes: float | None = None
+    """Stop (cleanly, with a checkpoint) once this much wall time has passed."""
+    freeze_embeddings: bool = False
+
+
+@dataclass
+class DistillConfig:
+    """A whole distillation run."""
+
+    name: str = "minilm-sentence"
+    output_dir: str = "runs"
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    losses: list[LossTermConfig] = field(default_factory=lambda: [LossTermConfig()])
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,0 +1,34 @@
+"""Errors that the CLI turns into a clear message and a non-zero exit status."""
+
+from __future__ import annotations
+
+
+class AttnkdError(Exception):
+    """Base class for user-facing errors (bad config, bad data, bad model path).
+
+    The CLI prints ``str(err)`` without a traceback and exits with ``exit_code``.
+    """
+
+    exit_code = 1
+
+
+class ConfigError(AttnkdError):
+    """A config key, value or referenced path is wrong. Raised before any training starts."""
+
+    exit_code = 2
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"config error at '{key}': {message}")
+
+
+class DataError(AttnkdError):
+    """A data file is missing or malformed; the message names the file and line."""
+
+    exit_code = 2
+
+    def __init__(self, path: str, line: int | None, message: str):
+        self.path = str(path)
+        self.line = line
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"data error in {where}: {message}")
