@@ -25,7 +25,8 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         def deco(obj: T) -> T:
             if name in self._items:
-                raise KeyError(f"duplicate {self.kind} name '{name}' (already {self._items[name]!r})")
+                old = self._items[name]
+                raise KeyError(f"duplicate {self.kind} name '{name}' (already {old!r})")
             self._items[name] = obj
             return obj
 

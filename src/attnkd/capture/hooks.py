@@ -63,9 +63,7 @@ class Capture:
     >>> q = cap.taps.get("q", 5)          # (batch, seq, heads*head_dim)
     """
 
-    def __init__(
-        self, model: nn.Module, taps: Iterable[Tap], adapter: FamilyAdapter | None = None
-    ):
+    def __init__(self, model: nn.Module, taps: Iterable[Tap], adapter: FamilyAdapter | None = None):
         self.model = model
         self.adapter = adapter or adapter_for(model)
         self.base = base_model(model)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 
 def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
-    """(batch, seq, width) hidden states, (batch, seq) mask -> (batch, width) mean over real tokens."""
+    """Mean over real tokens: (batch, seq, width), (batch, seq) mask -> (batch, width)."""
     m = mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
 

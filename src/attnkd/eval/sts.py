@@ -40,5 +40,7 @@ def sts_eval(
     cos = torch.nn.functional.cosine_similarity(a, b, dim=-1).numpy()
     gold = torch.tensor(list(scores), dtype=torch.float64).numpy()
     rho = spearmanr(cos, gold).statistic
-    pear = float(torch.corrcoef(torch.stack([torch.from_numpy(cos).double(), torch.from_numpy(gold)]))[0, 1])
+    pear = float(
+        torch.corrcoef(torch.stack([torch.from_numpy(cos).double(), torch.from_numpy(gold)]))[0, 1]
+    )
     return StsResult(spearman=100.0 * float(rho), pearson=100.0 * pear, n=len(scores))

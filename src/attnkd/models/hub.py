@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from attnkd.errors import AttnkdError
+from attnkd.export import write_sentence_transformers_files
 from attnkd.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -135,44 +136,13 @@ def _build_once(target: Path, build: Callable[[Path], None]) -> Path:
     return target
 
 
-def _write_sentence_transformers_files(folder: Path, hidden: int, max_seq_length: int) -> None:
-    """modules.json (Transformer -> mean Pooling), 1_Pooling/config.json, sentence_bert_config."""
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {
-            "idx": 1,
-            "name": "1",
-            "path": "1_Pooling",
-            "type": "sentence_transformers.models.Pooling",
-        },
-    ]
-    pooling = {
-        "word_embedding_dimension": hidden,
-        "pooling_mode_cls_token": False,
-        "pooling_mode_mean_tokens": True,
-        "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False,
-    }
-    (folder / "1_Pooling").mkdir(exist_ok=True)
-    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
-    # The ONNX export has no pooler weights; model_args keeps sentence-transformers from
-    # building a randomly initialised one (mean pooling never reads it).
-    sbert = {
-        "max_seq_length": max_seq_length,
-        "do_lower_case": False,
-        "model_args": {"add_pooling_layer": False},
-    }
-    (folder / "sentence_bert_config.json").write_text(json.dumps(sbert, indent=2))
-
-
 def _build_paraphrase_l3(onnx_file: Path, tokenizer_dir: Path) -> Path:
     from attnkd.models.onnx_bert import convert_onnx_bert, verify_against_onnxruntime
 
     def build(tmp: Path) -> None:
         log.info("converting %s to a Hugging Face folder (once)", onnx_file)
         convert_onnx_bert(onnx_file, tmp, tokenizer_source=tokenizer_dir, num_heads=12)
-        _write_sentence_transformers_files(tmp, hidden=384, max_seq_length=128)
+        write_sentence_transformers_files(tmp, hidden=384, max_seq_length=128)
         diff = verify_against_onnxruntime(onnx_file, tmp)
         if diff > 1e-4:
             raise AttnkdError(f"converted {onnx_file} differs from onnxruntime by {diff:.2e}")

@@ -41,7 +41,9 @@ def select_layers(num_layers: int, layers: list[int] | None = None, rule: str = 
     try:
         k = int(arg)
     except ValueError:
-        raise ValueError(f"layer rule '{rule}': expected 'every:k', 'first:n' or 'last:n'") from None
+        raise ValueError(
+            f"layer rule '{rule}': expected 'every:k', 'first:n' or 'last:n'"
+        ) from None
     if not 1 <= k <= num_layers:
         raise ValueError(f"layer rule '{rule}': {k} must be in 1..{num_layers}")
     if kind == "every":
@@ -78,7 +80,8 @@ def build_student(
         cfg._attn_implementation = attn_implementation
     if cfg.hidden_size % cfg.num_attention_heads:
         raise ValueError(
-            f"student hidden_size {cfg.hidden_size} not divisible by {cfg.num_attention_heads} heads"
+            f"student hidden_size {cfg.hidden_size} is not divisible by "
+            f"{cfg.num_attention_heads} heads"
         )
     kwargs = {}
     if "add_pooling_layer" in type(teacher).__init__.__code__.co_varnames:

@@ -1,0 +1,145 @@
+"""Semantic validation of a :class:`DistillConfig` before any weights load or training starts.
+
+Type and key checks happen when the YAML is read (:mod:`attnkd.config.io`); here the values are
+checked against each other, the data on disk and the models' configs (``config.json`` only):
+layer indices in range, head counts that divide into relation heads, widths that need a
+projector, missing files. Every problem is a :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from attnkd.config.schema import DistillConfig
+from attnkd.errors import AttnkdError, ConfigError, DataError
+from attnkd.models.adapters import AttentionGeometry, geometry
+
+IMPLS = ("auto", "naive", "chunked")
+ATTN_IMPLS = ("sdpa", "eager")
+EVAL_TASKS = ("stsb:dev", "stsb:val")
+
+
+@dataclass
+class Geometries:
+    teacher: AttentionGeometry
+    student: AttentionGeometry
+    student_layers: list[int] | None
+
+
+def _check(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(key, message)
+
+
+def validate_static(cfg: DistillConfig) -> None:
+    """Checks that need neither models nor data."""
+    t, s, d = cfg.train, cfg.student, cfg.data
+    _check(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
+    _check(t.max_steps >= 1, "train.max_steps", f"must be >= 1, got {t.max_steps}")
+    _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
+    _check(t.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {t.grad_accum}")
+    _check(
+        0 <= t.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1), got {t.warmup_ratio}"
+    )
+    _check(t.eval_every >= 1, "train.eval_every", "must be >= 1")
+    _check(t.save_every >= 1, "train.save_every", "must be >= 1")
+    _check(d.max_length >= 8, "data.max_length", f"must be >= 8, got {d.max_length}")
+    _check(0 < d.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
+    _check(d.bad_rows in ("error", "skip"), "data.bad_rows", "expected 'error' or 'skip'")
+    _check(d.eval_task in EVAL_TASKS, "data.eval_task", f"expected one of {EVAL_TASKS}")
+    _check(bool(d.train_sources), "data.train_sources", "needs at least one source")
+    _check(cfg.teacher.attn_implementation in ATTN_IMPLS, "teacher.attn_implementation",
+           f"expected one of {ATTN_IMPLS}")  # fmt: skip
+    _check(s.attn_implementation in ATTN_IMPLS, "student.attn_implementation",
+           f"expected one of {ATTN_IMPLS}")  # fmt: skip
+    _check(bool(cfg.losses), "losses", "needs at least one loss term")
+    from attnkd.losses.terms import TERMS
+
+    for i, term in enumerate(cfg.losses):
+        key = f"losses[{i}]"
+        if term.name not in TERMS:
+            raise ConfigError(
+                f"{key}.name", f"unknown loss '{term.name}'; known: {', '.join(TERMS)}"
+            )
+        _check(term.impl in IMPLS, f"{key}.impl", f"expected one of {IMPLS}")
+        _check(term.weight >= 0, f"{key}.weight", "must be >= 0")
+        _check(term.temperature > 0, f"{key}.temperature", "must be > 0")
+    if s.init == "teacher" and not s.layers and not s.layer_rule:
+        raise ConfigError("student.layers", "give a list of teacher layers or student.layer_rule")
+
+
+def validate_data(cfg: DistillConfig) -> None:
+    """Every training source and the evaluation split can be read (names file and line)."""
+    from attnkd.data.benchmarks import read_stsb
+    from attnkd.data.sources import load_source
+
+    for i, spec in enumerate(cfg.data.train_sources):
+        try:
+            load_source(spec, cfg.data.data_dir, bad_rows=cfg.data.bad_rows)
+        except DataError as err:
+            raise ConfigError(f"data.train_sources[{i}]", str(err)) from err
+    try:
+        read_stsb("dev" if cfg.data.eval_task == "stsb:dev" else "train", cfg.data.data_dir)
+    except DataError as err:
+        raise ConfigError("data.eval_task", str(err)) from err
+
+
+def validate_models(cfg: DistillConfig) -> Geometries:
+    """Check layers, heads and widths against the models' ``config.json``."""
+    from attnkd.losses.terms import TERMS
+    from attnkd.models.load import load_config
+    from attnkd.students.build import select_layers
+
+    try:
+        tcfg = load_config(cfg.teacher.name)
+    except AttnkdError as err:
+        raise ConfigError("teacher.name", str(err)) from err
+    tg = geometry(tcfg)
+    s = cfg.student
+    layers = None
+    if s.init == "teacher":
+        try:
+            layers = select_layers(tg.num_layers, s.layers, s.layer_rule)
+        except (ValueError, IndexError) as err:
+            raise ConfigError(
+                "student.layers" if s.layers else "student.layer_rule", str(err)
+            ) from err
+        width = s.hidden_size or tg.hidden_size
+        heads = s.num_heads or tg.num_heads
+        _check(width % heads == 0, "student.num_heads",
+               f"student width {width} is not divisible by {heads} heads")  # fmt: skip
+        sg = AttentionGeometry(len(layers), width, heads, heads, width // heads)
+    else:
+        try:
+            sg = geometry(load_config(s.init))
+        except AttnkdError as err:
+            raise ConfigError("student.init", str(err)) from err
+    for i, term in enumerate(cfg.losses):
+        key = f"losses[{i}]"
+        try:
+            TERMS.get(term.name).cls(term, tg, sg)
+        except IndexError as err:
+            which = "teacher_layer" if "teacher" in str(err) else "student_layer"
+            raise ConfigError(f"{key}.{which}", str(err)) from err
+        except ValueError as err:
+            msg = str(err)
+            field = "projector" if "projector" in msg else "relation_heads"
+            if "relations" in msg:
+                field = "relations"
+            elif "head counts" in msg:
+                field = "name"
+            raise ConfigError(f"{key}.{field}", msg) from err
+    return Geometries(tg, sg, layers)
+
+
+def validate(cfg: DistillConfig, check_data: bool = True, check_models: bool = True) -> None:
+    """All checks, in order of cost; raises the first :class:`ConfigError`."""
+    validate_static(cfg)
+    if cfg.data.data_dir is not None:
+        _check(Path(cfg.data.data_dir).is_dir(), "data.data_dir",
+               f"folder not found: {cfg.data.data_dir}")  # fmt: skip
+    if check_models:
+        validate_models(cfg)
+    if check_data:
+        validate_data(cfg)

@@ -1,0 +1,237 @@
+"""Configurable loss terms: thin wrappers that pick captured tensors and call pure losses.
+
+A term declares which taps it needs from each model (so capture installs only those hooks),
+then maps them to one of the pure functions in :mod:`attnkd.losses`. Terms with learned
+projectors are ``nn.Module`` s whose parameters are trained with the student.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from attnkd.capture import Tap, Taps, split_heads
+from attnkd.config.schema import LossTermConfig
+from attnkd.eval.encode import mean_pool
+from attnkd.losses import attention as att
+from attnkd.losses import features as feat
+from attnkd.models.adapters import AttentionGeometry, resolve_layer
+from attnkd.registry import Registry
+
+
+@dataclass(frozen=True)
+class TermSpec:
+    """A registered term: its class, a one-line description and the paper it comes from."""
+
+    cls: type[LossTerm]
+    summary: str
+
+
+TERMS: Registry[TermSpec] = Registry("loss term")
+
+RELATION_PAIRS = {"qq": ("q", "q"), "kk": ("k", "k"), "vv": ("v", "v"), "qk": ("q", "k")}
+
+
+def register(name: str, summary: str):
+    def deco(cls):
+        cls.kind = name
+        TERMS.register(name)(TermSpec(cls, summary))
+        return cls
+
+    return deco
+
+
+class LossTerm(nn.Module):
+    """Base: resolves layers against both geometries, declares taps, returns named values."""
+
+    kind = ""
+    teacher_kinds: tuple[str, ...] = ()
+    student_kinds: tuple[str, ...] = ()
+
+    def __init__(self, cfg: LossTermConfig, teacher: AttentionGeometry, student: AttentionGeometry):
+        super().__init__()
+        self.cfg = cfg
+        self.weight = float(cfg.weight)
+        self.tg, self.sg = teacher, student
+        self.t_layer = resolve_layer(cfg.teacher_layer, teacher.num_layers, "teacher_layer")
+        self.s_layer = resolve_layer(cfg.student_layer, student.num_layers, "student_layer")
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}@{self.t_layer}>{self.s_layer}"
+
+    def taps(self) -> tuple[list[Tap], list[Tap]]:
+        return (
+            [Tap(k, self.t_layer) for k in self.teacher_kinds],
+            [Tap(k, self.s_layer) for k in self.student_kinds],
+        )
+
+    def forward(self, t: Taps, s: Taps, mask: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
+@register("relation", "MiniLMv2 self-attention relation KL (Q-Q, K-K, V-V) with relation heads")
+class RelationTerm(LossTerm):
+    def __init__(self, cfg, teacher, student):
+        super().__init__(cfg, teacher, student)
+        self.heads = cfg.relation_heads or teacher.num_heads
+        unknown = [r for r in cfg.relations if r not in RELATION_PAIRS]
+        if unknown:
+            raise ValueError(
+                f"unknown relations {unknown}; expected some of {list(RELATION_PAIRS)}"
+            )
+        for who, g in (("teacher", teacher), ("student", student)):
+            width = g.num_heads * g.head_dim
+            if width % self.heads:
+                raise ValueError(
+                    f"{who} q/k/v width {width} is not divisible by relation_heads={self.heads}"
+                )
+        kinds = sorted({k for r in cfg.relations for k in RELATION_PAIRS[r]})
+        self.teacher_kinds = self.student_kinds = tuple(kinds)
+
+    def forward(self, t, s, mask):
+        out = {}
+        for r in self.cfg.relations:
+            x, y = RELATION_PAIRS[r]
+            out[r] = att.relation_kl(
+                t.get(x, self.t_layer), t.get(y, self.t_layer),
+                s.get(x, self.s_layer), s.get(y, self.s_layer),
+                self.heads, mask=mask, impl=self.cfg.impl,
+            )  # fmt: skip
+        return out
+
+
+class _HeadwiseTerm(LossTerm):
+    """Terms on per-head attention of equal head counts (MiniLM v1, TinyBERT)."""
+
+    def __init__(self, cfg, teacher, student):
+        super().__init__(cfg, teacher, student)
+        if teacher.num_heads != student.num_heads:
+            raise ValueError(
+                f"'{cfg.name}' needs equal head counts (relation_heads does not apply): teacher has "
+                f"{teacher.num_heads}, student {student.num_heads}; use the 'relation' loss instead"
+            )
+
+    def _heads(self, taps: Taps, kind: str, layer: int, g: AttentionGeometry) -> Tensor:
+        heads = g.num_kv_heads if kind in ("k", "v") else g.num_heads
+        return split_heads(taps.get(kind, layer), heads)
+
+
+@register("attention", "MiniLM attention-distribution KL per head (equal head counts)")
+class AttentionTerm(_HeadwiseTerm):
+    teacher_kinds = student_kinds = ("q", "k")
+
+    def forward(self, t, s, mask):
+        tq, tk = (self._heads(t, k, self.t_layer, self.tg) for k in ("q", "k"))
+        sq, sk = (self._heads(s, k, self.s_layer, self.sg) for k in ("q", "k"))
+        return {"at": att.attention_kl(tq, tk, sq, sk, mask=mask, impl=self.cfg.impl)}
+
+
+@register("value_relation", "MiniLM value-relation KL softmax(V V^T/sqrt(d)) per head")
+class ValueRelationTerm(_HeadwiseTerm):
+    teacher_kinds = student_kinds = ("v",)
+
+    def forward(self, t, s, mask):
+        tv = self._heads(t, "v", self.t_layer, self.tg)
+        sv = self._heads(s, "v", self.s_layer, self.sg)
+        return {"vr": att.value_relation_kl(tv, sv, mask=mask, impl=self.cfg.impl)}
+
+
+@register("attention_mse", "TinyBERT MSE of unnormalised attention scores QK^T/sqrt(d)")
+class AttentionScoreTerm(_HeadwiseTerm):
+    teacher_kinds = student_kinds = ("q", "k")
+
+    def forward(self, t, s, mask):
+        tq, tk = (self._heads(t, k, self.t_layer, self.tg) for k in ("q", "k"))
+        sq, sk = (self._heads(s, k, self.s_layer, self.sg) for k in ("q", "k"))
+        loss = att.attention_score_mse(tq, tk, sq, sk, mask=mask, impl=self.cfg.impl)
+        return {"score_mse": loss}
+
+
+class _FeatureTerm(LossTerm):
+    """Feature matching with an optional learned projector student width -> teacher width."""
+
+    tap_kind = "hidden"
+
+    def __init__(self, cfg, teacher, student):
+        super().__init__(cfg, teacher, student)
+        self.teacher_kinds = self.student_kinds = (self.tap_kind,)
+        if cfg.projector:
+            self.projector = feat.Projector(student.hidden_size, teacher.hidden_size)
+        elif student.hidden_size != teacher.hidden_size:
+            raise ValueError(
+                f"student width {student.hidden_size} != teacher width {teacher.hidden_size}: "
+                "set projector: true"
+            )
+        else:
+            self.projector = None
+
+    def pair(self, t: Taps, s: Taps) -> tuple[Tensor, Tensor]:
+        hs = s.get(self.tap_kind, self.s_layer)
+        if self.projector is not None:
+            hs = self.projector(hs)
+        return t.get(self.tap_kind, self.t_layer), hs
+
+
+@register("hidden_mse", "hidden-state MSE (TinyBERT/FitNets), optional learned projector")
+class HiddenMseTerm(_FeatureTerm):
+    def forward(self, t, s, mask):
+        ht, hs = self.pair(t, s)
+        return {"mse": feat.hidden_mse(hs, ht, mask=mask)}
+
+
+@register("hidden_cosine", "hidden-state cosine distance (DistilBERT), optional projector")
+class HiddenCosineTerm(_FeatureTerm):
+    def forward(self, t, s, mask):
+        ht, hs = self.pair(t, s)
+        return {"cos": feat.hidden_cosine(hs, ht, mask=mask)}
+
+
+@register("embedding_mse", "embedding-layer output MSE (TinyBERT), optional projector")
+class EmbeddingMseTerm(_FeatureTerm):
+    tap_kind = "embeddings"
+
+    def __init__(self, cfg, teacher, student):
+        super().__init__(cfg, teacher, student)
+        self.t_layer = self.s_layer = 0
+
+    def forward(self, t, s, mask):
+        ht, hs = self.pair(t, s)
+        return {"mse": feat.embedding_mse(hs, ht, mask=mask)}
+
+
+@register("sentence_mse", "MSE of mean-pooled sentence embeddings (x width), optional projector")
+class SentenceMseTerm(_FeatureTerm):
+    def forward(self, t, s, mask):
+        ht, hs = self.pair(t, s)
+        et, es = mean_pool(ht, mask), mean_pool(hs, mask)
+        return {"mse": ((es - et) ** 2).sum(-1).mean()}
+
+
+@register("sentence_cosine", "1 - cosine of mean-pooled sentence embeddings")
+class SentenceCosineTerm(_FeatureTerm):
+    def forward(self, t, s, mask):
+        ht, hs = self.pair(t, s)
+        et, es = mean_pool(ht, mask), mean_pool(hs, mask)
+        return {"cos": (1 - nn.functional.cosine_similarity(es, et, dim=-1)).mean()}
+
+
+def build_terms(
+    cfgs: list[LossTermConfig], teacher: AttentionGeometry, student: AttentionGeometry
+) -> nn.ModuleList:
+    """Instantiate every configured term (raises ValueError/IndexError on bad settings)."""
+    return nn.ModuleList(TERMS.get(c.name).cls(c, teacher, student) for c in cfgs)
+
+
+def collect_taps(terms: nn.ModuleList) -> tuple[list[Tap], list[Tap]]:
+    """Union of the taps every term needs, for the teacher and the student."""
+    t_taps: set[Tap] = set()
+    s_taps: set[Tap] = set()
+    for term in terms:
+        t, s = term.taps()
+        t_taps.update(t)
+        s_taps.update(s)
+    return sorted(t_taps, key=lambda x: (x.layer, x.kind)), sorted(
+        s_taps, key=lambda x: (x.layer, x.kind)
+    )

@@ -1,0 +1,74 @@
+"""Load teachers and students (weights through safetensors-backed Hugging Face loaders)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from attnkd.errors import AttnkdError
+from attnkd.models.adapters import AttentionGeometry, adapter_for, geometry
+from attnkd.models.hub import resolve_model_path
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    path: str
+    source: str
+    """'local', 'packaged' or 'hub'."""
+    geometry: AttentionGeometry
+
+
+def load_config(name: str):
+    """The Hugging Face config of a model (no weights), for validation before loading."""
+    from transformers import AutoConfig
+
+    resolved = resolve_model_path(name)
+    try:
+        return AutoConfig.from_pretrained(resolved.path)
+    except OSError as err:
+        raise AttnkdError(
+            f"cannot load the config of model '{name}' ({resolved.path}): {err}"
+        ) from err
+
+
+def load_encoder(
+    name: str, attn_implementation: str = "sdpa", tokenizer: bool = True
+) -> LoadedModel:
+    """Load a bare encoder (``AutoModel``) and its tokenizer from a name, folder or packaged copy.
+
+    Only safetensors weights are accepted (``use_safetensors=True``): no unpickling.
+    """
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    resolved = resolve_model_path(name)
+    try:
+        config = AutoConfig.from_pretrained(resolved.path)
+        adapter_for(config.model_type)
+        kwargs = {}
+        if config.model_type in ("bert",):
+            kwargs["add_pooling_layer"] = False
+        model = AutoModel.from_pretrained(
+            resolved.path,
+            attn_implementation=attn_implementation,
+            use_safetensors=True,
+            **kwargs,
+        )
+        tok = AutoTokenizer.from_pretrained(resolved.path) if tokenizer else None
+    except OSError as err:
+        raise AttnkdError(f"cannot load model '{name}' from {resolved.path}: {err}") from err
+    return LoadedModel(model, tok, resolved.path, resolved.source, geometry(model.config))
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode, no gradients: how a teacher is held."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
