@@ -25,7 +25,7 @@ from attnkd.data.benchmarks import read_stsb
 from attnkd.data.collate import DynamicPaddingCollator, LengthGroupedBatches, token_lengths
 from attnkd.data.corpus import build_corpus, split_validation
 from attnkd.engine.checkpoint import load_checkpoint
-from attnkd.engine.loop import StepOutput, fit
+from attnkd.engine.loop import FitResult, StepOutput, fit
 from attnkd.errors import AttnkdError
 from attnkd.eval.sts import sts_eval
 from attnkd.losses.terms import build_terms, collect_taps
@@ -47,16 +47,20 @@ class EvalPairs:
         return set(self.sentences1) | set(self.sentences2)
 
 
-def eval_pairs(cfg: DistillConfig) -> EvalPairs:
-    """The evaluation split: STS-B dev, or a held-out part of STS-B train made by seed."""
-    if cfg.data.eval_task == "stsb:dev":
+def eval_pairs(cfg: DistillConfig, task: str | None = None) -> EvalPairs:
+    """An STS split: 'stsb:dev', or 'stsb:val' (a held-out part of STS-B train, by seed).
+
+    ``task`` defaults to ``cfg.data.eval_task``.
+    """
+    task = task or cfg.data.eval_task
+    if task == "stsb:dev":
         pairs = read_stsb("dev", cfg.data.data_dir)
     else:
         pairs = split_validation(
             read_stsb("train", cfg.data.data_dir), cfg.data.val_fraction, cfg.train.seed
         ).val
     return EvalPairs(
-        cfg.data.eval_task,
+        task,
         [p.sentence1 for p in pairs],
         [p.sentence2 for p in pairs],
         [p.score for p in pairs],
@@ -144,31 +148,36 @@ def run_distill(
     if cfg.train.freeze_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)
 
-    evalset = eval_pairs(cfg)
+    evalset = eval_pairs(cfg, cfg.data.eval_task)
+    selectset = eval_pairs(cfg, cfg.data.select_task)
     corpus = build_corpus(
         cfg.data.train_sources, cfg.data.data_dir, max_sentences=cfg.data.max_sentences,
-        seed=cfg.train.seed, exclude=evalset.sentences(), bad_rows=cfg.data.bad_rows,
+        seed=cfg.train.seed, exclude=evalset.sentences() | selectset.sentences(),
+        bad_rows=cfg.data.bad_rows,
     )  # fmt: skip
     log.info("corpus: %s", corpus.summary())
     batches = GroupedBatches(
         corpus.sentences, tok, cfg.train.batch_size, cfg.data.max_length, cfg.train.seed
     )
 
-    def evaluate() -> dict[str, float]:
-        r = sts_eval(student, tok, evalset.sentences1, evalset.sentences2, evalset.scores,
+    def evaluate(pairs: EvalPairs = selectset) -> dict[str, float]:
+        r = sts_eval(student, tok, pairs.sentences1, pairs.sentences2, pairs.scores,
                      max_length=cfg.data.max_length)  # fmt: skip
         return {"spearman": r.spearman, "pearson": r.pearson}
 
     t0 = time.time()
-    result = fit(
-        cfg.train, distiller, make_step(teacher, distiller), batches, run_dir,
-        evaluate=evaluate, select_metric="spearman", resume=resume, progress=progress,
-    )  # fmt: skip
+    if cfg.train.max_steps == 0:  # evaluate and export the student as built (baselines)
+        result = FitResult(0, None, None, {}, False, run_dir)
+    else:
+        result = fit(
+            cfg.train, distiller, make_step(teacher, distiller), batches, run_dir,
+            evaluate=evaluate, select_metric="spearman", resume=resume, progress=progress,
+        )  # fmt: skip
     train_s = time.time() - t0
     best = run_dir / "checkpoints" / "best"
     if (best / "model.safetensors").exists():
         load_checkpoint(best, distiller)
-    final = evaluate()
+    final = evaluate(evalset)
     t_eval = sts_eval(teacher, tok, evalset.sentences1, evalset.sentences2, evalset.scores,
                       max_length=cfg.data.max_length)  # fmt: skip
     from attnkd.export import export_student
@@ -177,6 +186,7 @@ def run_distill(
     results = {
         "name": cfg.name,
         "eval_split": evalset.name,
+        "select_split": selectset.name,
         "eval_pairs": len(evalset.scores),
         "teacher": {
             "name": cfg.teacher.name,
@@ -188,6 +198,7 @@ def run_distill(
             "params": count_parameters(student),
             "layers": sg.num_layers,
             "best_step": result.best_step,
+            "select_spearman": result.best_metric,
         },  # fmt: skip
         "retention": final["spearman"] / t_eval.spearman,
         "train": {

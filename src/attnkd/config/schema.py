@@ -66,7 +66,10 @@ class DataConfig:
     'wikitext2', 'tinyshakespeare', or 'file:PATH' (one sentence per line / tsv / jsonl)."""
     max_sentences: int | None = None
     eval_task: str = "stsb:dev"
-    """Evaluation split, 'stsb:dev' or 'stsb:val' (a held-out split of stsb train made by seed)."""
+    """Final evaluation split: 'stsb:dev' or 'stsb:val' (a held-out part of STS-B train)."""
+    select_task: str = "stsb:val"
+    """Split evaluated every train.eval_every steps to pick the best checkpoint; keeping it apart
+    from eval_task means the reported figure is not tuned on."""
     val_fraction: float = 0.1
     max_length: int = 128
     bad_rows: str = "error"

@@ -36,7 +36,7 @@ def validate_static(cfg: DistillConfig) -> None:
     """Checks that need neither models nor data."""
     t, s, d = cfg.train, cfg.student, cfg.data
     _check(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
-    _check(t.max_steps >= 1, "train.max_steps", f"must be >= 1, got {t.max_steps}")
+    _check(t.max_steps >= 0, "train.max_steps", f"must be >= 0 (0: no training), got {t.max_steps}")
     _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
     _check(t.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {t.grad_accum}")
     _check(
@@ -48,6 +48,7 @@ def validate_static(cfg: DistillConfig) -> None:
     _check(0 < d.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
     _check(d.bad_rows in ("error", "skip"), "data.bad_rows", "expected 'error' or 'skip'")
     _check(d.eval_task in EVAL_TASKS, "data.eval_task", f"expected one of {EVAL_TASKS}")
+    _check(d.select_task in EVAL_TASKS, "data.select_task", f"expected one of {EVAL_TASKS}")
     _check(bool(d.train_sources), "data.train_sources", "needs at least one source")
     _check(cfg.teacher.attn_implementation in ATTN_IMPLS, "teacher.attn_implementation",
            f"expected one of {ATTN_IMPLS}")  # fmt: skip
@@ -79,10 +80,12 @@ def validate_data(cfg: DistillConfig) -> None:
             load_source(spec, cfg.data.data_dir, bad_rows=cfg.data.bad_rows)
         except DataError as err:
             raise ConfigError(f"data.train_sources[{i}]", str(err)) from err
-    try:
-        read_stsb("dev" if cfg.data.eval_task == "stsb:dev" else "train", cfg.data.data_dir)
-    except DataError as err:
-        raise ConfigError("data.eval_task", str(err)) from err
+    for key in ("eval_task", "select_task"):
+        task = getattr(cfg.data, key)
+        try:
+            read_stsb("dev" if task == "stsb:dev" else "train", cfg.data.data_dir)
+        except DataError as err:
+            raise ConfigError(f"data.{key}", str(err)) from err
 
 
 def validate_models(cfg: DistillConfig) -> Geometries:

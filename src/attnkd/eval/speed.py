@@ -1,0 +1,50 @@
+"""Encode throughput of several models measured side by side, interleaved, in one process."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Throughput:
+    name: str
+    sentences_per_s: float
+    """Median over rounds."""
+    rounds: list[float]
+
+
+@torch.no_grad()
+def measure_throughput(
+    models: dict[str, nn.Module],
+    tokenizer,
+    sentences: Sequence[str],
+    batch_size: int = 64,
+    max_length: int = 128,
+    rounds: int = 5,
+    warmup: int = 1,
+) -> dict[str, Throughput]:
+    """Sentences/s of each model encoding the same batches; models alternate each round so
+    background load hits all of them alike. Tokenisation is done once, outside the timing."""
+    batches = [
+        tokenizer(list(sentences[i : i + batch_size]), padding=True, truncation=True,
+                  max_length=max_length, return_tensors="pt")
+        for i in range(0, len(sentences), batch_size)
+    ]  # fmt: skip
+    for m in models.values():
+        m.eval()
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for r in range(warmup + rounds):
+        for name, m in models.items():
+            t0 = time.perf_counter()
+            for b in batches:
+                m(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                times[name].append(len(sentences) / dt)
+    return {k: Throughput(k, statistics.median(v), v) for k, v in times.items()}
