@@ -19,10 +19,10 @@ DEFAULT_RECIPE = "minilm-sentence"
 
 def _load(config: str | None, overrides: list[str]):
     from attnkd.config.io import apply_overrides, load_config
-    from attnkd.config.schema import DistillConfig
+    from attnkd.config.schema import default_recipe
 
     if config is None:
-        return apply_overrides(DistillConfig(), overrides)
+        return apply_overrides(default_recipe(), overrides)
     return load_config(config, overrides)
 
 

@@ -106,3 +106,21 @@ class DistillConfig:
     losses: list[LossTermConfig] = field(default_factory=lambda: [LossTermConfig()])
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def default_recipe() -> DistillConfig:
+    """The default recipe (``attnkd distill`` with no file; same as recipes/minilm-sentence.yaml):
+    all-MiniLM-L6-v2 -> 3-layer cut {0, 2, 5}; MiniLMv2 relations + last-layer hidden MSE +
+    sentence-embedding MSE; 16 minutes of training on 2 CPU cores."""
+    return DistillConfig(
+        name="minilm-sentence",
+        losses=[
+            LossTermConfig(name="relation", relation_heads=12, relations=["qq", "kk", "vv"]),
+            LossTermConfig(name="hidden_mse"),
+            LossTermConfig(name="sentence_mse", weight=384.0),
+        ],
+        train=TrainConfig(
+            lr=1e-4, batch_size=32, max_steps=4000, max_minutes=16, warmup_ratio=0.02,
+            eval_every=250, save_every=250, log_every=20, freeze_embeddings=True, seed=0,
+        ),  # fmt: skip
+    )

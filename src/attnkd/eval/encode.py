@@ -7,11 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-
-def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
-    """Mean over real tokens: (batch, seq, width), (batch, seq) mask -> (batch, width)."""
-    m = mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+from attnkd.losses.features import mean_pool
 
 
 @torch.no_grad()

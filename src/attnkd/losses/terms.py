@@ -13,7 +13,6 @@ from torch import Tensor, nn
 
 from attnkd.capture import Tap, Taps, split_heads
 from attnkd.config.schema import LossTermConfig
-from attnkd.eval.encode import mean_pool
 from attnkd.losses import attention as att
 from attnkd.losses import features as feat
 from attnkd.models.adapters import AttentionGeometry, resolve_layer
@@ -109,8 +108,8 @@ class _HeadwiseTerm(LossTerm):
         super().__init__(cfg, teacher, student)
         if teacher.num_heads != student.num_heads:
             raise ValueError(
-                f"'{cfg.name}' needs equal head counts (relation_heads does not apply): teacher has "
-                f"{teacher.num_heads}, student {student.num_heads}; use the 'relation' loss instead"
+                f"'{cfg.name}' needs equal head counts: teacher has {teacher.num_heads}, "
+                f"student {student.num_heads}; use the 'relation' loss instead"
             )
 
     def _heads(self, taps: Taps, kind: str, layer: int, g: AttentionGeometry) -> Tensor:
@@ -201,20 +200,18 @@ class EmbeddingMseTerm(_FeatureTerm):
         return {"mse": feat.embedding_mse(hs, ht, mask=mask)}
 
 
-@register("sentence_mse", "MSE of mean-pooled sentence embeddings (x width), optional projector")
+@register("sentence_mse", "MSE of mean-pooled sentence embeddings, optional projector")
 class SentenceMseTerm(_FeatureTerm):
     def forward(self, t, s, mask):
         ht, hs = self.pair(t, s)
-        et, es = mean_pool(ht, mask), mean_pool(hs, mask)
-        return {"mse": ((es - et) ** 2).sum(-1).mean()}
+        return {"mse": feat.sentence_embedding_mse(hs, ht, mask=mask)}
 
 
 @register("sentence_cosine", "1 - cosine of mean-pooled sentence embeddings")
 class SentenceCosineTerm(_FeatureTerm):
     def forward(self, t, s, mask):
         ht, hs = self.pair(t, s)
-        et, es = mean_pool(ht, mask), mean_pool(hs, mask)
-        return {"cos": (1 - nn.functional.cosine_similarity(es, et, dim=-1)).mean()}
+        return {"cos": feat.sentence_embedding_cosine(hs, ht, mask=mask)}
 
 
 def build_terms(

