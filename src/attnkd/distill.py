@@ -26,7 +26,7 @@ from attnkd.data.collate import DynamicPaddingCollator, LengthGroupedBatches, to
 from attnkd.data.corpus import build_corpus, split_validation
 from attnkd.engine.checkpoint import load_checkpoint
 from attnkd.engine.loop import FitResult, StepOutput, fit
-from attnkd.errors import AttnkdError
+from attnkd.errors import AttnkdError, ConfigError
 from attnkd.eval.sts import sts_eval
 from attnkd.losses.terms import build_terms, collect_taps
 from attnkd.models.adapters import geometry
@@ -73,6 +73,11 @@ class GroupedBatches:
     def __init__(
         self, sentences: list[str], tokenizer, batch_size: int, max_length: int, seed: int
     ):
+        if len(sentences) < batch_size:  # drop_last would leave no batch at all
+            raise ConfigError(
+                "train.batch_size",
+                f"{batch_size} is more than the {len(sentences)} training sentences",
+            )
         self.sentences = sentences
         self.collate = DynamicPaddingCollator(tokenizer, max_length=max_length)
         lengths = token_lengths(tokenizer, sentences, max_length)

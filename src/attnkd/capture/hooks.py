@@ -18,7 +18,8 @@ from attnkd.models.adapters import FamilyAdapter, adapter_for, base_model, resol
 
 KINDS = ("q", "k", "v", "context", "hidden", "embeddings")
 """q/k/v: projection outputs (batch, seq, heads*head_dim); context: per-head attention output
-concatenated, before the output projection (batch, seq, width); hidden: the block's output
+concatenated, before the output projection (batch, seq, width), read as that projection's input
+(MPNet's attention module applies the projection itself); hidden: the block's output
 (batch, seq, width); embeddings: the embedding module's output (layer index ignored, use 0)."""
 
 
@@ -81,21 +82,35 @@ class Capture:
             "q": a.query,
             "k": a.key,
             "v": a.value,
-            "context": a.attention,
+            "context": a.attention_output,
             "hidden": a.layers + ".{i}",
             "embeddings": a.embeddings,
         }[tap.kind]
         return template.format(i=tap.layer)
 
     def __enter__(self) -> Capture:
-        for tap in self.requests:
-            module = self.base.get_submodule(self.module_path(tap))
-            self._handles.append(module.register_forward_hook(self._hook(tap)))
+        try:
+            for tap in self.requests:
+                module = self.base.get_submodule(self.module_path(tap))
+                if tap.kind == "context":  # the output projection's input
+                    handle = module.register_forward_pre_hook(self._pre_hook(tap))
+                else:
+                    handle = module.register_forward_hook(self._hook(tap))
+                self._handles.append(handle)
+        except BaseException:  # __exit__ does not run when __enter__ fails
+            self.remove()
+            raise
         return self
 
     def _hook(self, tap: Tap):
         def fn(_module, _inputs, output):
             self.taps.tensors[tap] = _first(output)
+
+        return fn
+
+    def _pre_hook(self, tap: Tap):
+        def fn(_module, inputs):
+            self.taps.tensors[tap] = inputs[0]
 
         return fn
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from attnkd.config.schema import DistillConfig
 from attnkd.errors import AttnkdError, ConfigError, DataError
-from attnkd.models.adapters import AttentionGeometry, geometry
+from attnkd.models.adapters import AttentionGeometry, adapter_for, geometry
 
 IMPLS = ("auto", "naive", "chunked")
 ATTN_IMPLS = ("sdpa", "eager")
@@ -96,7 +96,8 @@ def validate_models(cfg: DistillConfig) -> Geometries:
 
     try:
         tcfg = load_config(cfg.teacher.name)
-    except AttnkdError as err:
+        adapter_for(tcfg.model_type)
+    except (AttnkdError, ValueError) as err:  # ValueError: no adapter for this model family
         raise ConfigError("teacher.name", str(err)) from err
     tg = geometry(tcfg)
     s = cfg.student
@@ -115,9 +116,11 @@ def validate_models(cfg: DistillConfig) -> Geometries:
         sg = AttentionGeometry(len(layers), width, heads, heads, width // heads)
     else:
         try:
-            sg = geometry(load_config(s.init))
-        except AttnkdError as err:
+            scfg = load_config(s.init)
+            adapter_for(scfg.model_type)
+        except (AttnkdError, ValueError) as err:
             raise ConfigError("student.init", str(err)) from err
+        sg = geometry(scfg)
     for i, term in enumerate(cfg.losses):
         key = f"losses[{i}]"
         try:

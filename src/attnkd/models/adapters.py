@@ -40,7 +40,9 @@ class FamilyAdapter:
     key: str
     value: str
     attention: str
-    """Self-attention module whose first output is the per-head context (before output proj)."""
+    """Self-attention module (q/k/v projections and the attention itself)."""
+    attention_output: str
+    """Linear output projection of the attention; its *input* is the per-head context."""
     embeddings: str
     causal: bool = False
     rope: bool = False
@@ -70,6 +72,7 @@ BERT = _register(
         key="encoder.layer.{i}.attention.self.key",
         value="encoder.layer.{i}.attention.self.value",
         attention="encoder.layer.{i}.attention.self",
+        attention_output="encoder.layer.{i}.attention.output.dense",
         embeddings="embeddings",
     )
 )
@@ -83,6 +86,7 @@ MPNET = _register(
         key="encoder.layer.{i}.attention.attn.k",
         value="encoder.layer.{i}.attention.attn.v",
         attention="encoder.layer.{i}.attention.attn",
+        attention_output="encoder.layer.{i}.attention.attn.o",
         embeddings="embeddings",
     )
 )
@@ -123,6 +127,16 @@ def geometry(config) -> AttentionGeometry:
         num_kv_heads=kv,
         head_dim=head_dim,
     )
+
+
+def attn_implementation_for(model_cls: type, requested: str) -> str:
+    """``requested``, or 'eager' when ``model_cls`` has no fused SDPA attention (e.g. MPNet).
+
+    Capture reads q/k/v from the projections, so both backends serve distillation alike.
+    """
+    if requested == "sdpa" and not getattr(model_cls, "_supports_sdpa", False):
+        return "eager"
+    return requested
 
 
 def resolve_layer(index: int, num_layers: int, what: str = "layer") -> int:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 from torch import nn
 
 from attnkd.errors import AttnkdError
-from attnkd.models.adapters import AttentionGeometry, adapter_for, geometry
+from attnkd.models.adapters import (
+    AttentionGeometry,
+    adapter_for,
+    attn_implementation_for,
+    geometry,
+)
 from attnkd.models.hub import resolve_model_path
 
 
@@ -28,7 +34,7 @@ def load_config(name: str):
     resolved = resolve_model_path(name)
     try:
         return AutoConfig.from_pretrained(resolved.path)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: no config.json / unknown model_type
         raise AttnkdError(
             f"cannot load the config of model '{name}' ({resolved.path}): {err}"
         ) from err
@@ -39,25 +45,31 @@ def load_encoder(
 ) -> LoadedModel:
     """Load a bare encoder (``AutoModel``) and its tokenizer from a name, folder or packaged copy.
 
-    Only safetensors weights are accepted (``use_safetensors=True``): no unpickling.
+    Only safetensors weights are accepted (``use_safetensors=True``): no unpickling. Families
+    without fused attention (MPNet) get 'eager' when 'sdpa' is asked for.
     """
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import MODEL_MAPPING, AutoConfig, AutoModel, AutoTokenizer
 
     resolved = resolve_model_path(name)
     try:
         config = AutoConfig.from_pretrained(resolved.path)
-        adapter_for(config.model_type)
+        try:
+            adapter_for(config.model_type)
+        except ValueError as err:
+            raise AttnkdError(f"cannot use model '{name}': {err}") from None
+        model_cls = MODEL_MAPPING[type(config)]
         kwargs = {}
-        if config.model_type in ("bert",):
-            kwargs["add_pooling_layer"] = False
+        if "add_pooling_layer" in inspect.signature(model_cls.__init__).parameters:
+            kwargs["add_pooling_layer"] = False  # mean pooling never reads the pooler (BERT, MPNet)
+        impl = attn_implementation_for(model_cls, attn_implementation)
         model = AutoModel.from_pretrained(
             resolved.path,
-            attn_implementation=attn_implementation,
+            attn_implementation=impl,
             use_safetensors=True,
             **kwargs,
         )
         tok = AutoTokenizer.from_pretrained(resolved.path) if tokenizer else None
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise AttnkdError(f"cannot load model '{name}' from {resolved.path}: {err}") from err
     return LoadedModel(model, tok, resolved.path, resolved.source, geometry(model.config))
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from attnkd.models.adapters import adapter_for, base_model, resolve_layer
+from attnkd.models.adapters import adapter_for, attn_implementation_for, base_model, resolve_layer
 
 
 @dataclass
@@ -77,7 +77,7 @@ def build_student(
     if intermediate_size:
         cfg.intermediate_size = intermediate_size
     if attn_implementation:
-        cfg._attn_implementation = attn_implementation
+        cfg._attn_implementation = attn_implementation_for(type(teacher), attn_implementation)
     if cfg.hidden_size % cfg.num_attention_heads:
         raise ValueError(
             f"student hidden_size {cfg.hidden_size} is not divisible by "
