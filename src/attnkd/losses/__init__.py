@@ -1,5 +1,49 @@
-"""Distillation losses: pure tensor functions (see METHODS.md).
+"""Distillation losses: pure tensor functions (see METHODS.md for the formulas).
 
-Public API (stable names): ``attention_kl``, ``relation_kl``, ``token_divergence`` and the
-other functions re-exported below.
+Public API (stable names and meanings): ``attention_kl``, ``relation_kl`` and
+``token_divergence``, plus the other attention, logit and feature losses below. Attention and
+relation losses take captured q/k/v, never attention probabilities, and accept
+``impl="naive" | "chunked" | "auto"``; the chunked forms are exact and memory-linear in sequence
+length. Configurable wrappers used by recipes live in :mod:`attnkd.losses.terms`.
 """
+
+from attnkd.losses.attention import (
+    attention_ce,
+    attention_kl,
+    attention_output_mse,
+    attention_score_mse,
+    relation_kl,
+    value_relation_kl,
+)
+from attnkd.losses.features import (
+    Projector,
+    embedding_mse,
+    hidden_cosine,
+    hidden_mse,
+    linear_cka,
+    mean_pool,
+    sentence_embedding_cosine,
+    sentence_embedding_mse,
+)
+from attnkd.losses.logits import KDLoss, hinton_kd, token_divergence, token_divergence_from_hidden
+
+__all__ = [
+    "KDLoss",
+    "Projector",
+    "attention_ce",
+    "attention_kl",
+    "attention_output_mse",
+    "attention_score_mse",
+    "embedding_mse",
+    "hidden_cosine",
+    "hidden_mse",
+    "hinton_kd",
+    "linear_cka",
+    "mean_pool",
+    "relation_kl",
+    "sentence_embedding_cosine",
+    "sentence_embedding_mse",
+    "token_divergence",
+    "token_divergence_from_hidden",
+    "value_relation_kl",
+]
