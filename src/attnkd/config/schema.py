@@ -120,7 +120,15 @@ def default_recipe() -> DistillConfig:
             LossTermConfig(name="sentence_mse", weight=384.0),
         ],
         train=TrainConfig(
-            lr=1e-4, batch_size=32, max_steps=4000, max_minutes=16, warmup_ratio=0.02,
-            eval_every=250, save_every=250, log_every=20, freeze_embeddings=True, seed=0,
+            lr=1e-4,
+            batch_size=32,
+            max_steps=4000,
+            max_minutes=16,
+            warmup_ratio=0.02,
+            eval_every=250,
+            save_every=250,
+            log_every=20,
+            freeze_embeddings=True,
+            seed=0,
         ),  # fmt: skip
     )
