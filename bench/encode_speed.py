@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import torch
@@ -45,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     t = load_encoder(args.teacher)
     models = {"teacher": freeze(t.model)}
     for s in args.student:
-        models[os.path.basename(s.rstrip("/")) or s] = freeze(
-            load_encoder(s, tokenizer=False).model
-        )
+        parts = [x for x in s.rstrip("/").split("/") if x]
+        name = "/".join(parts[-2:]) if parts and parts[-1] == "student" else (parts or [s])[-1]
+        models[name] = freeze(load_encoder(s, tokenizer=False).model)
     if not args.student:
         models["cut-0-2-5"] = freeze(build_student(t.model, [0, 2, 5])[0])
     res = measure_throughput(models, t.tokenizer, sents, args.batch_size, rounds=args.rounds)
