@@ -21,6 +21,10 @@ import subprocess
 import sys
 import time
 
+from attnkd.eval.memory import available_bytes as _available_bytes
+from attnkd.eval.memory import reset_peak as _reset_peak
+from attnkd.eval.memory import status_kb as _status_kb
+
 LOSSES = (
     "attention_kl",
     "relation_kl",
@@ -34,32 +38,6 @@ NAIVE_BYTES_PER_SCORE = 28.0
 """Predicted naive peak per (head, query, key) score, float32 (measured ~26 for attention_kl),
 used until a smaller naive case of the same run gives a measured figure."""
 HEADS, HEAD_DIM = 12, 32
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} missing from /proc/self/status")
-
-
-def _available_bytes() -> int:
-    with open("/proc/meminfo") as fh:
-        for line in fh:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_peak() -> int:
-    """Reset VmHWM to the current RSS when the kernel allows it; return the baseline in kB."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return _status_kb("VmRSS")
-    except OSError:
-        return _status_kb("VmHWM")
 
 
 def _inputs(loss: str, seq: int):

@@ -44,6 +44,8 @@ from torch import Tensor, nn
 from transformers import BertConfig, BertForSequenceClassification
 
 from attnkd.capture import Capture, Tap
+from attnkd.eval.memory import reset_peak as _reset_peak
+from attnkd.eval.memory import status_kb as _status_kb
 from attnkd.losses.attention import relation_kl
 from attnkd.losses.logits import hinton_kd
 
@@ -259,24 +261,6 @@ def interleaved(steps: dict[str, Callable[[], object]], rounds: int, warmup: int
 
 
 # ------------------------------------------------------------------------------ memory probe
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} missing from /proc/self/status")
-
-
-def _reset_peak() -> int:
-    """Reset VmHWM to the current RSS where the kernel allows it; the baseline in kB."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return _status_kb("VmRSS")
-    except OSError:
-        return _status_kb("VmHWM")
 
 
 def memory_probe(cfg: StepConfig, variant: str, steps: int = 2) -> float:

@@ -17,27 +17,14 @@ import subprocess
 import sys
 import time
 
+from attnkd.eval.memory import available_bytes as _available_bytes
+from attnkd.eval.memory import status_kb as _status_kb
+
 KINDS = ("fkl", "rkl", "jsd", "tvd")
 DEFAULT_SIZES = (512, 1024, 2048, 4096, 8192, 16384)
 NAIVE_FACTOR = 10.0
 """Predicted naive extra memory in logits-sized float32 buffers (measured 5-8 on CPU)."""
 CHUNKED_FACTOR = 1.5
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _available_bytes() -> int:
-    with open("/proc/meminfo") as fh:
-        for line in fh:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def run_case(
