@@ -31,7 +31,9 @@ from attnkd.losses import _attention_naive as naive
 from attnkd.losses._mask import check_mask
 
 Impl = Literal["auto", "naive", "chunked"]
-AUTO_CHUNKED_MIN_SEQ = 256
+AUTO_CHUNKED_MIN_SEQ = 32
+"""Measured here (relation_kl fwd+bwd, batch 32, width 384, 12 heads): chunked/naive time 1.14 at
+seq 16, 0.97 at 32, 0.58 at 64, 0.46 at 128, 0.23 at 256."""
 
 
 def attention_kl(
