@@ -204,6 +204,21 @@ def test_best_checkpoint_follows_metric(tmp_path, mode, best_step, best):
     assert read_state(tmp_path / "checkpoints" / "last").best_step == best_step
 
 
+def test_eval_at_start_keeps_initial_weights_when_training_only_hurts(tmp_path):
+    scores = iter([0.8, 0.3, 0.5])  # evaluated at steps 0, 2 and 4
+    model = make_model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    c = cfg(max_steps=4, eval_every=2, eval_at_start=True)
+    _, res = _run(
+        tmp_path, c, model=model, evaluate=lambda: {"score": next(scores)}, select_metric="score"
+    )
+    assert (res.best_step, res.best_metric) == (0, 0.8)
+    m = make_model(seed=5)
+    load_checkpoint(tmp_path / "checkpoints" / "best", m)
+    assert all(torch.equal(v, start[k]) for k, v in m.state_dict().items())
+    assert not all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+
+
 def test_evaluation_does_not_disturb_training(tmp_path):
     def noisy_eval():
         torch.rand(100)  # an evaluation that draws random numbers

@@ -93,6 +93,9 @@ class TrainConfig:
     max_minutes: float | None = None
     """Stop (cleanly, with a checkpoint) once this much wall time has passed."""
     freeze_embeddings: bool = False
+    eval_at_start: bool = False
+    """Evaluate the starting weights (step 0) too, so the best checkpoint is never worse than
+    the initial student on the selection split (useful when starting from a trained model)."""
 
 
 @dataclass

@@ -201,6 +201,8 @@ def fit(
         return metrics
 
     try:
+        if evaluate is not None and cfg.eval_at_start and state.step == 0:
+            final_metrics = run_eval()
         while state.step < cfg.max_steps:
             # --- forward/backward over grad_accum micro-batches
             for j in range(cfg.grad_accum):
