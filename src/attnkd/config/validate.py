@@ -90,7 +90,7 @@ def validate_data(cfg: DistillConfig) -> None:
 
 def validate_models(cfg: DistillConfig) -> Geometries:
     """Check layers, heads and widths against the models' ``config.json``."""
-    from attnkd.losses.terms import TERMS
+    from attnkd.losses.terms import TERMS, TermError
     from attnkd.models.load import load_config
     from attnkd.students.build import select_layers
 
@@ -128,14 +128,8 @@ def validate_models(cfg: DistillConfig) -> Geometries:
         except IndexError as err:
             which = "teacher_layer" if "teacher" in str(err) else "student_layer"
             raise ConfigError(f"{key}.{which}", str(err)) from err
-        except ValueError as err:
-            msg = str(err)
-            field = "projector" if "projector" in msg else "relation_heads"
-            if "relations" in msg:
-                field = "relations"
-            elif "head counts" in msg:
-                field = "name"
-            raise ConfigError(f"{key}.{field}", msg) from err
+        except TermError as err:
+            raise ConfigError(f"{key}.{err.field}", str(err)) from err
     return Geometries(tg, sg, layers)
 
 

@@ -29,6 +29,15 @@ class TermSpec:
 
 TERMS: Registry[TermSpec] = Registry("loss term")
 
+
+class TermError(ValueError):
+    """A loss term's settings do not fit the models; ``field`` names the offending key."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
+
+
 RELATION_PAIRS = {"qq": ("q", "q"), "kk": ("k", "k"), "vv": ("v", "v"), "qk": ("q", "k")}
 
 
@@ -77,14 +86,15 @@ class RelationTerm(LossTerm):
         self.heads = cfg.relation_heads or teacher.num_heads
         unknown = [r for r in cfg.relations if r not in RELATION_PAIRS]
         if unknown:
-            raise ValueError(
-                f"unknown relations {unknown}; expected some of {list(RELATION_PAIRS)}"
+            raise TermError(
+                "relations", f"unknown relations {unknown}; expected some of {list(RELATION_PAIRS)}"
             )
         for who, g in (("teacher", teacher), ("student", student)):
             width = g.num_heads * g.head_dim
             if width % self.heads:
-                raise ValueError(
-                    f"{who} q/k/v width {width} is not divisible by relation_heads={self.heads}"
+                raise TermError(
+                    "relation_heads",
+                    f"{who} q/k/v width {width} is not divisible by relation_heads={self.heads}",
                 )
         kinds = sorted({k for r in cfg.relations for k in RELATION_PAIRS[r]})
         self.teacher_kinds = self.student_kinds = tuple(kinds)
@@ -107,9 +117,10 @@ class _HeadwiseTerm(LossTerm):
     def __init__(self, cfg, teacher, student):
         super().__init__(cfg, teacher, student)
         if teacher.num_heads != student.num_heads:
-            raise ValueError(
+            raise TermError(
+                "name",
                 f"'{cfg.name}' needs equal head counts: teacher has {teacher.num_heads}, "
-                f"student {student.num_heads}; use the 'relation' loss instead"
+                f"student {student.num_heads}; use the 'relation' loss instead",
             )
 
     def _heads(self, taps: Taps, kind: str, layer: int, g: AttentionGeometry) -> Tensor:
@@ -159,9 +170,10 @@ class _FeatureTerm(LossTerm):
         if cfg.projector:
             self.projector = feat.Projector(student.hidden_size, teacher.hidden_size)
         elif student.hidden_size != teacher.hidden_size:
-            raise ValueError(
+            raise TermError(
+                "projector",
                 f"student width {student.hidden_size} != teacher width {teacher.hidden_size}: "
-                "set projector: true"
+                "set projector: true",
             )
         else:
             self.projector = None
