@@ -18,7 +18,9 @@ covers the whole student) plus its distillation terms:
   value relation built by matmul + softmax from a hooked value projection (MiniLM v1 losses).
 
 Variants run round-robin (the starting variant rotates each round) so that background load hits
-all alike; the table gives median seconds and the ratio to the floor. ``--memory`` runs two steps of
+all alike; the table gives median seconds, their ratio to the floor's median, and the paired
+ratio: the median over rounds of (variant time / floor time in the same round), which cancels
+slow drifts of the machine's speed. ``--memory`` runs two steps of
 each variant in its own subprocess: peak RSS (VmHWM, reset after model, gradient and AdamW
 state creation) minus the RSS at that point. ``--profile`` times the pieces of the relations path
 and lists the top aten ops of the relation losses (naive and chunked).
@@ -361,12 +363,22 @@ def profile(m: Models, cfg: StepConfig, rounds: int, warmup: int) -> dict[str, d
 # ------------------------------------------------------------------------------ main
 
 
-def _table(medians: dict[str, float], floor: float, peak: dict[str, float | None]) -> str:
-    rows = [("variant", "median s", "x floor", "peak MB")]
+def paired_ratios(times: dict[str, list[float]], base: str = "floor") -> dict[str, float]:
+    """Median over rounds of each variant's time over the ``base`` time of the same round."""
+    return {v: statistics.median(t / b for t, b in zip(ts, times[base])) for v, ts in times.items()}
+
+
+def _table(
+    medians: dict[str, float], floor: float, paired: dict[str, float], peak: dict[str, float | None]
+) -> str:
+    rows = [("variant", "median s", "x floor", "paired x", "peak MB")]
     for name, sec in medians.items():
         mb = peak.get(name)
-        rows.append((name, f"{sec:.3f}", f"{sec / floor:.3f}", "-" if mb is None else f"{mb:.0f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        rows.append(
+            (name, f"{sec:.3f}", f"{sec / floor:.3f}", f"{paired[name]:.3f}",
+             "-" if mb is None else f"{mb:.0f}")
+        )  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -410,9 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     floor = medians["floor"]
     prof = profile(models, cfg, args.rounds, args.warmup) if args.profile else None
     peak = {v: _spawn_probe(cfg, v) for v in VARIANTS} if args.memory else {}
+    paired = paired_ratios(times)
     result = {f"{v}_s": medians[v] for v in VARIANTS}
     result |= {
         "ratios": {v: medians[v] / floor for v in VARIANTS},
+        "paired_ratios": paired,
         "peak_mb": peak,
         "config": {
             **asdict(cfg),
@@ -427,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if prof is not None:
         result["profile"] = prof
-    print(_table(medians, floor, peak))
+    print(_table(medians, floor, paired, peak))
     if prof is not None:
         print("\nrelations path, median s per piece:")
         print("\n".join(f"  {k:24s} {v:.4f}" for k, v in prof["median_s"].items()))

@@ -91,5 +91,11 @@ def test_quick_run_and_every_variant_trains(tmp_path):
     res = json.loads(out.read_text())
     for v in ds.VARIANTS:
         assert res[f"{v}_s"] > 0 and len(res["times_s"][v]) == 1
-    assert res["ratios"]["floor"] == 1.0
+    assert res["ratios"]["floor"] == 1.0 and res["paired_ratios"]["floor"] == 1.0
     assert res["config"]["batch"] == ds.QUICK["batch"]
+
+
+def test_paired_ratios_use_the_same_round():
+    times = {"floor": [1.0, 2.0, 4.0], "x": [1.1, 2.2, 4.0]}
+    got = ds.paired_ratios(times)
+    assert got["floor"] == 1.0 and got["x"] == pytest.approx(1.1)

@@ -107,8 +107,11 @@ def _case(seed: int, loss: str, dtype: torch.dtype):
     else:
         tv, sv = t(batch, kv_t, seq, 3, grad=teacher_grad), t(batch, kv_s, seq, 3)
         fn, ins = attention_output_mse, [tq, tk, tv, sq, sk, sv]
-    rows = 1 if seed % 4 == 0 else max(1, seq // rng.randint(2, 4))
-    slab = rows * heads * seq  # several row blocks; batch split as well when batch > 1
+    if seed % 4 == 1:  # whole sequences, two batch elements per block
+        slab = 2 * heads * seq * seq
+    else:  # several row blocks of one batch element each
+        rows = 1 if seed % 4 == 0 else max(1, seq // rng.randint(2, 4))
+        slab = rows * heads * seq
     return fn, ins, kw, slab
 
 
@@ -138,6 +141,7 @@ def test_chunked_equals_naive(seed, loss, dtype, monkeypatch):
     fn, ins, kw, slab = _case(seed, loss, dtype)
     want, want_g = _loss_and_grads(fn, ins, kw, "naive")
     monkeypatch.setattr(blocks, "SLAB_ELEMENTS", slab)
+    monkeypatch.setattr(blocks, "MIN_BLOCK_ROWS", 1)
     got, got_g = _loss_and_grads(fn, ins, kw, "chunked")
     assert got.dtype == want.dtype and torch.isfinite(got)
     rtol = RTOL[dtype]
@@ -203,6 +207,7 @@ def test_gram_score_mse_without_causal_mask():
 
 def test_padding_with_inf_stays_finite(monkeypatch):
     monkeypatch.setattr(blocks, "SLAB_ELEMENTS", 20)
+    monkeypatch.setattr(blocks, "MIN_BLOCK_ROWS", 1)
     g = torch.Generator().manual_seed(4)
     mask = torch.tensor([[False, False, True, True, True, True], [True] * 4 + [False] * 2])
     ins = [torch.randn(2, 2, 6, 3, generator=g) for _ in range(4)]
@@ -246,16 +251,22 @@ def test_upstream_gradient_and_low_precision_inputs():
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_plan_covers_every_row_once(seed):
+def test_plan_covers_every_row_once(seed, monkeypatch):
     rng = random.Random(seed)
     batch, heads, seq = rng.randint(1, 5), rng.randint(1, 4), rng.randint(1, 50)
     causal, slab = rng.random() < 0.5, rng.randint(1, 4000)
+    min_rows = rng.choice([1, 4, 16])
+    monkeypatch.setattr(blocks, "MIN_BLOCK_ROWS", min_rows)
     seen = torch.zeros(batch, seq, dtype=torch.int64)
     for blk in blocks.plan(batch, heads, seq, causal, slab):
         seen[blk.b0 : blk.b1, blk.r0 : blk.r1] += 1
         assert blk.cols == (blk.r1 if causal else seq)
-        size = (blk.b1 - blk.b0) * heads * (blk.r1 - blk.r0) * seq
-        assert size <= max(slab, heads * seq)  # never more than a slab, or one row if larger
+        rows = blk.r1 - blk.r0
+        size = (blk.b1 - blk.b0) * heads * rows * seq
+        # never more than a slab, or MIN_BLOCK_ROWS rows of one sequence if that is larger
+        assert size <= max(slab, min_rows * heads * seq)
+        if rows < seq:  # a partial sequence: one batch element, whole rows stay together
+            assert blk.b1 - blk.b0 == 1
     assert (seen == 1).all()
 
 

@@ -71,6 +71,42 @@ def test_gradient_matches_closed_form(kind):
     torch.testing.assert_close(g, want, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("use_mask", [False, True])
+@pytest.mark.parametrize("chunk", [1, 4, 1000])
+def test_overwrite_teacher_same_values_and_no_own_buffer(kind, use_mask, chunk):
+    """The gradient takes the teacher logits' memory: same loss and gradient as naive."""
+    zs, zt, mask = _inputs(dtype=torch.float64, seed=10 + chunk)
+    m = mask if use_mask else None
+    kw = dict(kind=kind, beta=0.3, temperature=1.5, mask=m)
+    want = token_divergence(zs, zt, impl="naive", **kw)
+    (want_g,) = torch.autograd.grad(want, zs)
+    work = zt.clone()
+    version = work._version
+    got = token_divergence(zs, work, impl="chunked", chunk_size=chunk, overwrite_teacher=True, **kw)
+    assert work._version > version  # the teacher buffer was written
+    got.backward()
+    assert abs(got.item() - want.item()) <= 1e-12 * abs(want.item())
+    assert torch.allclose(zs.grad, want_g, rtol=1e-10, atol=1e-14)
+    assert zs.grad.data_ptr() == work.data_ptr()  # the gradient lives in the teacher's memory
+
+
+def test_overwrite_teacher_falls_back_when_memory_does_not_fit():
+    zs, zt, _ = _inputs(dtype=torch.float64)
+    want = token_divergence(zs, zt, impl="chunked")
+    (want_g,) = torch.autograd.grad(want, zs)
+    for teacher in (zt.float(), zt.transpose(0, 1).contiguous().transpose(0, 1)):
+        keep = teacher.clone()
+        got = token_divergence(zs, teacher, impl="chunked", overwrite_teacher=True)
+        (g,) = torch.autograd.grad(got, zs)
+        assert torch.equal(teacher, keep)  # wrong dtype / not contiguous: left alone
+        assert torch.allclose(g, want_g, rtol=1e-5)
+    keep = zt.clone()  # top-k gathers copies; naive never writes
+    token_divergence(zs, zt, impl="chunked", top_k=3, overwrite_teacher=True).backward()
+    token_divergence(zs, zt, impl="naive", overwrite_teacher=True).backward()
+    assert torch.equal(zt, keep)
+
+
 def test_non_contiguous_logits_and_top_k():
     zs, zt, mask = _inputs(s=7, seed=4)
     shifted_s, shifted_t = zs[:, :-1], zt[:, :-1]  # the usual next-token shift

@@ -3,9 +3,11 @@
 A :class:`Side` holds one model's queries and keys laid out for grouped matmuls (GQA keys are
 shared through a reshape of the queries, never copied per head), builds the score slab of a
 block of query rows into a preallocated buffer and turns a slab gradient ``G = dL/dscores``
-into ``dQ = s G K`` and ``dK += G^T (s Q)`` (times a constant ``alpha``, applied once).
-Key padding costs no pass over the slab: the queries carry an extra column of ones and the
-keys a column holding 0 (real) or ``NEG`` (padded), so the matmul itself adds the mask.
+into ``dQ = s G K`` and ``dK += s G^T Q`` (times a constant ``alpha``). Scale, key padding
+and ``alpha`` cost no pass of their own: each score slab is one ``baddbmm`` that adds the
+(0 or ``NEG``) key bias and applies the scale, and each gradient gemm applies its factor.
+:func:`prepare` turns the raw inputs into contiguous, zero-padded tensors in one pass each
+(an input passed twice, e.g. X of a self-relation X X^T, is prepared once).
 :class:`Terminal` wraps a kernel whose gradients are formed during the forward pass (the
 loss is terminal).
 """
@@ -19,7 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-SLAB_ELEMENTS = 1 << 22  # values per score slab (4M: 16 MB in float32); tests shrink it
+SLAB_ELEMENTS = 1 << 20  # values per score slab (1M: 4 MB in float32); tests shrink it
+"""Measured here (relation_kl x3, batch 32, seq 128, 12 heads, fwd+bwd): 1M values per slab
+106 ms, 512K 114, 2M 117, 4M 134: the few slabs of a block stay in cache."""
+MIN_BLOCK_ROWS = 16  # fewer rows per block than this make thin, slow gemms; tests lower it
 
 
 @dataclass(frozen=True)
@@ -60,15 +65,16 @@ def neg_fill(dtype: torch.dtype) -> float:
 class Side:
     """One model's queries, keys (and values) for row-block matmuls."""
 
-    q: Tensor  # (B, Hkv, g, S, D[+1]), multiplied by ``scale``; +1: the ones column
-    k: Tensor  # (B, Hkv, S, D[+1]); +1: the key-padding bias column
+    q: Tensor  # (B, Hkv, g, S, D), prepared (contiguous, padded rows zero), not scaled
+    k: Tensor  # (B, Hkv, S, D), prepared
     dim: int  # D
     scale: float
+    bias: Tensor | None = None  # (B, S) additive key mask, 0 or NEG
     v: Tensor | None = None  # (B, Hkv, S, Dv)
     dq: Tensor | None = None
     dk: Tensor | None = None
     dv: Tensor | None = None
-    qb: Tensor | None = None  # current block's queries, (b, Hkv, g*rows, D[+1])
+    qb: Tensor | None = None  # current block's queries, (b*Hkv, g*rows, D)
     alpha: float = 1.0  # constant factor of every gradient (mean weight, sign)
 
     @classmethod
@@ -81,20 +87,15 @@ class Side:
         key_bias: Tensor | None = None,
         v: Tensor | None = None,
     ) -> Side:
-        """q (B, H, S, D), k (B, Hkv, S, D); ``key_bias`` (B, S): 0 or NEG per key."""
+        """q (B, H, S, D), k (B, Hkv, S, D), both from :func:`prepare` (q may be k);
+        ``key_bias`` (B, S): 0 or NEG per key."""
         b, h, s, d = q.shape
         hkv = k.shape[1]
-        q = (q * scale).contiguous()  # elementwise ops keep a transposed input's layout
-        if key_bias is not None:
-            q = torch.cat([q, q.new_ones(b, h, s, 1)], dim=-1)
-            k = torch.cat([k, key_bias[:, None, :, None].expand(b, hkv, s, 1)], dim=-1)
-        side = cls(q.reshape(b, hkv, h // hkv, s, q.shape[-1]), k.contiguous(), d, scale)
-        if v is not None:
-            side.v = v.contiguous()
+        side = cls(q.view(b, hkv, h // hkv, s, d), k, d, scale, key_bias, v)
         if grad:
-            side.dq = q.new_zeros(b, hkv, h // hkv, s, d)
+            side.dq = q.new_empty(b, hkv, h // hkv, s, d)  # every row is written once
             side.dk = q.new_zeros(b, hkv, s, d)
-            side.dv = None if v is None else torch.zeros_like(side.v)
+            side.dv = None if v is None else torch.zeros_like(v)
         return side
 
     @property
@@ -105,9 +106,15 @@ class Side:
         """Scaled (and key-masked) scores of the block: (b, H, rows, cols) view of ``buf``."""
         q = self.q[blk.b0 : blk.b1, :, :, blk.r0 : blk.r1]
         nb, hkv, g, rows, d = q.shape
-        self.qb = q.reshape(nb, hkv, g * rows, d)
-        out = view(buf, (nb, hkv, g * rows, blk.cols))
-        torch.matmul(self.qb, self.k[blk.b0 : blk.b1, :, : blk.cols].transpose(-1, -2), out=out)
+        self.qb = q.reshape(nb * hkv, g * rows, d)
+        kt = self.k[blk.b0 : blk.b1, :, : blk.cols].flatten(0, 1).transpose(1, 2)
+        out = view(buf, (nb * hkv, g * rows, blk.cols))
+        if self.bias is None:
+            out.baddbmm_(self.qb, kt, beta=0.0, alpha=self.scale)
+        else:
+            bias = self.bias[blk.b0 : blk.b1, None, None, : blk.cols]
+            bias = bias.expand(nb, hkv, 1, blk.cols).reshape(nb * hkv, 1, blk.cols)
+            torch.baddbmm(bias, self.qb, kt, alpha=self.scale, out=out)
         return out.view(nb, hkv * g, rows, blk.cols)
 
     def grouped(self, x: Tensor) -> Tensor:
@@ -116,33 +123,66 @@ class Side:
         return x.view(nb, h // self.groups, self.groups * rows, n)
 
     def backprop(self, g: Tensor, blk: Block) -> None:
-        """Accumulate ``G K`` into dq and ``G^T (s q)`` into dk for ``g = G`` (b, H, rows, cols).
-
-        Scale and ``alpha`` are applied once, in :meth:`grads`.
-        """
+        """Write ``alpha s G K`` into dq and add ``alpha s G^T Q`` to dk for the block's
+        ``g = G`` (b, H, rows, cols)."""
+        factor = self.alpha * self.scale
         g3 = self.grouped(g).flatten(0, 1)  # (b*Hkv, g*rows, cols)
-        k3 = self.k[blk.b0 : blk.b1, :, : blk.cols, : self.dim].flatten(0, 1)
+        k3 = self.k[blk.b0 : blk.b1, :, : blk.cols].flatten(0, 1)
         dq = self.dq[blk.b0 : blk.b1, :, :, blk.r0 : blk.r1]
-        dq.copy_(torch.bmm(g3, k3).view_as(dq))
-        qb = self.qb[..., : self.dim].flatten(0, 1)
+        if dq.is_contiguous():
+            dq.view(g3.shape[0], g3.shape[1], self.dim).baddbmm_(g3, k3, beta=0.0, alpha=factor)
+        else:
+            dq.copy_(torch.bmm(g3, k3).view_as(dq)).mul_(factor)
         dk = self.dk[blk.b0 : blk.b1, :, : blk.cols]
         if dk.is_contiguous():  # one batched gemm accumulating in place
-            dk.view(-1, blk.cols, self.dim).baddbmm_(g3.transpose(1, 2), qb)
+            dk.view(-1, blk.cols, self.dim).baddbmm_(g3.transpose(1, 2), self.qb, alpha=factor)
         else:  # a strided target would be split into one gemm per batch element
-            dk.add_(torch.bmm(g3.transpose(1, 2), qb).view_as(dk))
+            dk.add_(torch.bmm(g3.transpose(1, 2), self.qb).view_as(dk), alpha=factor)
 
-    def grads(self, need: tuple[bool, ...], mask: Tensor | None) -> list[Tensor | None]:
-        """Gradients of (q, k[, v]) times ``alpha``, zero at padded positions; None where not
-        requested."""
+    def grads(self, need: tuple[bool, ...], mask: Tensor | None = None) -> list[Tensor | None]:
+        """Gradients of (q, k[, v]); None where not requested. ``mask``: overwrite padded
+        positions with 0 (only for kernels whose slab gradient is not already 0 there)."""
         if self.dq is None:
             return [None] * len(need)
         b, hkv, g, s, d = self.dq.shape
-        out = [self.dq.view(b, hkv * g, s, d).mul_(self.alpha * self.scale), self.dk, self.dv]
-        out[1:] = [None if x is None else x.mul_(self.alpha) for x in out[1:]]
+        out = [self.dq.view(b, hkv * g, s, d), self.dk, self.dv]
         if mask is not None:  # padded rows may hold finite garbage: overwrite, never multiply
             pad = ~mask[:, None, :, None]
             out = [None if x is None else x.masked_fill_(pad, 0.0) for x in out]
         return [x if n else None for x, n in zip(out, need)]
+
+
+def compute_dtype(*xs: Tensor | None) -> torch.dtype:
+    """The promoted floating dtype of the inputs, at least float32."""
+    dtype = None
+    for x in xs:
+        if x is not None:
+            dtype = x.dtype if dtype is None else torch.promote_types(dtype, x.dtype)
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def prepare(xs: list[Tensor | None], mask: Tensor | None) -> list[Tensor | None]:
+    """Contiguous copies of (B, H, S, D) inputs in their common compute dtype with padded
+    positions zeroed (inf/NaN there cannot leak; exact, since they are unused). One pass per
+    distinct input: an object passed twice is prepared once and returned twice."""
+    dtype = compute_dtype(*xs)
+    pad = None if mask is None or bool(mask.all()) else (~mask).nonzero(as_tuple=True)
+    done: dict[int, Tensor] = {}
+    out: list[Tensor | None] = []
+    for x in xs:
+        if x is None:
+            out.append(None)
+            continue
+        if id(x) not in done:
+            y = x.detach().to(dtype)
+            if pad is None:
+                y = y.contiguous()
+            else:  # a copy and an indexed fill: several times faster than a masked where
+                y = torch.empty(y.shape, dtype=dtype, device=y.device).copy_(y)
+                y[pad[0], :, pad[1]] = 0
+            done[id(x)] = y
+        out.append(done[id(x)])
+    return out
 
 
 def view(buf: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -154,11 +194,15 @@ def view(buf: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 def plan(batch: int, heads: int, seq: int, causal: bool, slab: int | None) -> list[Block]:
-    """Row blocks of about ``slab`` score values (batch chunks when rows alone are too big)."""
+    """Blocks of about ``slab`` score values: whole sequences of as many batch elements as fit
+    (contiguous gradient rows), else row blocks of one batch element at a time, of at least
+    ``MIN_BLOCK_ROWS`` rows (the slab grows linearly with seq then)."""
     slab = slab or SLAB_ELEMENTS
     per_row = heads * seq
-    bsz = batch if batch * per_row * min(seq, 16) <= slab else max(1, slab // (per_row * 16))
-    rows = max(1, min(seq, slab // (bsz * per_row)))
+    if per_row * seq <= slab:
+        bsz, rows = min(batch, slab // (per_row * seq)), seq
+    else:
+        bsz, rows = 1, min(seq, max(MIN_BLOCK_ROWS, slab // per_row, 1))
     out = []
     for b0 in range(0, batch, bsz):
         for r0 in range(0, seq, rows):
@@ -223,6 +267,21 @@ def row_mask(mask: Tensor | None, batch: int, seq: int, like: Tensor) -> Tensor:
     return mask.to(like.dtype)
 
 
+def merge_aliases(inputs: list[Tensor | None], grads: list[Tensor | None]) -> list[Tensor | None]:
+    """Sum the gradients of an input passed at several positions (X of ``X X^T``) into one
+    tensor laid out like that input, returned at its first position (None at the others):
+    one pass, and a head-split view of a (B, S, W) input then needs no copy in backward."""
+    out = list(grads)
+    for i, x in enumerate(inputs):
+        if x is None or out[i] is None:
+            continue
+        for j in range(i + 1, len(inputs)):
+            if inputs[j] is x and out[j] is not None:
+                merged = torch.empty_like(x, dtype=out[i].dtype)
+                out[i], out[j] = torch.add(out[i], out[j], out=merged), None
+    return out
+
+
 class Terminal(torch.autograd.Function):
     """A scalar loss whose input gradients were formed during the forward pass."""
 
@@ -236,7 +295,12 @@ class Terminal(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        grads = [
-            None if g is None else (g * grad_out).to(dt) for g, dt in zip(ctx.grads, ctx.dtypes)
-        ]
+        # The usual upstream gradient of a loss is exactly 1: no pass over the gradients then.
+        unit = grad_out.device.type == "cpu" and bool(grad_out == 1)
+        grads = []
+        for g, dt in zip(ctx.grads, ctx.dtypes):
+            if g is not None:
+                g = g if unit else g * grad_out
+                g = g if g.dtype == dt else g.to(dt)
+            grads.append(g)
         return (None, None, *grads)

@@ -32,8 +32,10 @@ from attnkd.losses._attention_blocks import (
     causal_fill,
     key_bias,
     mean_weight,
+    merge_aliases,
     neg_fill,
     plan,
+    prepare,
     row_mask,
     view,
     workspace,
@@ -64,7 +66,8 @@ def _divergence_kernel(t: list[Tensor | None], opt: ChunkOptions) -> KernelOut:
     KL = E_P[a - b] - A + B, CE = B - E_P[b]; dL/db = S - P, dL/da = P (d - E_P[d]) with
     d = a - b (KL) or -b (CE).
     """
-    tq, tk, sq, sk, mask = t
+    mask = t[4]
+    tq, tk, sq, sk = prepare(t[:4], mask)
     batch, heads, seq, _ = sq.shape
     linear = opt.student_kernel == "linear"
     bias = key_bias(mask, sq.dtype)
@@ -105,8 +108,11 @@ def _divergence_kernel(t: list[Tensor | None], opt: ChunkOptions) -> KernelOut:
         total += (row * real).sum(dtype=torch.float64)
         if p_side.dq is not None:
             p_side.backprop(d.sub_(dot).mul_(p), blk)
-    grads = [*ts.grads(opt.need[:2], mask), *ss.grads(opt.need[2:4], mask), None]
-    return KernelOut((total * c).to(sq.dtype), grads)
+    # Every slab gradient is exactly 0 at padded rows and keys (identical bias-only rows in
+    # both models, zero probabilities), except with a linear student: overwrite there.
+    fill = mask if linear else None
+    grads = [*ts.grads(opt.need[:2], fill), *ss.grads(opt.need[2:4], fill), None]
+    return KernelOut((total * c).to(sq.dtype), merge_aliases(t, grads))
 
 
 def _linear_rows(
@@ -141,7 +147,8 @@ def _linear_rows(
 
 def _output_mse_kernel(t: list[Tensor | None], opt: ChunkOptions) -> KernelOut:
     """Mean over real rows, heads, features of (softmax(b) v_s - softmax(a) v_t)^2."""
-    tq, tk, tv, sq, sk, sv, mask = t
+    mask = t[6]
+    tq, tk, tv, sq, sk, sv = prepare(t[:6], mask)
     batch, heads, seq, _ = sq.shape
     bias = key_bias(mask, sq.dtype)
     ts = Side.make(tq, tk, tq.shape[-1] ** -0.5, any(opt.need[:3]), bias, v=tv)
@@ -169,8 +176,8 @@ def _output_mse_kernel(t: list[Tensor | None], opt: ChunkOptions) -> KernelOut:
         for side, p, o, raw in ((ss, probs[1], outs[1], bufs[2]), (ts, probs[0], outs[0], bufs[0])):
             if side.dq is not None:
                 _output_backprop(side, p, o, d_out, view(raw, p.shape), blk)
-    grads = [*ts.grads(opt.need[:3], mask), *ss.grads(opt.need[3:6], mask), None]
-    return KernelOut(total.to(sq.dtype), grads)
+    grads = [*ts.grads(opt.need[:3]), *ss.grads(opt.need[3:6]), None]  # 0 at padding already
+    return KernelOut(total.to(sq.dtype), merge_aliases(t, grads))
 
 
 def _output_backprop(
@@ -181,7 +188,7 @@ def _output_backprop(
     pg, dog = side.grouped(p), side.grouped(d_out)
     v = side.v[blk.b0 : blk.b1, :, : blk.cols]
     dv = torch.matmul(pg.transpose(-1, -2), dog)
-    side.dv[blk.b0 : blk.b1, :, : blk.cols].add_(dv)
+    side.dv[blk.b0 : blk.b1, :, : blk.cols].add_(dv, alpha=side.alpha)
     dp = torch.matmul(dog, v.transpose(-1, -2), out=side.grouped(buf)).view_as(p)
     delta = (d_out * o).sum(-1, keepdim=True)
     side.backprop(dp.sub_(delta).mul_(p), blk)
@@ -189,7 +196,8 @@ def _output_backprop(
 
 def _score_mse_kernel(t: list[Tensor | None], opt: ChunkOptions) -> KernelOut:
     """Row-block TinyBERT score MSE (for the causal case; padded inputs are zero)."""
-    tq, tk, sq, sk, mask = t
+    mask = t[4]
+    tq, tk, sq, sk = prepare(t[:4], mask)
     batch, heads, seq, _ = sq.shape
     ts = Side.make(tq, tk, tq.shape[-1] ** -0.5, opt.need[0] or opt.need[1])
     ss = Side.make(sq, sk, sq.shape[-1] ** -0.5, opt.need[2] or opt.need[3])
@@ -207,8 +215,8 @@ def _score_mse_kernel(t: list[Tensor | None], opt: ChunkOptions) -> KernelOut:
             ss.backprop(err, blk)
         if ts.dq is not None:
             ts.backprop(err, blk)
-    grads = [*ts.grads(opt.need[:2], mask), *ss.grads(opt.need[2:4], mask), None]
-    return KernelOut((total / count).to(sq.dtype), grads)
+    grads = [*ts.grads(opt.need[:2]), *ss.grads(opt.need[2:4]), None]  # 0 at padding already
+    return KernelOut((total / count).to(sq.dtype), merge_aliases(t, grads))
 
 
 def allowed_pairs(mask: Tensor | None, batch: int, seq: int, causal: bool) -> int:
@@ -225,8 +233,9 @@ def gram_score_mse(tq: Tensor, tk: Tensor, sq: Tensor, sk: Tensor, mask: Tensor 
     """Non-causal TinyBERT score MSE without any seq x seq matrix (METHODS.md section 6).
 
     ``||s_t Q_t K_t^T - s_s Q_s K_s^T||_F^2`` expanded into d x d Gram matrices accumulated
-    in float64 (float32 would cancel); padded rows of q and k must already be zero. Plain
-    autograd, whose backward is linear in seq as well.
+    in float64 (float32 would cancel); padded rows of q and k must already be zero (this
+    function is plain autograd, so the caller zeroes them with autograd ops). Its backward
+    is linear in seq as well.
     """
     batch, heads, seq, _ = sq.shape
 
@@ -268,7 +277,6 @@ def chunked_output_mse(
 def chunked_score_mse(
     tq: Tensor, tk: Tensor, sq: Tensor, sk: Tensor, mask: Tensor | None, opt: ChunkOptions
 ) -> Tensor:
-    """TinyBERT score MSE: Gram form without a causal mask, row blocks with one."""
-    if not opt.causal:
-        return gram_score_mse(tq, tk, sq, sk, mask)
+    """Row-block TinyBERT score MSE (the causal case; without a causal mask the caller uses
+    :func:`gram_score_mse`, which has no seq x seq slab at all)."""
     return Terminal.apply(_score_mse_kernel, opt, tq, tk, sq, sk, mask)

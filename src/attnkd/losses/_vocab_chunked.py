@@ -194,16 +194,20 @@ def _is_one(grad_out: Tensor) -> bool:
 
 class _ChunkedLogits(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student, teacher, mask, kind, beta, tau, chunk):
+    def forward(ctx, student, teacher, mask, kind, beta, tau, chunk, reuse):
         batch, seq, vocab = student.shape
         cd = compute_dtype(student.dtype)
         want = ctx.needs_input_grad[0]
         n = seq * batch if mask is None else int(mask.sum())
         dz = None
-        if want:
+        if want and reuse and _can_hold_grad(teacher, student):
+            # Each chunk's teacher rows are read (into a workspace slab) before that chunk's
+            # gradient is written over them; other rows are untouched until their turn.
+            dz = teacher
+        elif want:
             dz = torch.empty_like(student, memory_format=torch.contiguous_format)
-            if mask is not None:
-                dz[~mask] = 0
+        if dz is not None and mask is not None:
+            dz[~mask] = 0  # padded rows: never read, so safe to clear first
         total = torch.zeros((), dtype=torch.float64, device=student.device)
         scale = tau / max(n, 1)
         flat = _tokens_as_one_row(student, teacher) if mask is None else None
@@ -235,7 +239,18 @@ class _ChunkedLogits(torch.autograd.Function):
         ctx.dz = None  # hand the buffer over so autograd can adopt it as .grad without a copy
         if not _is_one(grad_out):
             dz.mul_(grad_out.to(dz.dtype))
-        return dz, None, None, None, None, None, None
+        return dz, None, None, None, None, None, None, None
+
+
+def _can_hold_grad(teacher: Tensor, student: Tensor) -> bool:
+    """Whether the teacher logits' memory can take the student-logit gradient in place."""
+    return (
+        teacher.shape == student.shape
+        and teacher.dtype == student.dtype
+        and teacher.device == student.device
+        and teacher.is_contiguous()
+        and not teacher.requires_grad
+    )
 
 
 def chunked_token_divergence(
@@ -246,11 +261,20 @@ def chunked_token_divergence(
     temperature: float,
     mask: Tensor | None,
     chunk_size: int | None,
+    overwrite_teacher: bool = False,
 ) -> Tensor:
-    """Chunked form of ``token_divergence`` on (batch, seq, vocab) logits (arguments checked)."""
+    """Chunked form of ``token_divergence`` on (batch, seq, vocab) logits (arguments checked);
+    ``overwrite_teacher``: the gradient may take the teacher logits' memory."""
     chunk = chunk_size or default_chunk_size(student_logits.shape[-1])
     return _ChunkedLogits.apply(
-        student_logits, teacher_logits.detach(), mask, kind, beta, temperature, chunk
+        student_logits,
+        teacher_logits.detach(),
+        mask,
+        kind,
+        beta,
+        temperature,
+        chunk,
+        overwrite_teacher,
     )
 
 

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from attnkd.losses import _attention_chunked as chunked
 from attnkd.losses import _attention_naive as naive
+from attnkd.losses._attention_blocks import compute_dtype
 from attnkd.losses._mask import check_mask
 
 Impl = Literal["auto", "naive", "chunked"]
@@ -51,10 +52,11 @@ def attention_kl(
     q/k: (B, H, S, D) (D may differ between models; k may have H_kv | H heads).
     ``reverse=True`` gives KL(A_S || A_T). Returns a scalar. (Wang et al. 2020, MiniLM.)
     """
-    tq, tk, sq, sk, mask = _prepare_attention(teacher_q, teacher_k, student_q, student_k, mask)
+    tq, tk, sq, sk, mask = _check_attention(teacher_q, teacher_k, student_q, student_k, mask)
     if _use_chunked(impl, sq.shape[2]):
         opt = _options(causal, (tq, tk, sq, sk), reverse=reverse)
         return chunked.chunked_divergence(tq, tk, sq, sk, mask, opt)
+    tq, tk, sq, sk = _naive_inputs((tq, tk, sq, sk), mask)
     a = naive.scores(tq, tk, tq.shape[-1] ** -0.5)
     b = naive.scores(sq, sk, sq.shape[-1] ** -0.5)
     return naive.divergence(a, b, mask, causal, "kl", reverse)
@@ -78,14 +80,16 @@ def relation_kl(
     head counts may differ between models. Value relation: ``relation_kl(v_t, v_t, v_s, v_s,
     r)``. Mean over relation heads and real rows. (Wang et al. 2021, MiniLMv2.)
     """
-    parts = []
+    parts, split = [], {}
     for name, x in (
         ("teacher_x", teacher_x),
         ("teacher_y", teacher_y),
         ("student_x", student_x),
         ("student_y", student_y),
     ):
-        parts.append(_split_relation_heads(name, x, num_relation_heads))
+        if id(x) not in split:  # X X^T: one view, so the chunked form prepares X once
+            split[id(x)] = _split_relation_heads(name, x, num_relation_heads)
+        parts.append(split[id(x)])
     if teacher_x.shape[-1] != teacher_y.shape[-1] or student_x.shape[-1] != student_y.shape[-1]:
         raise ValueError("x and y of one model must have the same width")
     return attention_kl(*parts, mask=mask, causal=causal, impl=impl, reverse=reverse)
@@ -126,10 +130,11 @@ def attention_ce(
     """
     if student_kernel not in ("softmax", "linear"):
         raise ValueError(f"student_kernel must be 'softmax' or 'linear', got {student_kernel!r}")
-    tq, tk, sq, sk, mask = _prepare_attention(teacher_q, teacher_k, student_q, student_k, mask)
+    tq, tk, sq, sk, mask = _check_attention(teacher_q, teacher_k, student_q, student_k, mask)
     if _use_chunked(impl, sq.shape[2]):
         opt = _options(causal, (tq, tk, sq, sk), mode="ce", student_kernel=student_kernel)
         return chunked.chunked_divergence(tq, tk, sq, sk, mask, opt)
+    tq, tk, sq, sk = _naive_inputs((tq, tk, sq, sk), mask)
     a = naive.scores(tq, tk, tq.shape[-1] ** -0.5)
     if student_kernel == "linear":
         return naive.linear_ce(a, naive.scores(sq, sk, 1.0), mask, causal)
@@ -151,10 +156,13 @@ def attention_score_mse(
     causal). Chunked without causal mask: d x d Gram matrices in float64, no seq^2 at all.
     (Jiao et al. 2020, TinyBERT.)
     """
-    tq, tk, sq, sk, mask = _prepare_attention(teacher_q, teacher_k, student_q, student_k, mask)
-    if _use_chunked(impl, sq.shape[2]):
+    tq, tk, sq, sk, mask = _check_attention(teacher_q, teacher_k, student_q, student_k, mask)
+    if _use_chunked(impl, sq.shape[2]) and causal:
         opt = _options(causal, (tq, tk, sq, sk))
         return chunked.chunked_score_mse(tq, tk, sq, sk, mask, opt)
+    tq, tk, sq, sk = _naive_inputs((tq, tk, sq, sk), mask)
+    if _use_chunked(impl, sq.shape[2]):
+        return chunked.gram_score_mse(tq, tk, sq, sk, mask)
     a = naive.scores(tq, tk, tq.shape[-1] ** -0.5)
     b = naive.scores(sq, sk, sq.shape[-1] ** -0.5)
     return naive.score_mse(a, b, mask, causal)
@@ -176,14 +184,15 @@ def attention_output_mse(
     v: (B, H_kv, S, Dv) like k; Dv must match between models. Mean over batch, heads, real rows
     and the Dv features. (Used by Hedgehog / LoLCATs / MOHAWK-style attention conversion.)
     """
-    tq, tk, sq, sk, mask = _prepare_attention(teacher_q, teacher_k, student_q, student_k, mask)
-    tv = _prepare_values("teacher", teacher_v, tk, mask, tq.dtype)
-    sv = _prepare_values("student", student_v, sk, mask, tq.dtype)
+    tq, tk, sq, sk, mask = _check_attention(teacher_q, teacher_k, student_q, student_k, mask)
+    tv = _check_values("teacher", teacher_v, tk)
+    sv = _check_values("student", student_v, sk)
     if tv.shape[-1] != sv.shape[-1]:
         raise ValueError(f"value head dims differ: teacher {tv.shape[-1]}, student {sv.shape[-1]}")
     if _use_chunked(impl, sq.shape[2]):
         opt = _options(causal, (tq, tk, tv, sq, sk, sv))
         return chunked.chunked_output_mse(tq, tk, tv, sq, sk, sv, mask, opt)
+    tq, tk, tv, sq, sk, sv = _naive_inputs((tq, tk, tv, sq, sk, sv), mask)
     a = naive.scores(tq, tk, tq.shape[-1] ** -0.5)
     b = naive.scores(sq, sk, sq.shape[-1] ** -0.5)
     return naive.output_mse(a, tv, b, sv, mask, causal)
@@ -204,23 +213,19 @@ def _options(causal: bool, tensors: tuple[Tensor, ...], **kw) -> chunked.ChunkOp
     return chunked.ChunkOptions(causal=bool(causal), need=need, **kw)
 
 
-def _compute_dtype(*xs: Tensor) -> torch.dtype:
-    dtype = xs[0].dtype
-    for x in xs[1:]:
-        dtype = torch.promote_types(dtype, x.dtype)
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
-
-def _zero_padding(x: Tensor, mask: Tensor | None, seq_dim: int, dtype: torch.dtype) -> Tensor:
-    """Cast and zero padded positions, so inf/NaN there cannot leak (exact: they are unused)."""
-    x = x.to(dtype)
+def _naive_inputs(xs: tuple[Tensor, ...], mask: Tensor | None) -> list[Tensor]:
+    """Cast to the common compute dtype and zero padded positions (autograd ops), so inf/NaN
+    there cannot leak (exact: they are unused). The chunked kernels do this themselves."""
+    dtype = compute_dtype(*xs)
     if mask is None:
-        return x
-    m = mask[:, None, :, None] if seq_dim == 2 else mask[:, :, None]
-    return torch.where(m, x, torch.zeros((), dtype=dtype, device=x.device))
+        return [x.to(dtype) for x in xs]
+    m = mask[:, None, :, None]
+    zero = torch.zeros((), dtype=dtype, device=mask.device)
+    return [torch.where(m, x.to(dtype), zero) for x in xs]
 
 
-def _prepare_attention(tq: Tensor, tk: Tensor, sq: Tensor, sk: Tensor, mask: Tensor | None):
+def _check_attention(tq: Tensor, tk: Tensor, sq: Tensor, sk: Tensor, mask: Tensor | None):
+    """Validate shapes (GQA, head counts, head dims) and the mask; returns inputs and mask."""
     named = (("teacher_q", tq), ("teacher_k", tk), ("student_q", sq), ("student_k", sk))
     for name, x in named:
         if x.dim() != 4:
@@ -242,18 +247,16 @@ def _prepare_attention(tq: Tensor, tk: Tensor, sq: Tensor, sk: Tensor, mask: Ten
     mask = check_mask(mask, b, s)
     if mask is not None:
         mask = mask.to(tq.device)
-    dtype = _compute_dtype(tq, tk, sq, sk)
-    out = [_zero_padding(x, mask, 2, dtype) for _, x in named]
-    return (*out, mask)
+    return tq, tk, sq, sk, mask
 
 
-def _prepare_values(who: str, v: Tensor, k: Tensor, mask: Tensor | None, dtype: torch.dtype):
+def _check_values(who: str, v: Tensor, k: Tensor) -> Tensor:
     if v.dim() != 4 or v.shape[:3] != k.shape[:3]:
         raise ValueError(
             f"{who}_v must be (batch, kv_heads, seq, dv) like {who}_k "
             f"{tuple(k.shape[:3])}, got {tuple(v.shape)}"
         )
-    return _zero_padding(v, mask, 2, dtype)
+    return v
 
 
 def _split_relation_heads(name: str, x: Tensor, heads: int) -> Tensor:

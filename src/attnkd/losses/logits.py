@@ -108,6 +108,7 @@ def token_divergence(
     impl: str = "auto",
     top_k: int | None = None,
     chunk_size: int | None = None,
+    overwrite_teacher: bool = False,
 ) -> Tensor:
     """Token-level divergence between teacher and student next-token distributions.
 
@@ -127,6 +128,13 @@ def token_divergence(
     chunks of ``chunk_size``, gradient formed in the forward pass, about one logits-sized
     buffer of extra memory) or ``auto`` (chunked from ``AUTO_CHUNK_MIN`` tokens x vocab).
     Gradients flow to the student logits only. The chunked form supports one backward pass.
+
+    overwrite_teacher: let the chunked form write the student-logit gradient into the teacher
+    logits' memory, chunk by chunk as each chunk is consumed, so it needs no gradient buffer
+    of its own (peak extra memory: a few chunk slabs). The teacher logits hold garbage
+    afterwards (their version counter is bumped, so autograd catches any later use it
+    knows of). Needs teacher logits of the student's shape and dtype, contiguous, not
+    reduced by ``top_k``; otherwise (and with ``impl="naive"``) a fresh buffer is used.
     """
     kind = resolve_kind(kind, beta, temperature, top_k)
     if impl not in ("auto", "naive", "chunked"):
@@ -141,7 +149,9 @@ def token_divergence(
     if mask is not None and bool(mask.all()):
         mask = None
     teacher_logits = teacher_logits.detach()
+    reuse = overwrite_teacher
     if top_k is not None and top_k < student_logits.shape[-1]:
+        reuse = False  # the gathered copies are the loss's own
         idx = teacher_logits.topk(top_k, dim=-1).indices
         student_logits = student_logits.gather(-1, idx)
         teacher_logits = teacher_logits.gather(-1, idx)
@@ -150,7 +160,7 @@ def token_divergence(
         impl = "chunked" if n * student_logits.shape[-1] >= AUTO_CHUNK_MIN else "naive"
     if impl == "chunked":
         return chunked_token_divergence(
-            student_logits, teacher_logits, kind, beta, temperature, mask, chunk_size
+            student_logits, teacher_logits, kind, beta, temperature, mask, chunk_size, reuse
         )
     return _naive_token_divergence(student_logits, teacher_logits, kind, beta, temperature, mask)
 
