@@ -22,7 +22,7 @@ from attnkd.config.io import dump_yaml
 from attnkd.config.schema import DistillConfig
 from attnkd.config.validate import validate
 from attnkd.data.benchmarks import read_stsb
-from attnkd.data.collate import DynamicPaddingCollator, LengthGroupedBatches, token_lengths
+from attnkd.data.collate import DynamicPaddingCollator, LengthGroupedBatches, TokenizedTexts
 from attnkd.data.corpus import build_corpus, split_validation
 from attnkd.engine.checkpoint import load_checkpoint
 from attnkd.engine.loop import FitResult, StepOutput, fit
@@ -78,10 +78,11 @@ class GroupedBatches:
                 "train.batch_size",
                 f"{batch_size} is more than the {len(sentences)} training sentences",
             )
-        self.sentences = sentences
         self.collate = DynamicPaddingCollator(tokenizer, max_length=max_length)
-        lengths = token_lengths(tokenizer, sentences, max_length)
-        self.sampler = LengthGroupedBatches(lengths, batch_size, seed=seed, drop_last=True)
+        self.tokens = TokenizedTexts(tokenizer, sentences, max_length)  # tokenised once
+        self.sampler = LengthGroupedBatches(
+            self.tokens.lengths, batch_size, seed=seed, drop_last=True
+        )
         self._epoch, self._order = -1, []
 
     @property
@@ -91,7 +92,7 @@ class GroupedBatches:
     def batch_at(self, epoch: int, index: int) -> dict[str, Tensor]:
         if epoch != self._epoch:
             self._epoch, self._order = epoch, self.sampler.batches(epoch)
-        return self.collate([self.sentences[i] for i in self._order[index]])
+        return self.collate.pad([self.tokens.ids(i) for i in self._order[index]])
 
 
 class Distiller(nn.Module):

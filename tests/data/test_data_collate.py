@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from attnkd.data.collate import DynamicPaddingCollator, LengthGroupedBatches, batches, token_lengths
+from attnkd.data.collate import (
+    DynamicPaddingCollator,
+    LengthGroupedBatches,
+    TokenizedTexts,
+    batches,
+    token_lengths,
+)
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "man", "is", "play", "##ing"]
 VOCAB += ["the", "guitar", ".", "dog", "runs", "fast", "very"]
@@ -46,6 +52,23 @@ def test_pads_to_longest_in_batch_not_max_length(tokenizer):
     assert torch.equal(out["input_ids"], own["input_ids"])
     assert torch.equal(out["attention_mask"], own["attention_mask"])
     assert collate(["man"])["input_ids"].tolist() == [[2, 6, 3]]
+
+
+@pytest.mark.parametrize("max_length", [5, 64])
+def test_pretokenised_texts_pad_like_the_collator(tokenizer, max_length):
+    texts = SENTENCES * 3 + ["", "guitar"]
+    tokens = TokenizedTexts(tokenizer, texts, max_length=max_length, block=4)
+    assert len(tokens) == len(texts)
+    assert tokens.lengths == token_lengths(tokenizer, texts, max_length)
+    collate = DynamicPaddingCollator(tokenizer, max_length=max_length, token_type_ids=True)
+    for rows in ([0, 1, 2, 3], [13, 2], [12]):
+        want = collate([texts[i] for i in rows])
+        got = collate.pad([tokens.ids(i) for i in rows])
+        assert set(got) == set(want)
+        for key in want:
+            assert torch.equal(got[key], want[key]), key
+    with pytest.raises(ValueError, match="empty batch"):
+        collate.pad([])
 
 
 def test_truncates_and_pads_left(tokenizer):

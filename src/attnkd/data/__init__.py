@@ -20,6 +20,7 @@ from attnkd.data.benchmarks import (
 from attnkd.data.collate import (
     DynamicPaddingCollator,
     LengthGroupedBatches,
+    TokenizedTexts,
     batches,
     token_lengths,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "LabeledPair",
     "LabeledSentence",
     "LengthGroupedBatches",
+    "TokenizedTexts",
     "ReadResult",
     "ReadStats",
     "SentencePair",

@@ -33,6 +33,34 @@ def token_lengths(tokenizer: Any, sentences: Sequence[str], max_length: int = 12
     return [len(ids) for ids in enc["input_ids"]]
 
 
+class TokenizedTexts:
+    """Token ids of many texts, tokenised once and kept compactly (one flat int32 array).
+
+    ``ids(i)`` gives text ``i``'s ids (special tokens included, at most ``max_length``);
+    ``lengths`` their counts. Tokenises in blocks of ``block`` texts to bound peak memory.
+    """
+
+    def __init__(
+        self, tokenizer: Any, texts: Sequence[str], max_length: int = 128, block: int = 8192
+    ):
+        parts, lengths = [], []
+        for start in range(0, len(texts), block):
+            chunk = list(texts[start : start + block])
+            enc = tokenizer(chunk, truncation=True, max_length=max_length)
+            for seq in enc["input_ids"]:
+                parts.append(np.asarray(seq, dtype=np.int32))
+                lengths.append(len(seq))
+        self.lengths = lengths
+        self._offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+        self._flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def ids(self, index: int) -> list[int]:
+        return self._flat[self._offsets[index] : self._offsets[index + 1]].tolist()
+
+
 class DynamicPaddingCollator:
     """Tokenise a batch of sentences and pad to the longest one in the batch.
 
@@ -57,7 +85,16 @@ class DynamicPaddingCollator:
         if bad:
             raise TypeError(f"expected a batch of strings, found {bad[0]}")
         enc = self.tokenizer(list(batch), truncation=True, max_length=self.max_length)
-        seqs = enc["input_ids"]
+        types = enc.get("token_type_ids") if self.token_type_ids else None
+        return self.pad(enc["input_ids"], types)
+
+    def pad(
+        self, seqs: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Pad already tokenised ids (e.g. from :class:`TokenizedTexts`) like ``__call__``;
+        ``token_type_ids`` are 0 where ``type_ids`` is not given (single-segment texts)."""
+        if not seqs:
+            raise ValueError("cannot collate an empty batch")
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -66,8 +103,8 @@ class DynamicPaddingCollator:
             cols = slice(width - len(seq), width) if self.left else slice(0, len(seq))
             ids[row, cols] = torch.tensor(seq, dtype=torch.long)
             mask[row, cols] = 1
-            if self.token_type_ids and "token_type_ids" in enc:
-                types[row, cols] = torch.tensor(enc["token_type_ids"][row], dtype=torch.long)
+            if type_ids is not None:
+                types[row, cols] = torch.tensor(type_ids[row], dtype=torch.long)
         out = {"input_ids": ids, "attention_mask": mask}
         if self.token_type_ids:
             out["token_type_ids"] = types
