@@ -16,11 +16,12 @@ from torch import Tensor, nn
 
 from attnkd.models.adapters import FamilyAdapter, adapter_for, base_model, resolve_layer
 
-KINDS = ("q", "k", "v", "context", "hidden", "embeddings")
+KINDS = ("q", "k", "v", "context", "hidden", "embeddings", "logits")
 """q/k/v: projection outputs (batch, seq, heads*head_dim); context: per-head attention output
 concatenated, before the output projection (batch, seq, width), read as that projection's input
 (MPNet's attention module applies the projection itself); hidden: the block's output
-(batch, seq, width); embeddings: the embedding module's output (layer index ignored, use 0)."""
+(batch, seq, width); embeddings: the embedding module's output (layer index ignored, use 0);
+logits: the output embedding's (LM head's) output (batch, seq, vocab) (layer ignored, use 0)."""
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,11 @@ class LossTermConfig:
     """Relation heads (MiniLMv2); None means the teacher's head count."""
     relations: list[str] = field(default_factory=lambda: ["qq", "kk", "vv"])
     temperature: float = 1.0
+    kind: str = "fkl"
+    """Vocabulary divergence of the 'logits' term: 'fkl', 'rkl', 'jsd' (with ``beta``), 'tvd'."""
+    beta: float = 0.5
+    top_k: int | None = None
+    """'logits' term: keep only the teacher's k most likely tokens (biased, see METHODS)."""
     projector: bool = False
     """Learn a linear map student width -> teacher width (hidden/embedding terms)."""
     impl: str = "auto"

@@ -23,6 +23,8 @@ class AttentionGeometry:
     num_heads: int
     num_kv_heads: int
     head_dim: int
+    causal: bool = False
+    """Decoder attention (each token sees only earlier ones): attention losses mask j > i."""
 
 
 @dataclass(frozen=True)
