@@ -44,11 +44,17 @@ def cmd_distill(args) -> int:
         cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite
     )
     t, s = results["teacher"], results["student"]
-    print(
-        f"\n{results['eval_split']} Spearman x100: teacher {t['spearman']:.2f}, "
-        f"student {s['spearman']:.2f} (retention {100 * results['retention']:.1f}%); "
-        f"params {t['params'] / 1e6:.1f}M -> {s['params'] / 1e6:.1f}M"
-    )
+    if results.get("task", "sentence") == "causal_lm":
+        quality = (
+            f"perplexity on {results['eval_split']} ({results['eval_tokens']} tokens): "
+            f"teacher {t['perplexity']:.2f}, student {s['perplexity']:.2f}"
+        )
+    else:
+        quality = (
+            f"{results['eval_split']} Spearman x100: teacher {t['spearman']:.2f}, "
+            f"student {s['spearman']:.2f} (retention {100 * results['retention']:.1f}%)"
+        )
+    print(f"\n{quality}; params {t['params'] / 1e6:.1f}M -> {s['params'] / 1e6:.1f}M")
     print(f"run folder: {Path(cfg.output_dir) / cfg.name} (student/, results.json, metrics.jsonl)")
     return 0
 
@@ -74,9 +80,33 @@ def cmd_eval(args) -> int:
 def cmd_report(args) -> int:
     from attnkd.report.html import write_report
 
-    path = write_report(args.run)
+    models = _report_models(Path(args.run), args.sentence) if args.attention else None
+    path = write_report(args.run, models)
     print(f"report: {path}")
     return 0
+
+
+def _report_models(run: Path, sentences: list[str] | None):
+    """Teacher (from the run's config) and exported student, for the attention maps."""
+    from attnkd.config.io import load_config
+    from attnkd.errors import AttnkdError
+    from attnkd.models.load import freeze
+    from attnkd.report.html import ReportModels
+    from attnkd.tasks import get_task
+
+    if not (run / "config.yaml").exists() or not (run / "student" / "config.json").exists():
+        raise AttnkdError(f"{run}: --attention needs a finished run (config.yaml and student/)")
+    cfg = load_config(run / "config.yaml")
+    task = get_task(cfg.task)
+    teacher = task.load(cfg.teacher.name, cfg.teacher.attn_implementation)
+    student = task.load(str(run / "student"), cfg.student.attn_implementation, tokenizer=False)
+    attention_terms = ("relation", "attention", "value_relation", "attention_mse")
+    layers = [(t.teacher_layer, t.student_layer) for t in cfg.losses if t.name in attention_terms]
+    models = ReportModels(freeze(teacher.model), freeze(student.model), teacher.tokenizer)
+    models.layers = list(dict.fromkeys(layers)) or [(-1, -1)]
+    if sentences:
+        models.sentences = sentences
+    return models
 
 
 def cmd_ls(args) -> int:
@@ -149,15 +179,33 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-models", action="store_true", help="skip reading model configs")
     v.set_defaults(fn=cmd_validate)
 
-    e = sub.add_parser("eval", help="STS quality, size and speed of a run's student vs teacher")
+    e = sub.add_parser(
+        "eval", help="quality (STS Spearman or perplexity), size and speed: student vs teacher"
+    )
     e.add_argument("run", help="run folder (runs/<name>) or a model folder")
     e.add_argument("--teacher", default=None, help="teacher name (default: from the run config)")
-    e.add_argument("--split", default="stsb:dev", choices=["stsb:dev", "stsb:val"])
+    e.add_argument(
+        "--split",
+        default="stsb:dev",
+        choices=["stsb:dev", "stsb:val", "eval", "select"],
+        help="sentence runs: stsb:dev | stsb:val; causal_lm runs: eval | select (held-out blocks)",
+    )
     e.add_argument("--data-dir", default=None, help="benchmark data folder ($ATTNKD_DATA_DIR)")
     e.set_defaults(fn=cmd_eval)
 
     r = sub.add_parser("report", help="write an HTML report with plots for a run")
     r.add_argument("run", help="run folder")
+    r.add_argument(
+        "--attention",
+        action="store_true",
+        help="also draw teacher vs student attention maps (loads both models)",
+    )
+    r.add_argument(
+        "--sentence",
+        action="append",
+        default=None,
+        help="sentence for the attention maps (repeatable; default: a built-in one)",
+    )
     r.set_defaults(fn=cmd_report)
 
     ls = sub.add_parser("ls", help="list losses, packaged models, data sources or recipes")

@@ -43,11 +43,15 @@ def write_sentence_transformers_files(folder: Path, hidden: int, max_seq_length:
 
 
 def export_student(
-    model: nn.Module, tokenizer, out_dir: str | os.PathLike, max_seq_length: int = 128
+    model: nn.Module,
+    tokenizer,
+    out_dir: str | os.PathLike,
+    max_seq_length: int = 128,
+    sentence_transformers: bool = True,
 ) -> Path:
     """Write ``out_dir`` atomically (temp folder, then rename): config.json, model.safetensors,
-    tokenizer files and sentence-transformers files (mean pooling), so both
-    ``AutoModel.from_pretrained`` and ``SentenceTransformer`` load it.
+    tokenizer files and (for encoders) sentence-transformers files (mean pooling), so
+    ``AutoModel`` / ``AutoModelForCausalLM.from_pretrained`` and ``SentenceTransformer`` load it.
     """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +60,8 @@ def export_student(
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        write_sentence_transformers_files(tmp, int(model.config.hidden_size), max_seq_length)
+        if sentence_transformers:
+            write_sentence_transformers_files(tmp, int(model.config.hidden_size), max_seq_length)
         old = None
         if out.exists():
             old = out.with_name(f".{out.name}.old")

@@ -127,3 +127,59 @@ def fast_overrides(teacher_dir: Path, data_dir: Path, output_dir: Path) -> list[
         "train.warmup_ratio=0.06",
         "train.freeze_embeddings=false",
     ]
+
+
+# ---------------------------------------------------------------- tiny decoders (Llama family)
+
+DEC_VOCAB, DEC_LAYERS, DEC_HEADS, DEC_KV_HEADS = 50, 3, 4, 2
+
+
+def llama_config(**kw):
+    """A tiny LlamaConfig: width 32, 3 layers, 4 query / 2 key-value heads (GQA), vocab 50."""
+    from transformers import LlamaConfig
+
+    base = dict(vocab_size=DEC_VOCAB, hidden_size=WIDTH, num_hidden_layers=DEC_LAYERS)
+    base.update(num_attention_heads=DEC_HEADS, num_key_value_heads=DEC_KV_HEADS)
+    base.update(intermediate_size=FFN, max_position_embeddings=64, rope_theta=100.0)
+    base.update(pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
+    base.update(initializer_range=0.2)  # 10x the default: peaked, not near-uniform, attention
+    base.update(kw)
+    return LlamaConfig(**base)
+
+
+def tiny_llama(seed: int = 0, attn: str = "sdpa", **kw):
+    """A seeded tiny LlamaForCausalLM (float32), in eval mode."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(llama_config(**kw))
+    model.set_attn_implementation(attn)
+    return model.eval()
+
+
+def decoder_batch(padding: str = "right", seed: int = 0) -> dict[str, torch.Tensor]:
+    """Three random token rows of lengths 7, 4, 6 in a (3, 7) batch, padded on ``padding``
+    ('right', 'left') with id 0, or three full rows of 7 ('none')."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, DEC_VOCAB, (3, 7), generator=g)
+    mask = torch.ones(3, 7, dtype=torch.long)
+    if padding != "none":
+        for row, n in enumerate((7, 4, 6)):
+            pad = slice(n, None) if padding == "right" else slice(0, 7 - n)
+            mask[row, pad] = 0
+    return {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask}
+
+
+def make_decoder_tokenizer(words: list[str], pad: bool = False):
+    """A whitespace word-level fast tokenizer over ``<unk> <s> </s> + words`` (no pad token
+    unless ``pad``), like many decoder tokenizers."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = ["<unk>", "<s>", "</s>", *(["<pad>"] if pad else []), *words]
+    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    extra = {"pad_token": "<pad>"} if pad else {}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", **extra
+    )

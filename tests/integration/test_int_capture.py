@@ -11,7 +11,11 @@ from int_helpers import HEADS, LAYERS, WIDTH, tiny_bert, tiny_mpnet
 from attnkd.capture import KINDS, Capture, Tap, Taps, split_heads
 from attnkd.models.adapters import adapter_for
 
-ALL_TAPS = [Tap(kind, layer) for kind in KINDS if kind != "embeddings" for layer in range(LAYERS)]
+# encoders have no LM head, so no "logits" tap (decoders: tests/integration/test_int_llama.py)
+ALL_TAPS = [
+    Tap(kind, layer) for kind in KINDS if kind not in ("embeddings", "logits")
+    for layer in range(LAYERS)
+]  # fmt: skip
 ALL_TAPS.append(Tap("embeddings", 0))
 
 

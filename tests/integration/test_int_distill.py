@@ -254,3 +254,13 @@ def _as_overrides(cfg: DistillConfig) -> list[str]:
     from attnkd.config.io import to_dict
 
     return [f"{k}={json.dumps(v)}" for k, v in to_dict(cfg).items()]
+
+
+def test_cli_report_with_attention_maps(finished, capsys):
+    pytest.importorskip("matplotlib")
+    _, _, run = finished
+    assert main(["report", str(run), "--attention", "--sentence", "a dog is running ."]) == 0
+    assert "report:" in capsys.readouterr().out
+    html = (run / "report" / "index.html").read_text()
+    pngs = sorted((run / "report").glob("attention_*.png"))
+    assert len(pngs) == 1 and pngs[0].name in html  # one sentence x the relation term's layers

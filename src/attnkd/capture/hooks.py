@@ -4,6 +4,12 @@ Hooks are keyed by module path (from the model-family adapter), installed only f
 losses ask for, and removed when the ``with`` block exits. Because q/k/v are read from the
 projection modules' outputs, capture works the same on fused (SDPA) and eager attention; no
 attention probabilities are ever materialised here: losses build them from q/k when needed.
+
+Rotary families (Llama, RoFormer, Su et al. 2021): the attention rotates q and k after the
+projections, so the projection outputs alone are not what it attends with. A forward pre-hook
+on the attention module keeps the ``position_embeddings`` (cos, sin) it is called with, and the
+q/k hooks apply the same rotation in our own code; the captured q/k are then exactly the
+attention's inputs, still in the (batch, seq, heads*head_dim) layout and differentiable.
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from attnkd.errors import AttnkdError
 from attnkd.models.adapters import FamilyAdapter, adapter_for, base_model, resolve_layer
 
 KINDS = ("q", "k", "v", "context", "hidden", "embeddings", "logits")
-"""q/k/v: projection outputs (batch, seq, heads*head_dim); context: per-head attention output
-concatenated, before the output projection (batch, seq, width), read as that projection's input
-(MPNet's attention module applies the projection itself); hidden: the block's output
+"""q/k/v: projection outputs (batch, seq, heads*head_dim), q/k after rotary embedding in rope
+families, k/v with kv_heads*head_dim under grouped-query attention; context: per-head attention
+output concatenated, before the output projection (batch, seq, width), read as that projection's
+input (MPNet's attention module applies the projection itself); hidden: the block's output
 (batch, seq, width); embeddings: the embedding module's output (layer index ignored, use 0);
 logits: the output embedding's (LM head's) output (batch, seq, vocab) (layer ignored, use 0)."""
 
@@ -57,6 +65,31 @@ def _first(output) -> Tensor:
     return output[0] if isinstance(output, tuple | list) else output
 
 
+def rotate_half(x: Tensor) -> Tensor:
+    """(..., d) -> (..., d): ``[x1, x2] -> [-x2, x1]`` over the two halves of the last dim."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding of a projection output in its flat layout (RoFormer, Su et al. 2021).
+
+    ``x``: (batch, seq, heads*head_dim); ``cos``, ``sin``: (batch or 1, seq, head_dim) as a
+    Hugging Face rotary module returns them. Returns ``x*cos + rotate_half(x)*sin`` per head,
+    shape of ``x``.
+    """
+    b, s, w = x.shape
+    d = cos.shape[-1]
+    if cos.shape[-2] != s or w % d:
+        raise ValueError(
+            f"rotary cos/sin of shape {tuple(cos.shape)} do not fit a projection of shape "
+            f"{tuple(x.shape)} (expected (.., {s}, head_dim) with head_dim dividing {w})"
+        )
+    xh = x.view(b, s, w // d, d)
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
+    return (xh * cos + rotate_half(xh) * sin).reshape(b, s, w)
+
+
 class Capture:
     """Context manager installing forward hooks for the requested taps.
 
@@ -76,8 +109,15 @@ class Capture:
         )
         self.taps = Taps()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._rope: dict[int, tuple[Tensor, Tensor]] = {}
+        """Per layer: the (cos, sin) its attention was last called with (rope families)."""
+        if any(t.kind == "logits" for t in self.requests):
+            _output_embeddings_path(model)  # fail here, not at the first forward
 
     def module_path(self, tap: Tap) -> str:
+        """Dotted path of the hooked module, relative to the base model ('logits': top level)."""
+        if tap.kind == "logits":
+            return _output_embeddings_path(self.model)
         a = self.adapter
         template = {
             "q": a.query,
@@ -89,12 +129,23 @@ class Capture:
         }[tap.kind]
         return template.format(i=tap.layer)
 
+    def _rotated(self, tap: Tap) -> bool:
+        return self.adapter.rope and tap.kind in ("q", "k")
+
     def __enter__(self) -> Capture:
         try:
+            rope_layers = sorted({t.layer for t in self.requests if self._rotated(t)})
+            for i in rope_layers:
+                attention = self.base.get_submodule(self.adapter.path(self.adapter.attention, i))
+                handle = attention.register_forward_pre_hook(self._rope_hook(i), with_kwargs=True)
+                self._handles.append(handle)
             for tap in self.requests:
-                module = self.base.get_submodule(self.module_path(tap))
+                root = self.model if tap.kind == "logits" else self.base
+                module = root.get_submodule(self.module_path(tap))
                 if tap.kind == "context":  # the output projection's input
                     handle = module.register_forward_pre_hook(self._pre_hook(tap))
+                elif self._rotated(tap):
+                    handle = module.register_forward_hook(self._rope_tap_hook(tap))
                 else:
                     handle = module.register_forward_hook(self._hook(tap))
                 self._handles.append(handle)
@@ -106,6 +157,35 @@ class Capture:
     def _hook(self, tap: Tap):
         def fn(_module, _inputs, output):
             self.taps.tensors[tap] = _first(output)
+
+        return fn
+
+    def _rope_hook(self, layer: int):
+        """Pre-hook on layer ``layer``'s attention: keep the (cos, sin) it is called with."""
+        path = self.adapter.path(self.adapter.attention, layer)
+
+        def fn(_module, args, kwargs):
+            pe = kwargs.get("position_embeddings")
+            if pe is None and len(args) > 1:  # (hidden_states, position_embeddings, ...)
+                pe = args[1]
+            if pe is None:
+                raise AttnkdError(
+                    f"attention module '{path}' was called without position_embeddings "
+                    f"(cos, sin); cannot rotate captured q/k of a '{self.adapter.family}' model"
+                )
+            self._rope[layer] = (pe[0], pe[1])
+
+        return fn
+
+    def _rope_tap_hook(self, tap: Tap):
+        def fn(_module, _inputs, output):
+            if tap.layer not in self._rope:
+                raise AttnkdError(
+                    f"{tap.kind}@{tap.layer}: its projection ran outside the attention module, "
+                    f"so no rotary position embeddings are known"
+                )
+            cos, sin = self._rope[tap.layer]
+            self.taps.tensors[tap] = apply_rope(_first(output), cos, sin)
 
         return fn
 
@@ -122,6 +202,22 @@ class Capture:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._rope.clear()
+
+
+def _output_embeddings_path(model: nn.Module) -> str:
+    """Dotted path of ``model.get_output_embeddings()`` (the LM head), or AttnkdError."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if head is None:
+        raise AttnkdError(
+            f"a 'logits' tap needs a model with output embeddings (an LM head); "
+            f"{type(model).__name__} has none"
+        )
+    for name, module in model.named_modules():
+        if module is head:
+            return name
+    raise AttnkdError(f"the output embeddings of {type(model).__name__} are not its submodule")
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:

@@ -76,7 +76,11 @@ class DataConfig:
     """Split evaluated every train.eval_every steps to pick the best checkpoint; keeping it apart
     from eval_task means the reported figure is not tuned on."""
     val_fraction: float = 0.1
+    """Share held out for checkpoint selection (of STS-B train, or of the LM token blocks)."""
+    eval_fraction: float = 0.1
+    """causal_lm: share of the token blocks (the last ones) held out for the final evaluation."""
     max_length: int = 128
+    """Longest tokenised sentence (sentence task), or the block length in tokens (causal_lm)."""
     bad_rows: str = "error"
     """'error' stops at the first malformed row (naming file and line); 'skip' counts and skips."""
 
@@ -109,6 +113,8 @@ class DistillConfig:
 
     name: str = "minilm-sentence"
     output_dir: str = "runs"
+    task: str = "sentence"
+    """'sentence' (embeddings, STS Spearman) or 'causal_lm' (next-token perplexity)."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     losses: list[LossTermConfig] = field(default_factory=lambda: [LossTermConfig()])

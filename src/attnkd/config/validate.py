@@ -18,6 +18,8 @@ from attnkd.models.adapters import AttentionGeometry, adapter_for, geometry
 IMPLS = ("auto", "naive", "chunked")
 ATTN_IMPLS = ("sdpa", "eager")
 EVAL_TASKS = ("stsb:dev", "stsb:val")
+TASKS = ("sentence", "causal_lm")
+VOCAB_KINDS = ("fkl", "rkl", "jsd", "tvd")
 
 
 @dataclass
@@ -45,7 +47,11 @@ def validate_static(cfg: DistillConfig) -> None:
     _check(t.eval_every >= 1, "train.eval_every", "must be >= 1")
     _check(t.save_every >= 1, "train.save_every", "must be >= 1")
     _check(d.max_length >= 8, "data.max_length", f"must be >= 8, got {d.max_length}")
+    _check(cfg.task in TASKS, "task", f"expected one of {TASKS}, got '{cfg.task}'")
     _check(0 < d.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
+    _check(0 < d.eval_fraction < 1, "data.eval_fraction", "must be in (0, 1)")
+    _check(d.val_fraction + d.eval_fraction < 1, "data.eval_fraction",
+           "data.val_fraction + data.eval_fraction must leave blocks to train on")  # fmt: skip
     _check(d.bad_rows in ("error", "skip"), "data.bad_rows", "expected 'error' or 'skip'")
     _check(d.eval_task in EVAL_TASKS, "data.eval_task", f"expected one of {EVAL_TASKS}")
     _check(d.select_task in EVAL_TASKS, "data.select_task", f"expected one of {EVAL_TASKS}")
@@ -66,6 +72,9 @@ def validate_static(cfg: DistillConfig) -> None:
         _check(term.impl in IMPLS, f"{key}.impl", f"expected one of {IMPLS}")
         _check(term.weight >= 0, f"{key}.weight", "must be >= 0")
         _check(term.temperature > 0, f"{key}.temperature", "must be > 0")
+        _check(term.kind in VOCAB_KINDS, f"{key}.kind", f"expected one of {VOCAB_KINDS}")
+        _check(0 <= term.beta <= 1, f"{key}.beta", f"must be in [0, 1], got {term.beta}")
+        _check(term.top_k is None or term.top_k >= 1, f"{key}.top_k", "must be >= 1")
     if s.init == "teacher" and not s.layers and not s.layer_rule:
         raise ConfigError("student.layers", "give a list of teacher layers or student.layer_rule")
 
@@ -80,6 +89,8 @@ def validate_data(cfg: DistillConfig) -> None:
             load_source(spec, cfg.data.data_dir, bad_rows=cfg.data.bad_rows)
         except DataError as err:
             raise ConfigError(f"data.train_sources[{i}]", str(err)) from err
+    if cfg.task != "sentence":  # the LM task holds out blocks of its own training text
+        return
     for key in ("eval_task", "select_task"):
         task = getattr(cfg.data, key)
         try:
@@ -113,7 +124,13 @@ def validate_models(cfg: DistillConfig) -> Geometries:
         heads = s.num_heads or tg.num_heads
         _check(width % heads == 0, "student.num_heads",
                f"student width {width} is not divisible by {heads} heads")  # fmt: skip
-        sg = AttentionGeometry(len(layers), width, heads, heads, width // heads)
+        narrowed = s.hidden_size is not None or s.num_heads is not None
+        # build_student keeps the teacher's key/value heads unless attention is full (MHA)
+        kv = heads if tg.num_kv_heads == tg.num_heads else tg.num_kv_heads
+        msg = f"{heads} query heads do not divide into the teacher's {kv} key/value heads"
+        _check(heads % kv == 0, "student.num_heads", msg)
+        head_dim = width // heads if narrowed else tg.head_dim
+        sg = AttentionGeometry(len(layers), width, heads, kv, head_dim, causal=tg.causal)
     else:
         try:
             scfg = load_config(s.init)

@@ -32,6 +32,7 @@ from attnkd.data.corpus import (
     normalize_sentence,
     split_validation,
 )
+from attnkd.data.lm import LMBatches, LMSplits, lm_texts, split_blocks, tokenize_stream
 from attnkd.data.readers import read_header, read_jsonl, read_table, read_text
 from attnkd.data.rows import JsonRow, ReadResult, ReadStats, TableRow, TextRow, map_rows
 from attnkd.data.sources import SOURCES, known_sources, load_source, source_sentences
@@ -50,6 +51,8 @@ __all__ = [
     "JsonRow",
     "LabeledPair",
     "LabeledSentence",
+    "LMBatches",
+    "LMSplits",
     "LengthGroupedBatches",
     "TokenizedTexts",
     "ReadResult",
@@ -64,6 +67,7 @@ __all__ = [
     "build_corpus",
     "detokenize_wikitext",
     "known_sources",
+    "lm_texts",
     "load_source",
     "map_rows",
     "normalize_sentence",
@@ -79,6 +83,8 @@ __all__ = [
     "read_wikitext2",
     "source_sentences",
     "split_tokenized_sentences",
+    "split_blocks",
     "split_validation",
     "token_lengths",
+    "tokenize_stream",
 ]

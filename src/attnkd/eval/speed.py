@@ -48,3 +48,36 @@ def measure_throughput(
             if r >= warmup:
                 times[name].append(len(sentences) / dt)
     return {k: Throughput(k, statistics.median(v), v) for k, v in times.items()}
+
+
+@dataclass
+class TokenThroughput:
+    name: str
+    tokens_per_s: float
+    """Median over rounds (a full forward over every token of the blocks)."""
+    rounds: list[float]
+
+
+@torch.no_grad()
+def measure_token_throughput(
+    models: dict[str, nn.Module],
+    blocks: torch.Tensor,
+    batch_size: int = 4,
+    rounds: int = 3,
+    warmup: int = 1,
+) -> dict[str, TokenThroughput]:
+    """Forward tokens/s of causal LMs over the same (n, length) blocks of token ids; models
+    alternate each round so background load hits all of them alike."""
+    for m in models.values():
+        m.eval()
+    times: dict[str, list[float]] = {k: [] for k in models}
+    tokens = blocks.numel()
+    for r in range(warmup + rounds):
+        for name, m in models.items():
+            t0 = time.perf_counter()
+            for i in range(0, len(blocks), batch_size):
+                m(input_ids=blocks[i : i + batch_size])
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                times[name].append(tokens / dt)
+    return {k: TokenThroughput(k, statistics.median(v), v) for k, v in times.items()}

