@@ -20,6 +20,7 @@ from attnkd.config.schema import (
     LossTermConfig,
     StudentConfig,
     TrainConfig,
+    default_recipe,
 )
 from attnkd.errors import ConfigError
 
@@ -68,10 +69,10 @@ def test_default_config_round_trip(tmp_path):
 
 
 def test_to_dict_is_plain_and_a_copy():
-    cfg = DistillConfig()
+    cfg = default_recipe()
     data = to_dict(cfg)
     assert list(data) == [f.name for f in dataclasses.fields(DistillConfig)]
-    assert data["losses"] == [dataclasses.asdict(LossTermConfig())]
+    assert data["losses"] == [dataclasses.asdict(t) for t in cfg.losses]
     data["student"]["layers"].append(99)
     assert cfg.student.layers == [0, 2, 5]
 
@@ -319,10 +320,10 @@ def test_override_to_null_and_section_replacement():
 
 
 def test_overrides_apply_in_order_and_do_not_mutate_input():
-    base = DistillConfig()
+    base = default_recipe()
     cfg = apply_overrides(base, ["train.lr=1", "train.lr=2", "student.layers.0=7"])
     assert cfg.train.lr == 2.0 and cfg.student.layers == [7, 2, 5]
-    assert base == DistillConfig()
+    assert base == default_recipe()
 
 
 def test_overrides_on_top_of_file_values(tmp_path):

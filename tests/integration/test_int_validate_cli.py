@@ -39,6 +39,9 @@ BAD = {
     ),
     "loss layer": (["losses.0.student_layer=2"], "losses[0].student_layer", "out of range"),
     "static check": (["train.lr=0"], "train.lr", "must be > 0"),
+    "layers and rule": (["student.layer_rule=every:2"], "student.layer_rule", "not both"),
+    "unknown task": (["task=vision"], "task", "expected one of"),
+    "vocab kind": (["losses.0.kind=kl"], "losses[0].kind", "expected one of"),
     "missing teacher": (["teacher.name=./no/such/model"], "teacher.name", "does not exist"),
 }
 

@@ -25,8 +25,8 @@ class StudentConfig:
 
     init: str = "teacher"
     """'teacher' (cut layers from the teacher) or a model name/path to start from."""
-    layers: list[int] | None = field(default_factory=lambda: [0, 2, 5])
-    """Teacher layers to keep when init='teacher'; None means use `layer_rule`."""
+    layers: list[int] | None = None
+    """Teacher layers to keep when init='teacher' (give this or `layer_rule`, not both)."""
     layer_rule: str = ""
     """Alternative to `layers`: 'every:k', 'first:n' or 'last:n'."""
     hidden_size: int | None = None
@@ -128,6 +128,7 @@ def default_recipe() -> DistillConfig:
     sentence-embedding MSE; 16 minutes of training on 2 CPU cores."""
     return DistillConfig(
         name="minilm-sentence",
+        student=StudentConfig(layers=[0, 2, 5]),
         losses=[
             LossTermConfig(name="relation", relation_heads=12, relations=["qq", "kk", "vv"]),
             LossTermConfig(name="hidden_mse"),

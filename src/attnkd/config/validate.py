@@ -77,6 +77,11 @@ def validate_static(cfg: DistillConfig) -> None:
         _check(term.top_k is None or term.top_k >= 1, f"{key}.top_k", "must be >= 1")
     if s.init == "teacher" and not s.layers and not s.layer_rule:
         raise ConfigError("student.layers", "give a list of teacher layers or student.layer_rule")
+    if s.layers and s.layer_rule:
+        raise ConfigError(
+            "student.layer_rule",
+            f"give student.layers ({s.layers}) or student.layer_rule ('{s.layer_rule}'), not both",
+        )
 
 
 def validate_data(cfg: DistillConfig) -> None:
