@@ -82,7 +82,7 @@ def _hook_count(model: torch.nn.Module) -> int:
 
 
 def test_llama_family_adapter_paths_and_geometry():
-    from transformers import GPT2Config, MistralConfig, Qwen2Config
+    from transformers import MistralConfig, OPTConfig, Qwen2Config
 
     for model_type in ("llama", "mistral", "qwen2"):
         a = adapter_for(model_type)
@@ -103,8 +103,8 @@ def test_llama_family_adapter_paths_and_geometry():
     assert geometry(MistralConfig(**small)).causal and geometry(Qwen2Config(**small)).causal
     assert geometry(Qwen2Config(**small)).head_dim == 8
     assert geometry(bert_config()).causal is False
-    gpt2 = geometry(GPT2Config(n_layer=2, n_embd=16, n_head=2))  # no adapter: still described
-    assert gpt2 == AttentionGeometry(2, 16, 2, 2, 8, causal=False)
+    opt = OPTConfig(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, ffn_dim=32)
+    assert geometry(opt) == AttentionGeometry(2, 16, 2, 2, 8, causal=False)  # no adapter
 
 
 # ---------------------------------------------------------------- capture
@@ -407,12 +407,14 @@ def test_load_causal_lm_errors(tmp_path, teacher_dir):
         load_causal_lm(str(empty))
     with pytest.raises(AttnkdError, match="'bert' is an encoder family"):
         load_causal_lm(str(teacher_dir))
-    from transformers import GPT2Config
+    from transformers import OPTConfig  # a family without an adapter
 
-    gpt2 = tmp_path / "gpt2"
-    GPT2Config(n_layer=2, n_embd=16, n_head=2).save_pretrained(gpt2)
-    with pytest.raises(AttnkdError, match="no adapter for model_type 'gpt2'"):
-        load_causal_lm(str(gpt2))
+    opt = tmp_path / "opt"
+    OPTConfig(
+        num_hidden_layers=2, hidden_size=16, num_attention_heads=2, ffn_dim=32
+    ).save_pretrained(opt)
+    with pytest.raises(AttnkdError, match="no adapter for model_type 'opt'"):
+        load_causal_lm(str(opt))
 
 
 # ---------------------------------------------------------------- the packaged SmolLM2 (real)

@@ -57,15 +57,17 @@ def test_load_errors_are_attnkd_errors(tmp_path, base_overrides, capsys):
         load_config(str(empty))
     assert main(["validate", *base_overrides, f"teacher.name={empty}"]) == 2
     assert "config error at 'teacher.name'" in capsys.readouterr().err
-    from transformers import GPT2Config
+    from transformers import OPTConfig  # a family without an adapter
 
-    gpt2 = tmp_path / "gpt2"
-    GPT2Config(n_layer=2, n_embd=16, n_head=2).save_pretrained(gpt2)
-    with pytest.raises(AttnkdError, match="no adapter for model_type 'gpt2'"):
-        load_encoder(str(gpt2))
-    assert main(["validate", *base_overrides, f"teacher.name={gpt2}"]) == 2
+    opt = tmp_path / "opt"
+    OPTConfig(
+        num_hidden_layers=2, hidden_size=16, num_attention_heads=2, ffn_dim=32
+    ).save_pretrained(opt)
+    with pytest.raises(AttnkdError, match="no adapter for model_type 'opt'"):
+        load_encoder(str(opt))
+    assert main(["validate", *base_overrides, f"teacher.name={opt}"]) == 2
     err = capsys.readouterr().err
-    assert "config error at 'teacher.name'" in err and "'gpt2'" in err
+    assert "config error at 'teacher.name'" in err and "'opt'" in err
 
 
 def test_freeze():

@@ -41,6 +41,7 @@ BAD = {
     "static check": (["train.lr=0"], "train.lr", "must be > 0"),
     "layers and rule": (["student.layer_rule=every:2"], "student.layer_rule", "not both"),
     "unknown task": (["task=vision"], "task", "expected one of"),
+    "task vs teacher": (["task=causal_lm"], "task", "does not fit the teacher, an encoder"),
     "vocab kind": (["losses.0.kind=kl"], "losses[0].kind", "expected one of"),
     "missing teacher": (["teacher.name=./no/such/model"], "teacher.name", "does not exist"),
 }

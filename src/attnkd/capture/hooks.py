@@ -146,6 +146,8 @@ class Capture:
                     handle = module.register_forward_pre_hook(self._pre_hook(tap))
                 elif self._rotated(tap):
                     handle = module.register_forward_hook(self._rope_tap_hook(tap))
+                elif self.adapter.fused_qkv and tap.kind in ("q", "k", "v"):
+                    handle = module.register_forward_hook(self._fused_hook(tap))
                 else:
                     handle = module.register_forward_hook(self._hook(tap))
                 self._handles.append(handle)
@@ -157,6 +159,22 @@ class Capture:
     def _hook(self, tap: Tap):
         def fn(_module, _inputs, output):
             self.taps.tensors[tap] = _first(output)
+
+        return fn
+
+    def _fused_hook(self, tap: Tap):
+        """q, k or v as a view of one fused projection's output [q | k | v]."""
+        part = ("q", "k", "v").index(tap.kind)
+
+        def fn(_module, _inputs, output):
+            out = _first(output)
+            if out.shape[-1] % 3:
+                raise AttnkdError(
+                    f"{tap.kind}@{tap.layer}: fused q/k/v output of width {out.shape[-1]} "
+                    "does not split into three equal parts"
+                )
+            w = out.shape[-1] // 3
+            self.taps.tensors[tap] = out[..., part * w : (part + 1) * w]
 
         return fn
 

@@ -112,9 +112,15 @@ def validate_models(cfg: DistillConfig) -> Geometries:
 
     try:
         tcfg = load_config(cfg.teacher.name)
-        adapter_for(tcfg.model_type)
+        family = adapter_for(tcfg.model_type)
     except (AttnkdError, ValueError) as err:  # ValueError: no adapter for this model family
         raise ConfigError("teacher.name", str(err)) from err
+    if family.causal != (cfg.task == "causal_lm"):
+        kind = "a decoder (causal LM)" if family.causal else "an encoder"
+        fits = "causal_lm" if family.causal else "sentence"
+        raise ConfigError(
+            "task", f"'{cfg.task}' does not fit the teacher, {kind} ({family.family}): use '{fits}'"
+        )
     tg = geometry(tcfg)
     s = cfg.student
     layers = None

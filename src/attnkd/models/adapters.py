@@ -2,7 +2,8 @@
 
 An adapter maps a loaded Hugging Face model to module paths, so capture and student building
 never special-case families. Adding a family (GPT-2, Llama with GQA and RoPE, ViT, CNNs) means
-registering one more :class:`FamilyAdapter`; nothing in the core changes.
+registering one more :class:`FamilyAdapter`; nothing in the core changes. Registered: BERT,
+MPNet (encoders), Llama/Mistral/Qwen2 (GQA, RoPE) and GPT-2 (fused q/k/v projection).
 
 Decoder families with rotary position embeddings (``rope=True``, e.g. Llama) rotate q and k
 after the projections; :mod:`attnkd.capture.hooks` applies that rotation to what it captures.
@@ -52,6 +53,9 @@ class FamilyAdapter:
     causal: bool = False
     rope: bool = False
     """q/k need rotary embedding applied after projection (decoder families)."""
+    fused_qkv: bool = False
+    """q, k and v come out of one projection (``query`` = ``key`` = ``value`` path), in
+    that order along the last dimension (GPT-2's ``c_attn``); capture slices it."""
 
     def path(self, template: str, i: int) -> str:
         return template.format(i=i)
@@ -112,6 +116,23 @@ LLAMA = _register(
         embeddings="embed_tokens",
         causal=True,
         rope=True,
+    )
+)
+
+
+GPT2 = _register(
+    FamilyAdapter(
+        family="gpt2",
+        model_types=("gpt2",),
+        layers="h",
+        query="h.{i}.attn.c_attn",
+        key="h.{i}.attn.c_attn",
+        value="h.{i}.attn.c_attn",
+        attention="h.{i}.attn",
+        attention_output="h.{i}.attn.c_proj",
+        embeddings="drop",  # token + position embeddings, summed (then dropout)
+        causal=True,
+        fused_qkv=True,
     )
 )
 

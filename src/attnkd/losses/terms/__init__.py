@@ -1,0 +1,53 @@
+"""Configurable loss terms: thin wrappers that pick captured tensors and call pure losses.
+
+``TERMS`` maps each name a recipe can use to its class; importing this package registers them
+all (attention and relation terms, the vocabulary ``logits`` term, feature terms).
+"""
+
+from __future__ import annotations
+
+from attnkd.losses.terms.attention import (
+    RELATION_PAIRS,
+    AttentionScoreTerm,
+    AttentionTerm,
+    RelationTerm,
+    ValueRelationTerm,
+)
+from attnkd.losses.terms.base import (
+    TERMS,
+    LossTerm,
+    TermError,
+    TermSpec,
+    build_terms,
+    collect_taps,
+    register,
+)
+from attnkd.losses.terms.features import (
+    EmbeddingMseTerm,
+    HiddenCosineTerm,
+    HiddenMseTerm,
+    SentenceCosineTerm,
+    SentenceMseTerm,
+)
+from attnkd.losses.terms.logits import LogitsTerm
+
+__all__ = [
+    "RELATION_PAIRS",
+    "TERMS",
+    "AttentionScoreTerm",
+    "AttentionTerm",
+    "EmbeddingMseTerm",
+    "HiddenCosineTerm",
+    "HiddenMseTerm",
+    "LogitsTerm",
+    "LossTerm",
+    "RelationTerm",
+    "SentenceCosineTerm",
+    "SentenceMseTerm",
+    "TermError",
+    "TermSpec",
+    "ValueRelationTerm",
+    "build_terms",
+    "collect_taps",
+    "register",
+]

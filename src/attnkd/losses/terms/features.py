@@ -1,0 +1,76 @@
+"""Feature-matching terms: hidden states, embeddings, pooled sentence embeddings."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from attnkd.capture import Taps
+from attnkd.losses import features as feat
+from attnkd.losses.terms.base import LossTerm, TermError, register
+
+
+class _FeatureTerm(LossTerm):
+    """Feature matching with an optional learned projector student width -> teacher width."""
+
+    tap_kind = "hidden"
+
+    def __init__(self, cfg, teacher, student):
+        super().__init__(cfg, teacher, student)
+        self.teacher_kinds = self.student_kinds = (self.tap_kind,)
+        if cfg.projector:
+            self.projector = feat.Projector(student.hidden_size, teacher.hidden_size)
+        elif student.hidden_size != teacher.hidden_size:
+            raise TermError(
+                "projector",
+                f"student width {student.hidden_size} != teacher width {teacher.hidden_size}: "
+                "set projector: true",
+            )
+        else:
+            self.projector = None
+
+    def pair(self, t: Taps, s: Taps) -> tuple[Tensor, Tensor]:
+        hs = s.get(self.tap_kind, self.s_layer)
+        if self.projector is not None:
+            hs = self.projector(hs)
+        return t.get(self.tap_kind, self.t_layer), hs
+
+
+@register("hidden_mse", "hidden-state MSE (TinyBERT/FitNets), optional learned projector")
+class HiddenMseTerm(_FeatureTerm):
+    def forward(self, t, s, mask):
+        ht, hs = self.pair(t, s)
+        return {"mse": feat.hidden_mse(hs, ht, mask=mask)}
+
+
+@register("hidden_cosine", "hidden-state cosine distance (DistilBERT), optional projector")
+class HiddenCosineTerm(_FeatureTerm):
+    def forward(self, t, s, mask):
+        ht, hs = self.pair(t, s)
+        return {"cos": feat.hidden_cosine(hs, ht, mask=mask)}
+
+
+@register("embedding_mse", "embedding-layer output MSE (TinyBERT), optional projector")
+class EmbeddingMseTerm(_FeatureTerm):
+    tap_kind = "embeddings"
+
+    def __init__(self, cfg, teacher, student):
+        super().__init__(cfg, teacher, student)
+        self.t_layer = self.s_layer = 0
+
+    def forward(self, t, s, mask):
+        ht, hs = self.pair(t, s)
+        return {"mse": feat.embedding_mse(hs, ht, mask=mask)}
+
+
+@register("sentence_mse", "MSE of mean-pooled sentence embeddings, optional projector")
+class SentenceMseTerm(_FeatureTerm):
+    def forward(self, t, s, mask):
+        ht, hs = self.pair(t, s)
+        return {"mse": feat.sentence_embedding_mse(hs, ht, mask=mask)}
+
+
+@register("sentence_cosine", "1 - cosine of mean-pooled sentence embeddings")
+class SentenceCosineTerm(_FeatureTerm):
+    def forward(self, t, s, mask):
+        ht, hs = self.pair(t, s)
+        return {"cos": feat.sentence_embedding_cosine(hs, ht, mask=mask)}
