@@ -82,6 +82,9 @@ def test_lm_texts_on_the_shared_corpora(shared_data):
     (doc,) = lm_texts(["tinyshakespeare"], root)
     assert doc.startswith("Before we proceed any further, hear me speak.")
     assert doc.count("\n") + 1 == len(source_sentences("tinyshakespeare", root))
+    (raw,) = lm_texts(["tinyshakespeare:raw"], root)
+    text = (root / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    assert raw == text.rstrip("\n") and raw.startswith("First Citizen:\nBefore we proceed")
 
 
 # --- tokenize_stream ---------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Specs: ``stsb:train`` / ``stsb:dev`` (both sentences of each pair), ``sst2:train``,
 ``mrpc:train``, ``rte:train`` (and the ``:dev`` of each), ``wikitext2`` (validation split,
-sentence chunks), ``tinyshakespeare`` (speeches), and ``file:PATH[#COLUMNS]`` (PATH relative to
+sentence chunks), ``tinyshakespeare`` (speeches), ``tinyshakespeare:raw`` (the file's lines as
+written, for language modelling), and ``file:PATH[#COLUMNS]`` (PATH relative to
 the working directory): ``.txt`` (one sentence per line), ``.tsv`` / ``.csv`` (header row
 required; default column ``sentence`` or ``text``, or the only one), ``.jsonl`` (default field
 ``text``). ``COLUMNS`` is a comma-separated list of names (or 0-based indices for tables);
@@ -66,6 +67,19 @@ def _wikitext2(arg: str | None, data_dir: PathLike | None, bad_rows: str) -> Rea
 def _shakespeare(arg: str | None, data_dir: PathLike | None, bad_rows: str) -> ReadResult[str]:
     rows = read_tinyshakespeare(data_dir, mode="paragraphs", bad_rows=bad_rows)
     return ReadResult([r.text for r in rows], rows.stats)
+
+
+@SOURCES.register("tinyshakespeare:raw")
+def _shakespeare_raw(arg: str | None, data_dir: PathLike | None, bad_rows: str) -> ReadResult[str]:
+    """Every line of input.txt as written (speaker lines and blank lines included): joined by
+    newlines it is the file itself, the usual text for language modelling."""
+    rows = read_text(
+        bm.benchmark_file("tinyshakespeare", "input.txt", data_dir),
+        strip=False,
+        skip_blank=False,
+        bad_rows=bad_rows,
+    )
+    return ReadResult([r.text.rstrip("\r\n") for r in rows], rows.stats)
 
 
 def _split_columns(arg: str) -> tuple[Path, list[str] | None]:
