@@ -131,9 +131,21 @@ def cmd_ls(args) -> int:
         for s in known_sources():
             print(f"  {s}")
     elif args.what == "recipes":
+        print(f"recipes in {_recipes_dir()} (attnkd distill <file>):")
         for p in sorted(_recipes_dir().glob("*.yaml")):
-            print(f"  {p}")
+            print(f"  {p.name:28s} {_first_comment(p)}")
     return 0
+
+
+def _first_comment(path: Path) -> str:
+    """The recipe's first comment line (its one-line description), or ''."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            text = line.lstrip("#").strip()
+            return text if len(text) <= 90 else text[:87] + "..."
+        if line.strip():
+            break
+    return ""
 
 
 def cmd_convert(args) -> int:

@@ -124,6 +124,15 @@ def test_a_real_process_exits_2_without_a_traceback(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_ls_recipes_names_and_describes_each(capsys):
+    assert main(["ls", "recipes"]) == 0
+    out = capsys.readouterr().out
+    shipped = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
+    for p in shipped:
+        line = next(x for x in out.splitlines() if x.strip().startswith(p.name))
+        assert len(line.split(p.name, 1)[1].strip()) > 10  # its description comment
+
+
 def test_ls_losses_lists_every_term(capsys):
     assert main(["ls", "losses"]) == 0
     out = capsys.readouterr().out
