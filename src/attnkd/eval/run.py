@@ -78,10 +78,10 @@ def evaluate_lm(cfg, student_dir: Path, teacher: str, split: str = "eval") -> di
     """Perplexity of a causal-LM student and its teacher on the run's held-out token blocks
     ('eval', or 'select': the blocks that picked the checkpoint), and forward tokens/s of both
     measured side by side."""
-    from attnkd.data.lm import lm_texts, split_blocks, tokenize_stream
     from attnkd.eval.perplexity import perplexity
     from attnkd.eval.speed import measure_token_throughput
     from attnkd.models.load import count_parameters, freeze, load_causal_lm
+    from attnkd.tasks.causal_lm import lm_splits
 
     split = "eval" if split.startswith("stsb") else split
     if split not in ("eval", "select"):
@@ -90,9 +90,7 @@ def evaluate_lm(cfg, student_dir: Path, teacher: str, split: str = "eval") -> di
     s = load_causal_lm(str(student_dir), tokenizer=False)
     freeze(t.model)
     freeze(s.model)
-    d = cfg.data
-    ids = tokenize_stream(t.tokenizer, lm_texts(d.train_sources, d.data_dir, bad_rows=d.bad_rows))
-    blocks = getattr(split_blocks(ids, d.max_length, d.val_fraction, d.eval_fraction), split)
+    blocks = getattr(lm_splits(cfg, t.tokenizer), split)
     res_t, res_s = perplexity(t.model, blocks), perplexity(s.model, blocks)
     speed = measure_token_throughput({"teacher": t.model, "student": s.model}, blocks[:8])
     return {

@@ -187,7 +187,7 @@ def _top_k_reduce(
     return zs.gather(-1, idx), zt.gather(-1, idx), idx
 
 
-def _is_one(grad_out: Tensor) -> bool:
+def is_one(grad_out: Tensor) -> bool:
     """True for an upstream gradient of exactly 1 on CPU (skips a pass; no device sync)."""
     return grad_out.device.type == "cpu" and grad_out.item() == 1.0
 
@@ -237,7 +237,7 @@ class _ChunkedLogits(torch.autograd.Function):
                 "chunked token_divergence: backward ran twice (retain_graph); use impl='naive'"
             )
         ctx.dz = None  # hand the buffer over so autograd can adopt it as .grad without a copy
-        if not _is_one(grad_out):
+        if not is_one(grad_out):
             dz.mul_(grad_out.to(dz.dtype))
         return dz, None, None, None, None, None, None, None
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from attnkd.config.schema import DistillConfig
-from attnkd.data.lm import LMBatches, lm_texts, split_blocks, tokenize_stream
+from attnkd.data.lm import LMBatches, LMSplits, lm_texts, split_blocks, tokenize_stream
 from attnkd.eval.perplexity import perplexity
 from attnkd.export import export_student
 from attnkd.models.load import load_causal_lm
@@ -25,14 +25,21 @@ log = logging.getLogger("attnkd")
 EVAL_BATCH = 8
 
 
+def lm_splits(cfg: DistillConfig, tok) -> LMSplits:
+    """The run's token blocks (train / select / eval) from ``cfg.data`` and the tokenizer."""
+    d = cfg.data
+    ids = tokenize_stream(tok, lm_texts(d.train_sources, d.data_dir, bad_rows=d.bad_rows))
+    return split_blocks(ids, d.max_length, d.val_fraction, d.eval_fraction)
+
+
 def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> TaskSetup:
     d = cfg.data
-    texts = lm_texts(d.train_sources, d.data_dir, bad_rows=d.bad_rows)
-    ids = tokenize_stream(tok, texts)
-    splits = split_blocks(ids, d.max_length, d.val_fraction, d.eval_fraction)
+    splits = lm_splits(cfg, tok)
+    blocks = len(splits.train) + len(splits.select) + len(splits.eval)
     log.info(
         "token stream: %d tokens -> %d train / %d select / %d eval blocks of %d",
-        len(ids), len(splits.train), len(splits.select), len(splits.eval), d.max_length,
+        blocks * d.max_length + splits.dropped_tokens, len(splits.train), len(splits.select),
+        len(splits.eval), d.max_length,
     )  # fmt: skip
     batches = LMBatches(splits.train, cfg.train.batch_size, cfg.train.seed)
 
