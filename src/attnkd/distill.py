@@ -27,7 +27,7 @@ from attnkd.engine.loop import FitResult, StepOutput, fit
 from attnkd.errors import AttnkdError
 from attnkd.losses.terms import build_terms, collect_taps
 from attnkd.models.adapters import geometry
-from attnkd.models.load import count_parameters, freeze
+from attnkd.models.load import count_parameters, freeze, freeze_input_embeddings
 from attnkd.students.build import build_student, select_layers
 from attnkd.tasks import Task, get_task
 from attnkd.tasks.sentence import EvalPairs, GroupedBatches, eval_pairs
@@ -95,7 +95,7 @@ def run_distill(
     terms = build_terms(cfg.losses, teacher_m.geometry, sg)
     distiller = Distiller(student, terms)
     if cfg.train.freeze_embeddings:
-        student.get_input_embeddings().weight.requires_grad_(False)
+        freeze_input_embeddings(student)  # says so when a tied LM head is frozen with them
     setup = task.setup(cfg, teacher, student, tok)
 
     t0 = time.time()

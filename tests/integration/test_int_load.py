@@ -117,5 +117,5 @@ def test_eval_of_a_plain_model_folder_against_itself(teacher_dir, data_dir, caps
 
 
 def test_eval_of_a_folder_without_a_model_fails_cleanly(tmp_path, capsys):
-    assert main(["eval", str(tmp_path)]) == 1
+    assert main(["eval", str(tmp_path)]) == 2
     assert "expected a run folder with student/" in capsys.readouterr().err

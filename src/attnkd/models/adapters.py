@@ -29,6 +29,8 @@ class AttentionGeometry:
     head_dim: int
     causal: bool = False
     """Decoder attention (each token sees only earlier ones): attention losses mask j > i."""
+    vocab_size: int | None = None
+    """Token vocabulary size (the LM head's output size); None where unknown."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,7 @@ def geometry(config) -> AttentionGeometry:
         num_kv_heads=kv,
         head_dim=head_dim,
         causal=_is_causal(str(getattr(config, "model_type", "") or "")),
+        vocab_size=int(config.vocab_size) if getattr(config, "vocab_size", None) else None,
     )
 
 
