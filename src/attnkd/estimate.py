@@ -285,9 +285,7 @@ def estimate_memory(
     not_at_peak = [k for k in parts if k in extra]
     dev = device or getattr(cfg.train, "device", None) or "cpu"
     dev = "cpu" if dev == "auto" else str(dev)
-    return MemoryEstimate(
-        parts, int(peak), not_at_peak, tokens, dev, available_memory(dev), at
-    )
+    return MemoryEstimate(parts, int(peak), not_at_peak, tokens, dev, available_memory(dev), at)
 
 
 __all__ = ["MemoryEstimate", "available_memory", "estimate_memory"]

@@ -145,6 +145,7 @@ def _not_writable(c: Ctx) -> list[str]:
     return [f"output_dir={ro}"]
 
 
+# fmt: off
 CASES: list[Case] = [
     # ---------------------------------------------------------------- config
     Case("unknown-key", "config", "unknown key in an override", _o("train.lrr=1"),
@@ -278,6 +279,7 @@ CASES: list[Case] = [
     Case("resume-no-run", "cli", "--resume with no run to continue", _o("--resume"),
          _w("--resume: no checkpoint to continue"), command="distill"),
 ]
+# fmt: on
 
 
 def _bad_config(c: Ctx) -> Path:

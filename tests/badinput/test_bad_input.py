@@ -77,8 +77,9 @@ def test_argument_errors_exit_2_with_usage(argv, capsys):
     assert "usage: attnkd" in err and "Traceback" not in err
 
 
-def test_a_recipe_path_with_equals_is_read_as_a_file(tmp_path, teacher_dir, data_dir,
-                                                      base_overrides, monkeypatch, capsys):
+def test_a_recipe_path_with_equals_is_read_as_a_file(
+    tmp_path, teacher_dir, data_dir, base_overrides, monkeypatch, capsys
+):
     ctx = _ctx(tmp_path, teacher_dir, data_dir, base_overrides, monkeypatch)
     path = ctx.recipe("lr=3e-4.yaml", "")
     assert main(["validate", str(path), "--no-data"]) == 0

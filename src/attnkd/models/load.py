@@ -37,7 +37,7 @@ def load_config(name: str):
     resolved = resolve_model_path(name)
     try:
         return AutoConfig.from_pretrained(resolved.path)
-    except (OSError, ValueError, TypeError) as err:  # no config.json / unknown model_type / bad field
+    except (OSError, ValueError, TypeError) as err:  # no config.json, unknown type, bad field
         raise AttnkdError(
             f"cannot load the config of model '{name}' ({resolved.path}): {err}"
         ) from err
@@ -156,7 +156,8 @@ def freeze_input_embeddings(model: nn.Module) -> FrozenEmbeddings:
     if tied:
         log.warning(
             "train.freeze_embeddings: the LM head is tied to the input embeddings, so it is "
-            "frozen too (%s)", ", ".join(names) or "embeddings"
+            "frozen too (%s)",
+            ", ".join(names) or "embeddings",
         )
     return FrozenEmbeddings(names, tied)
 
