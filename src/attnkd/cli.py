@@ -301,14 +301,18 @@ def boundary_message(err: BaseException, cfg=None) -> str | None:
         text = "out of memory during the run"
         estimate = _memory_estimate(cfg) if cfg is not None else None
         if estimate is not None:
-            text += (f"; the predicted peak of a training step is {estimate.peak / 2**30:.2f} GiB"
-                     + (f" of {estimate.available / 2**30:.2f} GiB available"
-                        if estimate.available else "")
-                     + " (attnkd validate prints the breakdown)")  # fmt: skip
+            text += f"; the predicted peak of a training step is {_size(estimate.peak)}"
+            if estimate.available:
+                text += f" of {_size(estimate.available)} available"
+            text += " (attnkd validate prints the breakdown)"
         return text + ": lower train.batch_size or data.max_length, or use train.grad_accum"
     if type(err).__name__ == "SafetensorError":
         return f"cannot read a safetensors weights file: {err} (the file is corrupt or truncated)"
     return None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _out_of_memory(err: BaseException) -> bool:

@@ -148,6 +148,8 @@ def _saved_per_token_layer(s: _Shape) -> tuple[int, int]:
         attn += q + kv  # rotated copies of q and k
     if s.kv_heads != s.heads:
         attn += 2 * q  # k and v repeated to every query head
+    if s.materialised_attention:
+        attn += q + 2 * kv  # q, k, v split into heads and made contiguous for the matmuls
     mlp = s.width + (4 * s.ffn if s.gated_mlp else 2 * s.ffn)
     norms = 2 * s.width  # inputs of the two residual norms
     masks = 2 * s.width if s.hidden_dropout > 0 else 0
@@ -161,8 +163,8 @@ def _attention_matrix_bytes(s: _Shape, batch: int, seq: int, training: bool) -> 
     n = batch * s.heads * seq * seq
     if not training:
         return 2 * n * FLOAT  # scores and probabilities, transient
-    per = 2 * FLOAT + (1 if s.attn_dropout > 0 else 0)  # probs, dropped probs, mask
-    return n * per
+    # kept for backward: the probabilities; with dropout also its mask and the dropped copy
+    return n * FLOAT * (3 if s.attn_dropout > 0 else 1)
 
 
 def _loss_workspace(cfg: DistillConfig, t: _Shape, s: _Shape, tokens: int) -> tuple[int, int]:

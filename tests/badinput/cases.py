@@ -288,6 +288,25 @@ def _bad_config(c: Ctx) -> Path:
     return folder
 
 
+def record(case_id: str, group: str, what: str, argv: list[str], err: str, tmp: Path) -> None:
+    """With ``ATTNKD_BADINPUT_RECORD=file.jsonl`` set, append what the user saw (temporary paths
+    shortened) so docs/bad-input.md can show real messages."""
+    import os
+
+    out = os.environ.get("ATTNKD_BADINPUT_RECORD")
+    if not out:
+        return
+
+    def short(text: str) -> str:
+        return text.replace(str(tmp), "<tmp>").replace(str(tmp.parent), "<tmp>")
+
+    line = next((ln for ln in err.splitlines() if ln.startswith("error:")), err.strip())
+    row = {"id": case_id, "group": group, "what": what, "argv": [short(a) for a in argv],
+           "message": short(line)}  # fmt: skip
+    with open(out, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
 def argv_of(case: Case, ctx: Ctx) -> list[str]:
     built = case.build(ctx)
     if case.argv_only:

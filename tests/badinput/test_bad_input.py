@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cases import CASES, Ctx, argv_of
+from cases import CASES, Ctx, argv_of, record
 
 from attnkd.cli import main
 
@@ -42,6 +42,8 @@ def test_bad_input_exits_2_with_one_clear_line(
     capsys.readouterr()  # what building the input printed
     assert main(argv) == 2
     out, err = capsys.readouterr()
+    record(case.id, case.group, case.what, argv[1 + (0 if case.argv_only else len(ctx.base)) :],
+           err, tmp_path)  # fmt: skip
     assert err.startswith("error: "), err
     for word in case.expect(ctx):
         assert word in err, f"{word!r} not in {err!r}"

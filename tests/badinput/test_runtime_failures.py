@@ -8,6 +8,7 @@ import errno
 from pathlib import Path
 
 import pytest
+from cases import record
 
 from attnkd.cli import main
 
@@ -42,6 +43,8 @@ def test_disk_full_while_checkpointing(base_overrides, tmp_path, monkeypatch, ca
     monkeypatch.setattr(ckpt, "save_file", full)  # the optimizer state, after the weights
     assert main(_argv(base_overrides)) == 2
     err = _error(capsys.readouterr().err)
+    record("disk-full-checkpoint", "resources", "disk full while checkpointing (ENOSPC)",
+           ["distill", "(write raises ENOSPC)"], err, tmp_path)  # fmt: skip
     assert err.startswith("error: no space left on the device writing ")
     assert "optimizer" in err and "continue with --resume" in err, err
     run = tmp_path / "runs" / "tiny"
@@ -64,8 +67,10 @@ def test_out_of_memory_names_the_predicted_peak(base_overrides, tmp_path, monkey
     monkeypatch.setattr(distill, "make_step", make_step)
     assert main(_argv(base_overrides)) == 2
     err = _error(capsys.readouterr().err)
+    record("out-of-memory", "resources", "out of memory during training",
+           ["distill", "(allocation fails)"], err, tmp_path)  # fmt: skip
     assert err.startswith("error: out of memory during the run; the predicted peak of a ")
-    assert "GiB" in err and "lower train.batch_size" in err
+    assert "iB" in err and "lower train.batch_size" in err
     assert _partial(tmp_path / "runs" / "tiny") == []
 
 
@@ -90,4 +95,6 @@ def test_corrupt_checkpoint_on_resume(base_overrides, tmp_path, capsys):
     capsys.readouterr()
     assert main(_argv(base_overrides, "train.max_steps=4", "--resume")) == 2
     err = _error(capsys.readouterr().err)
+    record("checkpoint-corrupt", "caches", "truncated checkpoint on --resume",
+           ["distill", "--resume"], err, tmp_path)  # fmt: skip
     assert err.startswith("error: checkpoint error in ") and "model.safetensors" in err, err
