@@ -89,3 +89,10 @@ def test_a_recipe_path_with_equals_is_read_as_a_file(
     # without the file, the same word is an override (and this one names no key)
     assert main(["validate", str(tmp_path / "x=1.yaml")]) == 2
     assert "unknown key" in capsys.readouterr().err
+
+
+def test_every_case_is_in_the_docs_table():
+    doc = (ROOT / "docs" / "bad-input.md").read_text(encoding="utf-8")
+    runtime = ("disk-full-checkpoint", "out-of-memory", "checkpoint-corrupt")
+    missing = [c for c in [*(c.id for c in CASES), *runtime] if f"(`{c}`)" not in doc]
+    assert missing == []

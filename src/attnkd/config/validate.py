@@ -121,9 +121,9 @@ def validate_models(cfg: DistillConfig) -> Geometries:
     from attnkd.students.build import select_layers
 
     try:
-        _check_folder(cfg.teacher.name, tokenizer=True)
         tcfg = load_config(cfg.teacher.name)
         family = adapter_for(tcfg.model_type)
+        _check_folder(cfg.teacher.name, tokenizer=True)
     except (AttnkdError, ValueError) as err:  # ValueError: no adapter for this model family
         raise ConfigError("teacher.name", str(err)) from err
     _check_positions(cfg.data.max_length, tcfg, "teacher", cfg.teacher.name)
@@ -163,9 +163,9 @@ def validate_models(cfg: DistillConfig) -> Geometries:
             )
     else:
         try:
-            _check_folder(s.init, tokenizer=False)
             scfg = load_config(s.init)
             adapter_for(scfg.model_type)
+            _check_folder(s.init, tokenizer=False)
         except (AttnkdError, ValueError) as err:
             raise ConfigError("student.init", str(err)) from err
         sg = geometry(scfg)

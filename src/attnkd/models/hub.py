@@ -309,33 +309,34 @@ def check_model_folder(folder: str | os.PathLike, name: str, tokenizer: bool = F
     no tokenizer files. Reads file headers only. Raises ``AttnkdError`` naming the file."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
-        raise AttnkdError(f"model '{name}': {folder} has no config.json")
+        raise AttnkdError(f"cannot load model '{name}': {folder} has no config.json")
     weights = sorted(folder.glob(f"*{WEIGHT_SUFFIX}"))
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
             shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            raise AttnkdError(f"model '{name}': cannot read {index}: {err}") from None
+            raise AttnkdError(f"cannot load model '{name}': cannot read {index}: {err}") from None
         missing = sorted(s for s in shards if not (folder / s).is_file())
         if missing:
-            raise AttnkdError(f"model '{name}': {index} lists missing shards {missing}")
+            raise AttnkdError(f"cannot load model '{name}': {index} lists missing shards {missing}")
     if not weights:
         pickled = [f for f in PICKLE_WEIGHTS if (folder / f).exists()]
         if pickled:
             raise AttnkdError(
-                f"model '{name}': {folder} holds only {', '.join(pickled)}; attnkd loads "
-                "safetensors weights only (it never unpickles files): save the model with "
+                f"cannot load model '{name}': {folder} holds only {', '.join(pickled)}; attnkd "
+                "loads safetensors weights only (it never unpickles files): save the model with "
                 "save_pretrained(safe_serialization=True)"
             )
         raise AttnkdError(
-            f"model '{name}': {folder} has config.json but no weights (expected model.safetensors)"
+            f"cannot load model '{name}': {folder} has config.json but no weights "
+            "(expected model.safetensors)"
         )
     for w in weights:
         check_safetensors(w)
     if tokenizer and not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise AttnkdError(
-            f"model '{name}': {folder} has no tokenizer (expected one of "
+            f"cannot load model '{name}': {folder} has no tokenizer (expected one of "
             f"{', '.join(TOKENIZER_FILES)}); the teacher's tokenizer feeds both models"
         )
 
@@ -352,7 +353,9 @@ def vocabulary_fingerprint(name: str) -> str | None:
     try:
         vocab = AutoTokenizer.from_pretrained(str(folder)).get_vocab()
     except (OSError, ValueError, TypeError) as err:
-        raise AttnkdError(f"model '{name}': cannot read its tokenizer in {folder}: {err}") from None
+        raise AttnkdError(
+            f"cannot load model '{name}': cannot read its tokenizer in {folder}: {err}"
+        ) from None
     text = "\n".join(f"{i}\t{t}" for t, i in sorted(vocab.items(), key=lambda kv: kv[1]))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

@@ -54,14 +54,14 @@ def load_encoder(
     from transformers import MODEL_MAPPING, AutoConfig, AutoModel, AutoTokenizer
 
     resolved = resolve_model_path(name)
-    if resolved.source != "hub":
-        check_model_folder(resolved.path, name, tokenizer=tokenizer)
     try:
         config = AutoConfig.from_pretrained(resolved.path)
         try:
             adapter_for(config.model_type)
         except ValueError as err:
             raise AttnkdError(f"cannot use model '{name}': {err}") from None
+        if resolved.source != "hub":
+            check_model_folder(resolved.path, name, tokenizer=tokenizer)
         model_cls = MODEL_MAPPING[type(config)]
         kwargs = {}
         if "add_pooling_layer" in inspect.signature(model_cls.__init__).parameters:
@@ -96,14 +96,14 @@ def load_causal_lm(
     )
 
     resolved = resolve_model_path(name)
-    if resolved.source != "hub":
-        check_model_folder(resolved.path, name, tokenizer=tokenizer)
     try:
         config = AutoConfig.from_pretrained(resolved.path)
         try:
             adapter = adapter_for(config.model_type)
         except ValueError as err:
             raise AttnkdError(f"cannot use model '{name}': {err}") from None
+        if resolved.source != "hub":
+            check_model_folder(resolved.path, name, tokenizer=tokenizer)
         if not adapter.causal:
             raise AttnkdError(
                 f"cannot load model '{name}' as a causal LM: '{config.model_type}' is an encoder "
