@@ -70,13 +70,23 @@ def test_a_real_process_exits_2_without_a_traceback(
     _no_artifacts(tmp_path / "runs")
 
 
-@pytest.mark.parametrize("argv", [["frobnicate"], ["ls", "things"], ["distill", "--bogus"]])
-def test_argument_errors_exit_2_with_usage(argv, capsys):
+ARG_ERRORS = {
+    "unknown-subcommand": (["frobnicate"], "invalid choice: 'frobnicate'"),
+    "ls-unknown": (["ls", "things"], "invalid choice: 'things'"),
+    "unknown-flag": (["distill", "--bogus"], "unrecognized arguments: --bogus"),
+}
+
+
+@pytest.mark.parametrize("case_id", list(ARG_ERRORS))
+def test_argument_errors_exit_2_with_usage(case_id, tmp_path, capsys):
+    argv, words = ARG_ERRORS[case_id]
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "usage: attnkd" in err and "Traceback" not in err
+    assert "usage: attnkd" in err and words in err and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    record(case_id, "cli", f"argument error ({words.split(':')[0]})", argv, last, tmp_path)
 
 
 def test_a_recipe_path_with_equals_is_read_as_a_file(
@@ -93,6 +103,6 @@ def test_a_recipe_path_with_equals_is_read_as_a_file(
 
 def test_every_case_is_in_the_docs_table():
     doc = (ROOT / "docs" / "bad-input.md").read_text(encoding="utf-8")
-    runtime = ("disk-full-checkpoint", "out-of-memory", "checkpoint-corrupt")
+    runtime = ("disk-full-checkpoint", "out-of-memory", "checkpoint-corrupt", *ARG_ERRORS)
     missing = [c for c in [*(c.id for c in CASES), *runtime] if f"(`{c}`)" not in doc]
     assert missing == []
