@@ -9,7 +9,6 @@ outside the module the optimizer sees.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from attnkd.atomic import write_json
 from attnkd.capture import Capture
 from attnkd.config.io import dump_yaml
 from attnkd.config.schema import DistillConfig
@@ -152,9 +152,7 @@ def _make_student(cfg: DistillConfig, teacher: nn.Module, task: Task) -> nn.Modu
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_default) + "\n")
-    tmp.replace(path)
+    write_json(path, obj, default=_default)
 
 
 def _default(o):

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
-from attnkd.engine._atomic import atomic_dir, fsync_dir, manifest, sha256, siblings
+from attnkd.atomic import atomic_dir, fsync_dir, manifest, sha256, siblings
 from attnkd.engine.rng import RngState
 from attnkd.errors import AttnkdError
 
@@ -133,10 +133,8 @@ def unflatten_optimizer(flat: FlatOptimizer) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(_to_json(obj), fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Plain write: only ever called inside :func:`atomic_dir`, which fsyncs and swaps."""
+    path.write_text(json.dumps(_to_json(obj), indent=1), encoding="utf-8")
 
 
 def _recover(target: Path) -> None:
