@@ -56,6 +56,11 @@ class TrainState:
     best_step: int | None = None
     elapsed_s: float = 0.0
     """Training wall time summed over all sessions."""
+    skipped_steps: int = 0
+    """Steps whose update was dropped for a non-finite loss or gradient (``nonfinite: skip``)."""
+
+
+_OPTIONAL_STATE = {"skipped_steps"}  # absent from checkpoints written before it existed
 
 
 @dataclass
@@ -66,6 +71,8 @@ class Checkpoint:
     state: TrainState
     rng: RngState | None
     extra: dict[str, Any] = field(default_factory=dict)
+    scaler: dict[str, Any] | None = None
+    """fp16 gradient-scaler state (``GradScaler.state_dict()``), if one was saved."""
 
 
 # ----------------------------------------------------------------------------- JSON helpers
@@ -166,8 +173,10 @@ def save_checkpoint(
     state: TrainState,
     rng: RngState | None = None,
     extra: dict[str, Any] | None = None,
+    scaler: dict[str, Any] | None = None,
 ) -> Path:
-    """Atomically write module (+ optimizer, RNG, counters, ``extra``) to directory ``path``."""
+    """Atomically write module (+ optimizer, RNG, counters, ``extra``, fp16 ``scaler`` state)
+    to directory ``path``."""
     target = Path(path)
     with atomic_dir(target) as tmp:
         files = [MODEL_FILE]
@@ -183,6 +192,8 @@ def save_checkpoint(
             files.append(RNG_FILE)
             doc["rng"] = rng.plain()
         doc["extra"] = extra or {}
+        if scaler is not None:
+            doc["scaler"] = scaler
         doc["files"] = manifest(tmp, files)
         _write_json(tmp / STATE_FILE, doc)
     return target
@@ -202,9 +213,23 @@ def _read_state(directory: Path) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_VERSION:
         raise CheckpointError(f, f"unknown checkpoint format (expected {FORMAT_VERSION})")
     keys = {"state", "files", "extra"}
-    if not keys <= set(doc) or set(doc["state"]) != {x.name for x in fields(TrainState)}:
+    names = {x.name for x in fields(TrainState)}
+    if (
+        not keys <= set(doc)
+        or not isinstance(doc["state"], dict)
+        or not names - _OPTIONAL_STATE <= set(doc["state"]) <= names
+    ):
         raise CheckpointError(f, f"incomplete: needs keys {sorted(keys)} and a full 'state'")
     return doc
+
+
+def verify_checkpoint(path: str | os.PathLike) -> TrainState:
+    """Check a checkpoint directory (state.json and every file against its manifest) without
+    loading tensors; returns its counters or raises :class:`CheckpointError` naming the file."""
+    directory = Path(path)
+    doc = _read_state(directory)
+    _verify_manifest(directory, doc)
+    return TrainState(**doc["state"])
 
 
 def _verify_manifest(directory: Path, doc: dict[str, Any]) -> None:
@@ -314,4 +339,5 @@ def load_checkpoint(
     module.load_state_dict(weights, strict=True)
     if optimizer is not None:
         optimizer.load_state_dict(optim_sd)
-    return Checkpoint(directory, TrainState(**doc["state"]), rng, doc.get("extra", {}))
+    state = TrainState(**doc["state"])
+    return Checkpoint(directory, state, rng, doc.get("extra", {}), doc.get("scaler"))
