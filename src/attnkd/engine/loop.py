@@ -186,8 +186,12 @@ def fit(
 
     state = TrainState()
     resumed_from: Path | None = None
-    if resume:
-        point = store.find_resumable(ckpt_dir)
+    point = store.find_resumable(ckpt_dir) if resume else None
+    if resume and point is None:  # stopped before its first save: the start is step 0
+        warnings.warn(f"no checkpoint in {ckpt_dir} to resume; starting at step 0", stacklevel=2)
+        store.clear(ckpt_dir)  # leftovers of a save that was cut short
+        resume = False
+    if point is not None:
         ckpt = load_checkpoint(point.path, module, optimizer)
         state, resumed_from = ckpt.state, point.path
         if ckpt.rng is not None:

@@ -107,14 +107,16 @@ class ResumePoint:
     """``(folder, reason)`` of each newer candidate that was corrupt or incomplete."""
 
 
-def find_resumable(ckpt_dir: Path) -> ResumePoint:
+def find_resumable(ckpt_dir: Path) -> ResumePoint | None:
     """The newest valid checkpoint in ``ckpt_dir``; each corrupt or partial one newer than it is
-    skipped with a warning that names it and says why. Raises :class:`CheckpointError` if none
-    is valid."""
+    skipped with a warning that names it and says why. None if there is no candidate at all (a
+    run stopped before its first save); :class:`CheckpointError` if none of them is valid."""
     candidates = [p for _, p in reversed(step_dirs(ckpt_dir))]
     last = ckpt_dir / LAST
     if last.is_dir() and not last.is_symlink():  # older layout (or a copy): one more candidate
         candidates.append(last)
+    if not candidates:
+        return None
     skipped: list[tuple[Path, str]] = []
     for cand in candidates:  # newest first
         try:
@@ -123,5 +125,5 @@ def find_resumable(ckpt_dir: Path) -> ResumePoint:
             warnings.warn(f"skipping checkpoint {cand.name}: {err}", stacklevel=3)
             log.warning("skipping checkpoint %s: %s", cand.name, err)
             skipped.append((cand, str(err)))
-    reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped) or "none found"
+    reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped)
     raise CheckpointError(ckpt_dir, f"no valid checkpoint to resume from ({reasons})")
