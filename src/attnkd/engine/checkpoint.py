@@ -1,12 +1,14 @@
 """Checkpoints without pickle, written atomically.
 
-Layout of a training checkpoint directory (e.g. ``run_dir/checkpoints/last/``)::
+Layout of one training checkpoint directory (e.g. ``run_dir/checkpoints/step-00000250/``; how
+a run keeps several and resumes from the newest valid one is :mod:`attnkd.engine.resume`)::
 
     model.safetensors      module state dict (tied tensors stored once)
     optimizer.safetensors  optimizer tensors, keys ``state.{param_idx}.{name}``
     rng.safetensors        torch RNG states (``torch.cpu``, ``torch.cuda.{i}``)
     state.json             counters, best metric, optimizer scalars + param groups, numpy/python
-                           RNG states, and a manifest (size + sha256) of the files above
+                           RNG states, fp16 gradient-scaler state (if any), and a manifest
+                           (size + sha256) of the files above
 
 ``state.json`` is written last, so a directory without it is incomplete. The whole directory is
 built under a temporary name in the same parent, fsynced, then swapped in with ``os.replace``:
