@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from torch import nn
+
+from attnkd.atomic import atomic_dir
 
 
 def write_sentence_transformers_files(folder: Path, hidden: int, max_seq_length: int) -> None:
@@ -54,24 +54,10 @@ def export_student(
     ``AutoModel`` / ``AutoModelForCausalLM.from_pretrained`` and ``SentenceTransformer`` load it.
     """
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if sentence_transformers:
             write_sentence_transformers_files(tmp, int(model.config.hidden_size), max_seq_length)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

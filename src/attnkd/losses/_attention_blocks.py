@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from attnkd.losses._amp import autocast_off
 from attnkd.losses._vocab_chunked import is_one
 
 SLAB_ELEMENTS = 1 << 20  # values per score slab (1M: 4 MB in float32); tests shrink it
@@ -288,6 +289,7 @@ class Terminal(torch.autograd.Function):
     """A scalar loss whose input gradients were formed during the forward pass."""
 
     @staticmethod
+    @autocast_off
     def forward(ctx, kernel: Callable[..., KernelOut], opt: ChunkOptions, *tensors):
         out = kernel(list(tensors), opt)
         ctx.grads = out.grads
