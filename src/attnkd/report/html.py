@@ -21,8 +21,9 @@ from attnkd.errors import AttnkdError
 
 DEFAULT_SENTENCE = "A man is playing a guitar on the stage."
 ATTENTION_NOTE = (
-    "Attention rebuilt from the captured queries and keys, softmax(q k^T / sqrt(d)) averaged "
-    "over heads, as the attention losses see it. Rows are queries, columns keys."
+    "Attention rebuilt from the captured queries and keys, softmax(q k^T / sqrt(d)) (plus the "
+    "relative-position bias in families that add one, e.g. MPNet) averaged over heads, as the "
+    "attention losses see it. Rows are queries, columns keys."
 )
 
 
