@@ -292,9 +292,7 @@ def chunked_divergence(
     (:meth:`attnkd.losses.position_bias.RelativePositionBias.by_offset`), gradients included.
     """
     opt = with_bias_need(opt, teacher_bias, student_bias)
-    return Terminal.apply(
-        _divergence_kernel, opt, tq, tk, sq, sk, mask, teacher_bias, student_bias
-    )
+    return Terminal.apply(_divergence_kernel, opt, tq, tk, sq, sk, mask, teacher_bias, student_bias)
 
 
 def chunked_output_mse(
@@ -331,6 +329,4 @@ def chunked_score_mse(
     otherwise the caller uses :func:`gram_score_mse`, which has no seq x seq slab at all).
     Biases as for :func:`chunked_divergence`."""
     opt = with_bias_need(opt, teacher_bias, student_bias)
-    return Terminal.apply(
-        _score_mse_kernel, opt, tq, tk, sq, sk, mask, teacher_bias, student_bias
-    )
+    return Terminal.apply(_score_mse_kernel, opt, tq, tk, sq, sk, mask, teacher_bias, student_bias)

@@ -96,6 +96,7 @@ BERT = _register(
     )
 )
 
+
 def mpnet_position_bucket(rel: Tensor, num_buckets: int = 32, max_distance: int = 128) -> Tensor:
     """MPNet's bucket of relative position ``rel = j - i`` (long tensor, any shape).
 
