@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from attnkd.config.io import dump_yaml, load_config
-from attnkd.config.validate import validate, validate_static
+from attnkd.validate import validate, validate_static
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 

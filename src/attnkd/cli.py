@@ -60,7 +60,7 @@ def cmd_distill(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from attnkd.config.validate import validate
+    from attnkd.validate import validate
 
     config, overrides = _split_args(args)
     cfg = _load(config, overrides)
@@ -70,7 +70,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from attnkd.eval.run import evaluate_run
+    from attnkd.evaluate import evaluate_run
 
     res = evaluate_run(args.run, teacher=args.teacher, split=args.split, data_dir=args.data_dir)
     print(json.dumps(res, indent=2))

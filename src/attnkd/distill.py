@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from attnkd.capture import Capture
 from attnkd.config.io import dump_yaml
 from attnkd.config.schema import DistillConfig
-from attnkd.config.validate import validate
 from attnkd.engine.checkpoint import load_checkpoint
 from attnkd.engine.loop import FitResult, StepOutput, fit
 from attnkd.errors import AttnkdError
@@ -30,11 +29,11 @@ from attnkd.models.adapters import geometry
 from attnkd.models.load import count_parameters, freeze
 from attnkd.students.build import build_student, select_layers
 from attnkd.tasks import Task, get_task
-from attnkd.tasks.sentence import EvalPairs, GroupedBatches, eval_pairs
+from attnkd.validate import validate
 
 log = logging.getLogger("attnkd")
 
-__all__ = ["Distiller", "EvalPairs", "GroupedBatches", "eval_pairs", "make_step", "run_distill"]
+__all__ = ["Distiller", "make_step", "run_distill"]
 
 
 class Distiller(nn.Module):

@@ -3,7 +3,7 @@
 Reads what the run folder holds and says what it lacks: ``metrics.jsonl`` (events of
 :func:`attnkd.engine.loop.fit`; a line cut short by a killed run is skipped and reported),
 ``results.json`` (:func:`attnkd.distill.run_distill`), ``eval-*.json``
-(:func:`attnkd.eval.run.evaluate_run`) and ``config.yaml`` (shown verbatim). Writes
+(:func:`attnkd.evaluate.evaluate_run`) and ``config.yaml`` (shown verbatim). Writes
 ``RUN_DIR/report/index.html`` and PNGs beside it, built in a temporary folder and swapped in,
 so a reader never sees half a report. All text from the run is HTML-escaped.
 """
