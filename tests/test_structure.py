@@ -156,7 +156,8 @@ def test_distill_is_task_agnostic():
             assert not node.module.startswith("attnkd.tasks."), node.module
     exported = next(
         node.value for node in tree.body
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets)
+        if isinstance(node, ast.Assign)
+        and any(getattr(t, "id", "") == "__all__" for t in node.targets)
     )  # fmt: skip
     names = {elt.value for elt in exported.elts}
     assert not names & {"EvalPairs", "GroupedBatches", "eval_pairs"}

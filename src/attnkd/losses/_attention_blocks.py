@@ -1,4 +1,4 @@
-"""Row-block machinery shared by the chunked attention losses (METHODS.md section 6).
+"""Row-block machinery shared by the chunked attention losses (see :mod:`._attention_chunked`).
 
 A :class:`Side` holds one model's queries and keys laid out for grouped matmuls (GQA keys are
 shared through a reshape of the queries, never copied per head), builds the score slab of a

@@ -1,4 +1,9 @@
-"""Exact row-block forms of the attention and relation losses (METHODS.md section 6).
+"""Exact row-block forms of the attention and relation losses.
+
+Row blocks with exact per-row normalisers, as FlashAttention tiles softmax attention (Dao et
+al. 2022, "FlashAttention"; Milakov & Gimelshein 2018, "Online normalizer calculation for
+softmax"), applied to the divergence between two models' attention rows; the formulas are
+derived below.
 
 Query rows are independent, so each loss is computed over blocks of rows: the (rows x seq)
 score slabs of both models are built in preallocated buffers, reduced with exact per-row
@@ -253,7 +258,7 @@ def allowed_pairs(mask: Tensor | None, batch: int, seq: int, causal: bool) -> in
 
 
 def gram_score_mse(tq: Tensor, tk: Tensor, sq: Tensor, sk: Tensor, mask: Tensor | None) -> Tensor:
-    """Non-causal TinyBERT score MSE without any seq x seq matrix (METHODS.md section 6).
+    """Non-causal TinyBERT score MSE without any seq x seq matrix (Jiao et al. 2020 loss).
 
     ``||s_t Q_t K_t^T - s_s Q_s K_s^T||_F^2`` expanded into d x d Gram matrices accumulated
     in float64 (float32 would cancel); padded rows of q and k must already be zero (this

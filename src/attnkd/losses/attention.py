@@ -11,8 +11,8 @@ attention itself: ``softmax(q k^T / sqrt(d))`` per head. Conventions shared by a
   the loss or the gradients. An all-padding batch gives 0. ``causal=True`` masks keys j > i.
 - Reduction: mean over batch, heads and real query rows.
 - ``impl``: "naive" builds the (B, H, S, S) matrices; "chunked" is the exact row-block form
-  (memory linear in seq, METHODS.md section 6); "auto" picks chunked from
-  ``AUTO_CHUNKED_MIN_SEQ`` on. Both give the same values and gradients up to rounding.
+  (memory linear in seq; FlashAttention-style row blocks, Dao et al. 2022); "auto" picks
+  chunked from ``AUTO_CHUNKED_MIN_SEQ`` on. Both give the same values and gradients up to rounding.
 - Inputs are computed in their promoted dtype, at least float32; the loss has that dtype.
 - ``teacher_bias`` / ``student_bias`` (attention losses, not the relation ones): a
   :class:`~attnkd.losses.position_bias.RelativePositionBias` added to that model's scaled
