@@ -277,7 +277,7 @@ CASES: list[Case] = [
          lambda c: [str(c.recipe("lr=3e-4.yaml", "bogus: 1\n"))],
          lambda c: [f"{c.tmp / 'lr=3e-4.yaml'}:", "unknown key 'bogus'"], argv_only=True),
     Case("resume-no-run", "cli", "--resume with no run to continue", _o("--resume"),
-         _w("--resume: no checkpoint to continue"), command="distill"),
+         _w("'name'", "--resume: there is no run at"), command="distill"),
 ]
 # fmt: on
 

@@ -11,10 +11,10 @@ from int_helpers import bert_config, llama_config, mpnet_config
 
 from attnkd.cli import main
 from attnkd.config.schema import LossTermConfig
-from attnkd.config.validate import position_limit
 from attnkd.losses.terms import TermError, build_terms
 from attnkd.models.adapters import geometry
 from attnkd.models.load import freeze_input_embeddings
+from attnkd.validate import position_limit
 
 
 def test_the_logits_vocabulary_check_fires_on_geometries_from_configs():

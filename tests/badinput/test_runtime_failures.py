@@ -95,6 +95,6 @@ def test_corrupt_checkpoint_on_resume(base_overrides, tmp_path, capsys):
     capsys.readouterr()
     assert main(_argv(base_overrides, "train.max_steps=4", "--resume")) == 2
     err = _error(capsys.readouterr().err)
-    record("checkpoint-corrupt", "caches", "truncated checkpoint on --resume",
+    record("checkpoint-corrupt", "caches", "--resume when the only checkpoint is truncated",
            ["distill", "--resume"], err, tmp_path)  # fmt: skip
     assert err.startswith("error: checkpoint error in ") and "model.safetensors" in err, err

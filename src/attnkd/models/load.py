@@ -146,7 +146,7 @@ def freeze_input_embeddings(model: nn.Module) -> FrozenEmbeddings:
 
     A decoder whose LM head is tied to it (``tie_word_embeddings``) has one tensor for both, so
     the head is frozen too: this is said in the log and in the returned record, never silently.
-    Refusing freshly initialised (narrowed) embeddings is :mod:`attnkd.config.validate`'s job.
+    Refusing freshly initialised (narrowed) embeddings is :mod:`attnkd.validate`'s job.
     """
     weight = model.get_input_embeddings().weight
     weight.requires_grad_(False)
