@@ -3,7 +3,9 @@
 The models are instantiated on PyTorch's ``meta`` device from their ``config.json`` (exact
 parameter counts for any family, zero bytes), and activations are counted per token and layer
 from the widths. The prediction is the worst case of one step at ``train.batch_size`` x
-``data.max_length`` tokens (every sequence padded to the full length), in float32:
+``data.max_length`` tokens (every sequence padded to the full length), in float32 (the teacher
+in bf16/fp16 when ``train.teacher_dtype`` says so; ``train.precision`` autocast, which keeps
+some activations in half precision, is not modelled, so the estimate is then an upper bound):
 
 - teacher weights; student weights, gradients and AdamW's two moment buffers (trainable only);
 - activations autograd keeps for the student's backward (per layer: the norm/linear inputs,
@@ -225,6 +227,22 @@ def available_memory(device: str = "cpu") -> int | None:
         return None
 
 
+def _device_name(cfg: DistillConfig) -> str:
+    """The device ``train.device`` resolves to ('cpu' when it cannot be resolved here)."""
+    from attnkd.engine.device import resolve_device
+    from attnkd.errors import ConfigError
+
+    try:
+        return str(resolve_device(getattr(cfg.train, "device", "cpu")))
+    except ConfigError:
+        return "cpu"
+
+
+def _teacher_bytes(cfg: DistillConfig) -> int:
+    """Bytes per teacher weight: 2 when ``train.teacher_dtype`` holds it in bf16/fp16."""
+    return 2 if getattr(cfg.train, "teacher_dtype", None) in ("bf16", "fp16") else FLOAT
+
+
 def estimate_memory(
     cfg: DistillConfig, teacher_config=None, student_config=None, device: str | None = None
 ) -> MemoryEstimate:
@@ -256,7 +274,7 @@ def estimate_memory(
     teacher_transient = max(t_mlp, _attention_matrix_bytes(t, batch, seq, False))
     taps, workspace = _loss_workspace(cfg, t, s, tokens)
     parts = {
-        "teacher weights": t.params * FLOAT,
+        "teacher weights": t.params * _teacher_bytes(cfg),
         "student weights": s.params * FLOAT,
         "student gradients": trainable * FLOAT,
         "AdamW moments (2x)": 2 * trainable * FLOAT,
@@ -285,8 +303,7 @@ def estimate_memory(
     at, (peak, live) = max(moments.items(), key=lambda kv: kv[1][0])
     extra = set(parts) - set(live) - {"teacher weights", "student weights", "AdamW moments (2x)"}
     not_at_peak = [k for k in parts if k in extra]
-    dev = device or getattr(cfg.train, "device", None) or "cpu"
-    dev = "cpu" if dev == "auto" else str(dev)
+    dev = device or _device_name(cfg)
     return MemoryEstimate(parts, int(peak), not_at_peak, tokens, dev, available_memory(dev), at)
 
 

@@ -115,3 +115,17 @@ def test_estimate_grows_with_tokens(base_overrides):
     assert big.parts["student activations"] == 4 * small.parts["student activations"]
     assert big.parts["teacher weights"] == small.parts["teacher weights"]
     assert torch.isfinite(torch.tensor(float(big.peak)))
+
+
+def test_estimate_halves_a_half_precision_teacher(base_overrides):
+    from attnkd.config.io import apply_overrides
+    from attnkd.config.schema import default_recipe
+    from attnkd.estimate import estimate_memory
+
+    full = estimate_memory(apply_overrides(default_recipe(), base_overrides))
+    half = estimate_memory(
+        apply_overrides(default_recipe(), [*base_overrides, "train.teacher_dtype=bf16"])
+    )
+    assert 2 * half.parts["teacher weights"] == full.parts["teacher weights"]
+    assert half.parts["student weights"] == full.parts["student weights"]
+    assert full.device == "cpu"
