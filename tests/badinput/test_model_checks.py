@@ -129,3 +129,15 @@ def test_estimate_halves_a_half_precision_teacher(base_overrides):
     assert 2 * half.parts["teacher weights"] == full.parts["teacher weights"]
     assert half.parts["student weights"] == full.parts["student weights"]
     assert full.device == "cpu"
+
+
+def test_distill_warns_before_loading_when_the_step_will_not_fit(
+    base_overrides, tmp_path, monkeypatch, caplog
+):
+    import attnkd.estimate as estimate
+
+    monkeypatch.setattr(estimate, "available_memory", lambda device="cpu": 1000)
+    argv = ["distill", *base_overrides, f"data.data_dir={tmp_path / 'none'}", "--no-progress"]
+    with caplog.at_level(logging.WARNING, logger="attnkd"):
+        assert main(argv) == 2  # the data folder is missing: validation stops it after the warning
+    assert "predicted peak" in caplog.text and "exceeds the" in caplog.text
