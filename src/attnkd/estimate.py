@@ -199,15 +199,15 @@ def _loss_workspace(cfg: DistillConfig, t: _Shape, s: _Shape, tokens: int) -> tu
     return taps, workspace
 
 
-def _student_config(cfg: DistillConfig, teacher_config):
+def _cut_student_config(cfg: DistillConfig, teacher_config):
     from attnkd.models.load import load_config
-    from attnkd.students.build import _student_config, select_layers
+    from attnkd.students.build import select_layers, student_config
 
     s = cfg.student
     if s.init != "teacher":
         return load_config(s.init)
     layers = select_layers(int(teacher_config.num_hidden_layers), s.layers, s.layer_rule)
-    return _student_config(teacher_config, layers, s.hidden_size, s.num_heads, s.intermediate_size)
+    return student_config(teacher_config, layers, s.hidden_size, s.num_heads, s.intermediate_size)
 
 
 def available_memory(device: str = "cpu") -> int | None:
@@ -256,7 +256,7 @@ def estimate_memory(
 
     causal = cfg.task == "causal_lm"
     tc = teacher_config if teacher_config is not None else load_config(cfg.teacher.name)
-    sc = student_config if student_config is not None else _student_config(cfg, tc)
+    sc = student_config if student_config is not None else _cut_student_config(cfg, tc)
     t = _shape(tc, causal, cfg.teacher.attn_implementation)
     s = _shape(sc, causal, cfg.student.attn_implementation)
     batch, seq = cfg.train.batch_size, cfg.data.max_length
