@@ -112,7 +112,8 @@ def evaluate_lm(cfg, student_dir: Path, teacher: str, split: str = "eval") -> di
             "params": count_parameters(s.model),
             "tokens_per_s": speed["student"].tokens_per_s,
         },  # fmt: skip
-        "retention": res_t.nll / res_s.nll,
+        "retention": res_t.nll / res_s.nll,  # NLL ratio, teacher / student
+        "perplexity_ratio": res_s.ppl / res_t.ppl,  # student / teacher: 1.0 = as good
         "speedup": speed["student"].tokens_per_s / speed["teacher"].tokens_per_s,
         "size_ratio": count_parameters(s.model) / count_parameters(t.model),
         "throughput_rounds": {k: v.rounds for k, v in speed.items()},
