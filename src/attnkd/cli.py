@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from attnkd.errors import AttnkdError
+from attnkd.errors import AttnkdError, Terminated
 
 DEFAULT_RECIPE = "minilm-sentence"
 
@@ -237,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     except AttnkdError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except Terminated as stop:  # SIGTERM: step saved; 143 = 128 + SIGTERM, as a shell reports it
+        print(str(stop), file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
         return 130

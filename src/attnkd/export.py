@@ -13,11 +13,11 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path, PurePosixPath
 
 from torch import nn
 
+from attnkd.atomic import atomic_dir
 from attnkd.errors import AttnkdError
 
 log = logging.getLogger("attnkd")
@@ -147,9 +147,7 @@ def export_student(
     the pipeline is mean pooling alone.
     """
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -162,16 +160,4 @@ def export_student(
                 write_sentence_transformers_files(tmp, hidden, max_seq_length)
             elif not copy_sentence_transformers_modules(teacher, tmp, hidden, max_seq_length):
                 write_sentence_transformers_files(tmp, hidden, max_seq_length)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

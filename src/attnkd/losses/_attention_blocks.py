@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from attnkd.losses._amp import autocast_off
 from attnkd.losses._vocab_chunked import is_one
 from attnkd.losses.position_bias import offset_index
 
@@ -331,6 +332,7 @@ class Terminal(torch.autograd.Function):
     """A scalar loss whose input gradients were formed during the forward pass."""
 
     @staticmethod
+    @autocast_off
     def forward(ctx, kernel: Callable[..., KernelOut], opt: ChunkOptions, *tensors):
         out = kernel(list(tensors), opt)
         ctx.grads = out.grads

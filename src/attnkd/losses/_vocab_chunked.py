@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ._amp import autocast_off
 from ._mask import check_mask
 
 KINDS = ("fkl", "rkl", "jsd", "tvd")
@@ -196,6 +197,7 @@ def is_one(grad_out: Tensor) -> bool:
 
 class _ChunkedLogits(torch.autograd.Function):
     @staticmethod
+    @autocast_off
     def forward(ctx, student, teacher, mask, kind, beta, tau, chunk, reuse):
         batch, seq, vocab = student.shape
         cd = compute_dtype(student.dtype)
@@ -282,6 +284,7 @@ def chunked_token_divergence(
 
 class _ChunkedHidden(torch.autograd.Function):
     @staticmethod
+    @autocast_off
     def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, mask, kind, beta, tau, top_k, chunk):
         batch, seq, _ = h_s.shape
         cd = compute_dtype(h_s.dtype)

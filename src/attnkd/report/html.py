@@ -16,7 +16,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from attnkd.engine._atomic import atomic_dir
+from attnkd.atomic import atomic_dir
 from attnkd.errors import AttnkdError
 
 DEFAULT_SENTENCE = "A man is playing a guitar on the stage."

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 from torch import Tensor, nn
 
+from attnkd.atomic import atomic_file
 from attnkd.capture import Capture, Tap, split_heads
 from attnkd.losses.position_bias import RelativePositionBias
 from attnkd.models.adapters import adapter_for, geometry, resolve_layer
@@ -64,10 +65,9 @@ def _text(s: object) -> str:
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     FigureCanvasAgg(fig)
-    fig.savefig(tmp, format="png", dpi=DPI)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
     return path
 
 
