@@ -120,7 +120,7 @@ def test_every_json_and_yaml_writer_is_atomic_on_disk_full(tmp_path, monkeypatch
     from attnkd.config.io import dump_yaml
     from attnkd.config.schema import DistillConfig
     from attnkd.distill import _write_json
-    from attnkd.eval import run as eval_run
+    from attnkd import evaluate as eval_run
 
     dump_yaml(DistillConfig(), tmp_path / "config.yaml")
     _write_json(tmp_path / "results.json", {"a": 1})
