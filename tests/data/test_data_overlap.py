@@ -5,24 +5,28 @@ The real-data tests read $ATTNKD_DATA_DIR and skip when a benchmark folder is ab
 
 from __future__ import annotations
 
-import pytest
-
 from attnkd.data.corpus import build_corpus, normalize_sentence
 from attnkd.data.overlap import Exclusions, sentence_key, shared_keys
 from attnkd.data.sources import held_out_sentences, source_sentences
 
 # The same sentence as two benchmark files spell it (MRPC train is tokenised, STS-B dev is not).
-MRPC = ("Singapore is already the United States ' 12th-largest trading partner , with two-way "
-        "trade totaling more than $ 34 billion .")
-STSB = ("Singapore is already the United States' 12th-largest trading partner, with two-way "
-        "trade totaling more than $34 billion.")
+MRPC = (
+    "Singapore is already the United States ' 12th-largest trading partner , with two-way "
+    "trade totaling more than $ 34 billion ."
+)
+STSB = (
+    "Singapore is already the United States' 12th-largest trading partner, with two-way "
+    "trade totaling more than $34 billion."
+)
 
 
 def test_one_key_for_every_spelling():
     assert sentence_key(MRPC) == sentence_key(STSB)
     same = [
-        ('" Leaving aside attorney fees , we \'re dealing , " said Gammerman .',
-         '"Leaving aside attorney fees, we\'re dealing," said Gammerman.'),
+        (
+            '" Leaving aside attorney fees , we \'re dealing , " said Gammerman .',
+            '"Leaving aside attorney fees, we\'re dealing," said Gammerman.',
+        ),
         ("it 's a -LRB- great -RRB- film , is n't it ?", "It's a (great) film, isn't it?"),
         ("`` quoted '' text", "\u201cQuoted\u201d text"),
         ("the 1 @,@ 000 @-@ year @-@ old city @.@ 5", "The 1,000-year-old city.5"),
