@@ -15,7 +15,24 @@ from attnkd.data.lm import (
 from attnkd.data.overlap import sentence_key
 from attnkd.errors import AttnkdError
 
-WORDS = "the story of a king and his horse went far into north south land line number".split()
+WORDS = [
+    "the",
+    "story",
+    "of",
+    "a",
+    "king",
+    "and",
+    "his",
+    "horse",
+    "went",
+    "far",
+    "into",
+    "north",
+    "south",
+    "land",
+    "line",
+    "number",
+]
 
 
 @pytest.fixture(scope="module")
