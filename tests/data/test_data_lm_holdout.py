@@ -15,24 +15,7 @@ from attnkd.data.lm import (
 from attnkd.data.overlap import sentence_key
 from attnkd.errors import AttnkdError
 
-WORDS = [
-    "the",
-    "story",
-    "of",
-    "a",
-    "king",
-    "and",
-    "his",
-    "horse",
-    "went",
-    "far",
-    "into",
-    "north",
-    "south",
-    "land",
-    "line",
-    "number",
-]
+WORDS = ["the", "story", "of", "a", "king", "and", "his", "horse", "line", "number"]
 
 
 @pytest.fixture(scope="module")
