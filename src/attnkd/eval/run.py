@@ -58,7 +58,7 @@ def evaluate_run(
         out["in_training_sources"] = [s for s in cfg.data.train_sources if s in known.sources]
     if write and has_config:
         prefix = "eval-lm-" if cfg.task == "causal_lm" else "eval-"
-        _write(run / f"{prefix}{split.replace(':', '_')}.json", out)
+        _write(run / f"{prefix}{out['split'].replace(':', '_')}.json", out)
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         _write(Path(json_path), out)
