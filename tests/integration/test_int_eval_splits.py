@@ -17,8 +17,8 @@ from attnkd.cli import main
 from attnkd.config.io import apply_overrides, dump_yaml
 from attnkd.config.schema import default_recipe
 from attnkd.errors import ConfigError, DataError
-from attnkd.eval.run import document_blocks
 from attnkd.eval.splits import SPLITS, resolve_split
+from attnkd.evaluate import document_blocks
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

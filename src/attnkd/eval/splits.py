@@ -12,7 +12,7 @@ says what it holds (``kind``), which metrics it gives and which run tasks can sc
   they resolve and name their file, but no run task scores them yet.
 
 Splits defined by a run itself (``stsb:val``, the causal-LM ``eval`` / ``select`` blocks) are
-handled in :mod:`attnkd.eval.run`, not here.
+handled in :mod:`attnkd.evaluate`, not here.
 """
 
 from __future__ import annotations

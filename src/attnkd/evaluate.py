@@ -1,5 +1,8 @@
 """``attnkd eval``: quality, size and speed of a student against its teacher, side by side.
 
+Run-level like :mod:`attnkd.distill`: it rebuilds a run's task splits (:mod:`attnkd.tasks`) and
+scores them with the metrics of :mod:`attnkd.eval`, which depend on no task.
+
 The split is a known benchmark split (:mod:`attnkd.eval.splits`, e.g. ``stsb:test``,
 ``wikitext2:test``) or one the run defines: ``eval`` and ``select`` (the run's evaluation and
 selection splits; for causal_lm runs its held-out token blocks) and ``stsb:val``. Each model's
@@ -9,9 +12,9 @@ what), measured for both models in one interleaved run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from attnkd.atomic import write_json
 from attnkd.errors import AttnkdError, ConfigError
 
 RUN_SPLITS = {"sentence": ("eval", "select", "stsb:val"), "causal_lm": ("eval", "select")}
@@ -164,6 +167,4 @@ def document_blocks(tokenizer, text: str, block_size: int):
 
 
 def _write(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(path, obj)
