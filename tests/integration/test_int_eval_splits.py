@@ -143,3 +143,20 @@ def test_lm_run_on_wikitext_test_matches_a_direct_perplexity(tmp_path, capsys):
     assert "scored by sentence runs; a causal_lm run scores: eval, select" in (
         capsys.readouterr().err
     )
+
+
+def test_sentence_run_on_its_own_selection_split(teacher_dir, data_dir, tmp_path, capsys):
+    from attnkd.tasks.sentence import eval_pairs
+
+    run = tmp_path / "runs" / "s"
+    shutil.copytree(teacher_dir, run / "student")
+    cfg = apply_overrides(default_recipe(), [f"teacher.name={teacher_dir}",
+                                             f"data.data_dir={data_dir}"])  # fmt: skip
+    dump_yaml(cfg, run / "config.yaml")
+    assert main(["eval", str(run), "--split", "select"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["split"] == "stsb:val" and res["pairs"] == len(eval_pairs(cfg, "stsb:val").scores)
+    assert "file" not in res and (run / "eval-stsb_val.json").exists()
+    assert main(["eval", str(run), "--split", "stsb:train"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["in_training_sources"] == ["stsb:train"]  # scored on text it was trained on
