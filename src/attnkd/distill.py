@@ -103,8 +103,9 @@ def run_distill(
         )
     if resume and not (run_dir / "config.yaml").exists():  # a typo in the name, most often
         raise ConfigError(
-            "name", f"--resume: there is no run at {run_dir} (no config.yaml); check name= "
-            "and output_dir=, or drop --resume to start it"
+            "name",
+            f"--resume: there is no run at {run_dir} (no config.yaml); check name= "
+            "and output_dir=, or drop --resume to start it",
         )
     device = resolve_device(cfg.train.device)
     teacher_dtype = teacher_dtype_of(cfg.train)
