@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 
+from attnkd.atomic import write_json
 from attnkd.eval.memory import available_bytes as _available_bytes
 from attnkd.eval.memory import reset_peak as _reset_peak
 from attnkd.eval.memory import status_kb as _status_kb
@@ -189,18 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(_table(rows))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(
-                {
-                    "heads": HEADS,
-                    "head_dim": HEAD_DIM,
-                    "batch": 1,
-                    "dtype": "float32",
-                    "cases": records,
-                },
-                fh,
-                indent=1,
-            )
+        meta = {"heads": HEADS, "head_dim": HEAD_DIM, "batch": 1, "dtype": "float32"}
+        write_json(args.json, {**meta, "cases": records}, indent=1)
     return 0
 
 
