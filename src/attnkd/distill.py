@@ -22,7 +22,6 @@ from attnkd.atomic import write_json
 from attnkd.capture import Capture, Taps
 from attnkd.config.io import dump_yaml
 from attnkd.config.schema import DistillConfig
-from attnkd.config.validate import validate
 from attnkd.engine.checkpoint import load_checkpoint
 from attnkd.engine.device import resolve_device, teacher_dtype_of
 from attnkd.engine.loop import FitResult, StepOutput, fit
@@ -32,11 +31,11 @@ from attnkd.models.adapters import geometry
 from attnkd.models.load import count_parameters, freeze
 from attnkd.students.build import build_student, select_layers
 from attnkd.tasks import Task, get_task
-from attnkd.tasks.sentence import EvalPairs, GroupedBatches, eval_pairs
+from attnkd.validate import validate
 
 log = logging.getLogger("attnkd")
 
-__all__ = ["Distiller", "EvalPairs", "GroupedBatches", "eval_pairs", "make_step", "run_distill"]
+__all__ = ["Distiller", "make_step", "run_distill"]
 
 
 class Distiller(nn.Module):

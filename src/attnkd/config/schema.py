@@ -53,7 +53,8 @@ class LossTermConfig:
     """Vocabulary divergence of the 'logits' term: 'fkl', 'rkl', 'jsd' (with ``beta``), 'tvd'."""
     beta: float = 0.5
     top_k: int | None = None
-    """'logits' term: keep only the teacher's k most likely tokens (biased, see METHODS)."""
+    """'logits' term: keep only the teacher's k most likely tokens (biased: the teacher's mass
+    outside them is dropped; see ``attnkd.losses.token_divergence``)."""
     projector: bool = False
     """Learn a linear map student width -> teacher width (hidden/embedding terms)."""
     impl: str = "auto"

@@ -2,9 +2,11 @@
 
 Per-token divergences are independent, so processing tokens in chunks is exact. Because the
 loss is terminal, the gradient w.r.t. the student logits is computed chunk by chunk during the
-forward pass (METHODS.md section 6) and the backward only scales it by the upstream gradient:
-no recomputation and no second pass over the vocabulary. Peak extra memory is one gradient
-buffer the size of the student logits (it becomes ``.grad``) plus a few (chunk, vocab) slabs.
+forward pass (gradients below; the same idea as the fused linear cross-entropy of Liger
+Kernel, Hsu et al. 2024, and Cut Cross-Entropy, Wijmans et al. 2024) and the backward only
+scales it by the upstream gradient: no recomputation and no second pass over the vocabulary.
+Peak extra memory is one gradient buffer the size of the student logits (it becomes ``.grad``)
+plus a few (chunk, vocab) slabs.
 
 ``token_divergence_from_hidden`` goes one step further: logits are built per chunk from final
 hidden states and output weights, so the full logits of the two models never coexist.

@@ -4,6 +4,8 @@ Type and key checks happen when the YAML is read (:mod:`attnkd.config.io`); here
 checked against each other, the data on disk and the models' configs (``config.json`` only):
 layer indices in range, head counts that divide into relation heads, widths that need a
 projector, missing files. Every problem is a :class:`ConfigError` naming the key.
+It sits above the packages it checks (config, data, losses, models, students), like
+:mod:`attnkd.distill`, so none of them depends on it.
 """
 
 from __future__ import annotations

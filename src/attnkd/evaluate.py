@@ -1,4 +1,8 @@
-"""``attnkd eval``: quality, size and speed of a student against its teacher, side by side."""
+"""``attnkd eval``: quality, size and speed of a student against its teacher, side by side.
+
+Run-level like :mod:`attnkd.distill`: it rebuilds a run's task splits (:mod:`attnkd.tasks`) and
+scores them with the metrics of :mod:`attnkd.eval`, which depend on no task.
+"""
 
 from __future__ import annotations
 
