@@ -40,7 +40,7 @@ from torch import nn
 from attnkd.config.schema import TrainConfig
 from attnkd.engine import resume as store
 from attnkd.engine.batches import ResumableBatches, position
-from attnkd.engine.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from attnkd.engine.checkpoint import CheckpointError, TrainState, load_checkpoint, save_checkpoint
 from attnkd.engine.device import (
     NONFINITE_MODES,
     autocast_dtype,
@@ -48,7 +48,7 @@ from attnkd.engine.device import (
     precision_of,
     to_device,
 )
-from attnkd.engine.metrics import MetricsWriter, ProgressBar
+from attnkd.engine.metrics import METRICS_FILE, MetricsWriter, ProgressBar
 from attnkd.engine.optim import build_optimizer
 from attnkd.engine.rng import RngState, capture_rng, fork_rng, restore_rng, seed_everything
 from attnkd.engine.schedule import Schedule
@@ -187,7 +187,10 @@ def fit(
     state = TrainState()
     resumed_from: Path | None = None
     point = store.find_resumable(ckpt_dir) if resume else None
-    if resume and point is None:  # stopped before its first save: the start is step 0
+    if resume and point is None:
+        if not (run_dir / METRICS_FILE).is_file():  # no run ever started here
+            raise CheckpointError(ckpt_dir, "no checkpoint to resume (this run never started)")
+        # it started but was stopped before its first save: its start is step 0
         warnings.warn(f"no checkpoint in {ckpt_dir} to resume; starting at step 0", stacklevel=2)
         store.clear(ckpt_dir)  # leftovers of a save that was cut short
         resume = False
