@@ -130,6 +130,8 @@ def test_overwrite_with_zero_steps_reports_and_exports_the_student_as_built(make
     want = run_distill(baseline, progress=False)
     built = load_file(Path(baseline.output_dir) / "baseline-d2" / "student" / "model.safetensors")
 
+    (run / "eval-stsb_dev.json").write_text("{}")  # what `attnkd eval` / `report` left
+    (run / "report").mkdir()
     again = make_cfg("name=d2", "train.max_steps=0")
     got = run_distill(again, progress=False, overwrite=True)
     exported = load_file(run / "student" / "model.safetensors")
@@ -138,6 +140,7 @@ def test_overwrite_with_zero_steps_reports_and_exports_the_student_as_built(make
     assert got["student"]["spearman"] == want["student"]["spearman"]
     assert got["student"]["best_step"] is None and got["train"]["steps"] == 0
     assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
+    assert not (run / "eval-stsb_dev.json").exists() and not (run / "report").exists()
 
 
 @pytest.mark.gpu
