@@ -120,7 +120,9 @@ def atomic_dir(target: str | os.PathLike, *, keep_existing: bool = False) -> Ite
     Every file in it (recursively) is fsynced before the swap. On an exception the temporary
     directory is removed and ``target`` is untouched. An existing ``target`` is first renamed to
     ``.{name}.old-XXXX`` and removed after the swap; if a crash falls between the two renames
-    both complete copies remain on disk (:func:`siblings` finds them). ``keep_existing``: if
+    both complete copies remain on disk (:func:`siblings` finds them; the next successful write
+    removes such ``.old-*`` copies, while ``.tmp-*`` ones may be another writer's work in
+    progress and are left to their owner). ``keep_existing``: if
     ``target`` appeared meanwhile (another process built the same cache entry), keep it and
     discard the new copy.
     """
@@ -149,7 +151,7 @@ def atomic_dir(target: str | os.PathLike, *, keep_existing: bool = False) -> Ite
     else:
         os.replace(tmp, target)
         fsync_dir(target.parent)
-    for p in siblings(target, "tmp") + siblings(target, "old"):
+    for p in siblings(target, "old"):  # copies a crash left between two renames
         shutil.rmtree(p, ignore_errors=True)
 
 
