@@ -103,8 +103,9 @@ def run_distill(
         )
     if resume and not (run_dir / "config.yaml").exists():  # a typo in the name, most often
         raise ConfigError(
-            "name", f"--resume: there is no run at {run_dir} (no config.yaml); check name= "
-            "and output_dir=, or drop --resume to start it"
+            "name",
+            f"--resume: there is no run at {run_dir} (no config.yaml); check name= "
+            "and output_dir=, or drop --resume to start it",
         )
     device = resolve_device(cfg.train.device)
     teacher_dtype = teacher_dtype_of(cfg.train)
@@ -163,6 +164,8 @@ def run_distill(
         "steps": result.steps_done,
         "seconds_this_session": train_s,
         "stopped_early": result.stopped_early,
+        "skipped_steps": result.skipped_steps,
+        "resumed_from": None if result.resumed_from is None else result.resumed_from.name,
         **setup.train_info,
     }
     _write_json(run_dir / "results.json", results)
