@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 
+from attnkd.atomic import write_json
 from attnkd.eval.memory import available_bytes as _available_bytes
 from attnkd.eval.memory import reset_peak as _reset_peak
 from attnkd.eval.memory import status_kb as _status_kb
@@ -209,19 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(_table(rows))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(
-                {
-                    "heads": HEADS,
-                    "head_dim": HEAD_DIM,
-                    "batch": 1,
-                    "dtype": "float32",
-                    "position_bias": args.position_bias,
-                    "cases": records,
-                },
-                fh,
-                indent=1,
-            )
+        meta = {"heads": HEADS, "head_dim": HEAD_DIM, "batch": 1, "dtype": "float32"}
+        meta["position_bias"] = args.position_bias
+        write_json(args.json, {**meta, "cases": records}, indent=1)
     return 0
 
 
