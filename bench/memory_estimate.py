@@ -146,7 +146,7 @@ def main() -> int:
         )
     if args.json:
         out = {
-            "command": "nice -n 10 python bench/memory_estimate.py --json " + args.json,
+            "command": "nice -n 10 python " + " ".join(["bench/memory_estimate.py", *sys.argv[1:]]),
             "note": "CPU, resident memory above the runtime's; taken under load (shared machine)",
             "torch_threads": args.threads,
             "rows": rows,
