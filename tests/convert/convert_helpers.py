@@ -1,8 +1,58 @@
-"""Naive quadratic definitions of the converted attentions (independent of attnkd.convert)."""
+"""Tiny BERT and Llama (GQA, RoPE) models, and naive quadratic forms of the converted attentions."""
 
 from __future__ import annotations
 
 import torch
+
+
+def tiny_bert(seed: int = 0, attn: str = "sdpa"):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    model = BertModel(cfg, add_pooling_layer=False)
+    model.set_attn_implementation(attn)
+    return model.eval()
+
+
+def tiny_llama(seed: int = 0, attn: str = "sdpa"):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=60,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(cfg)
+    model.set_attn_implementation(attn)
+    return model.eval()
+
+
+def batch(vocab: int, seq: int = 23, left: bool = False, seed: int = 0):
+    """Two sequences; the second has 7 padding positions (left or right)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (2, seq), generator=g)
+    mask = torch.ones(2, seq, dtype=torch.long)
+    if left:
+        mask[1, :7] = 0
+    else:
+        mask[1, -7:] = 0
+    return ids, mask
 
 
 def expand_kv(x: torch.Tensor, heads: int) -> torch.Tensor:

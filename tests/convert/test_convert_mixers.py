@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from naive import naive_mix
+from convert_helpers import naive_mix
 
 from attnkd.convert import (
     HedgehogFeatureMap,
