@@ -130,16 +130,9 @@ class ConvertedAttention(nn.Module):
         past_key_values=None,
         **kwargs,
     ) -> tuple[Tensor, None]:
-        f, m = self.family, self.mixer
         b, s, _ = hidden_states.shape
-        q = getattr(self, f.q)(hidden_states).view(b, s, -1, m.head_dim).transpose(1, 2)
-        k = getattr(self, f.k)(hidden_states).view(b, s, -1, m.head_dim).transpose(1, 2)
-        v = getattr(self, f.v)(hidden_states).view(b, s, -1, m.head_dim).transpose(1, 2)
-        if f.rope:
-            if position_embeddings is None:
-                raise ValueError("a rotary family needs position_embeddings=(cos, sin)")
-            cos, sin = position_embeddings
-            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        q, k, v = self.project(hidden_states, position_embeddings)
+        f, m = self.family, self.mixer
         real = key_padding(attention_mask, b, s)
         cache = cache if cache is not None else past_key_values
         if cache is not None and m.causal:
@@ -150,6 +143,22 @@ class ConvertedAttention(nn.Module):
         if f.o is not None:
             y = getattr(self, f.o)(y)
         return y, None
+
+    def project(
+        self, hidden_states: Tensor, position_embeddings: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The inherited projections (and RoPE): q (B, H, S, D), k and v (B, H_kv, S, D)."""
+        f, m = self.family, self.mixer
+        b, s, _ = hidden_states.shape
+        q = getattr(self, f.q)(hidden_states).view(b, s, -1, m.head_dim).transpose(1, 2)
+        k = getattr(self, f.k)(hidden_states).view(b, s, -1, m.head_dim).transpose(1, 2)
+        v = getattr(self, f.v)(hidden_states).view(b, s, -1, m.head_dim).transpose(1, 2)
+        if f.rope:
+            if position_embeddings is None:
+                raise ValueError("a rotary family needs position_embeddings=(cos, sin)")
+            cos, sin = position_embeddings
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        return q, k, v
 
     def _state(self, cache) -> MixerState:
         """This layer's :class:`MixerState` in a HF cache, swapped in on first use."""

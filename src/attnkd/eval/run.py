@@ -41,7 +41,7 @@ def evaluate_run(
     cfg.data.eval_task = split
     pairs = eval_pairs(cfg)
     t = load_encoder(teacher or cfg.teacher.name)
-    s = load_encoder(str(student_dir), tokenizer=False)
+    s = _student(student_dir, load_encoder)
     freeze(t.model)
     freeze(s.model)
     tok = t.tokenizer
@@ -87,7 +87,7 @@ def evaluate_lm(cfg, student_dir: Path, teacher: str, split: str = "eval") -> di
     if split not in ("eval", "select"):
         raise AttnkdError(f"causal_lm runs are evaluated on 'eval' or 'select', not '{split}'")
     t = load_causal_lm(teacher)
-    s = load_causal_lm(str(student_dir), tokenizer=False)
+    s = _student(student_dir, load_causal_lm)
     freeze(t.model)
     freeze(s.model)
     blocks = getattr(lm_splits(cfg, t.tokenizer), split)
@@ -113,6 +113,18 @@ def evaluate_lm(cfg, student_dir: Path, teacher: str, split: str = "eval") -> di
         "size_ratio": count_parameters(s.model) / count_parameters(t.model),
         "throughput_rounds": {k: v.rounds for k, v in speed.items()},
     }
+
+
+def _student(folder: Path, loader):
+    """The student of a run: a converted model (``conversion.json``, attnkd.convert) or a
+    standard Hugging Face folder read by ``loader``."""
+    if (folder / "conversion.json").exists():
+        from types import SimpleNamespace
+
+        from attnkd.convert.io import load_converted
+
+        return SimpleNamespace(model=load_converted(folder))
+    return loader(str(folder), tokenizer=False)
 
 
 def _write(path: Path, obj: dict) -> None:
