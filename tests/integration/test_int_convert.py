@@ -116,7 +116,8 @@ def test_attnkd_convert_hybrid_on_a_tiny_decoder(tmp_path, capsys):
     text.write_text("\n".join(make_sentence(rng) for _ in range(200)) + "\n", encoding="utf-8")
     args = [
         "name=tiny-lm", "task=causal_lm", f"output_dir={tmp_path / 'runs'}",
-        f"teacher.name={teacher}", "student.layers=null", "losses=[]", f"data.train_sources=[file:{text}]",
+        f"teacher.name={teacher}", "student.layers=null", "losses=[]",
+        f"data.train_sources=[file:{text}]",
         "data.max_length=16", "train.max_steps=4", "train.max_minutes=null",
         "train.eval_every=2", "train.batch_size=4", "train.lr=1e-2",
         "convert.kind=hybrid", "convert.window=4", "convert.layers=[1, 2]",
