@@ -30,11 +30,15 @@ import platform
 import statistics
 import time
 
-import torch
+# Many small kernels on a busy machine: busy-waiting OpenMP threads make every op pay for the
+# other processes (set before torch loads its OpenMP runtime; override from the environment).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from attnkd.convert import ConversionSpec, MixerState, convert_attention
-from attnkd.eval.memory import reset_peak, status_kb
-from attnkd.models.load import freeze, load_causal_lm, load_encoder
+import torch  # noqa: E402
+
+from attnkd.convert import ConversionSpec, MixerState, convert_attention  # noqa: E402
+from attnkd.eval.memory import reset_peak, status_kb  # noqa: E402
+from attnkd.models.load import freeze, load_causal_lm, load_encoder  # noqa: E402
 
 DECODER = "HuggingFaceTB/SmolLM2-135M-Instruct"
 ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -172,6 +176,7 @@ def main() -> None:
         ),  # fmt: skip
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
         "note": args.note,

@@ -113,3 +113,10 @@ def test_generate_runs_with_converted_layers():
         logits = student(out).logits
     assert out.shape == (2, 13)
     torch.testing.assert_close(logits[:, 7:-1].argmax(-1), out[:, 8:])
+
+
+def test_config_validation_knows_the_same_kinds():
+    from attnkd.config.validate import CONVERT_KINDS
+    from attnkd.convert import KINDS
+
+    assert set(CONVERT_KINDS) == set(KINDS)
