@@ -24,6 +24,7 @@ cache bytes).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -44,8 +45,21 @@ DECODER = "HuggingFaceTB/SmolLM2-135M-Instruct"
 ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
+def _exact_rss() -> None:
+    """Make resident memory follow tensor allocations: a fixed mmap threshold (glibc raises it
+    after frees, after which big tensors come from the heap and stay resident when freed) and
+    a trim of freed heap memory, so a peak reading is this call's own."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    libc.malloc_trim(0)
+
+
 def _timed(fn, repeats: int) -> tuple[float, int]:
     """(median seconds, peak extra bytes of the first call)."""
+    _exact_rss()
     base = reset_peak()
     fn()
     peak = max(0, status_kb("VmHWM") - base) * 1024
