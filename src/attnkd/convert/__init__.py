@@ -11,6 +11,7 @@ from attnkd.convert.hybrid import HybridAttention
 from attnkd.convert.io import load_converted, save_converted
 from attnkd.convert.linear import HedgehogFeatureMap, LinearAttention
 from attnkd.convert.mixer import Mixer
+from attnkd.convert.mla import LatentKVAttention, LatentState, convert_to_mla
 from attnkd.convert.state import MixerState
 from attnkd.convert.swap import (
     KINDS,
@@ -28,12 +29,15 @@ __all__ = [
     "ConvertedAttention",
     "HedgehogFeatureMap",
     "HybridAttention",
+    "LatentKVAttention",
+    "LatentState",
     "LinearAttention",
     "Mixer",
     "MixerState",
     "WindowAttention",
     "banded_attention",
     "convert_attention",
+    "convert_to_mla",
     "converted_modules",
     "load_converted",
     "mixer_parameters",
