@@ -57,18 +57,25 @@ def _exact_rss() -> None:
     libc.malloc_trim(0)
 
 
-def _timed(fn, repeats: int) -> tuple[float, int]:
-    """(median seconds, peak extra bytes of the first call)."""
+def _peak(fn) -> int:
+    """Peak extra resident bytes of one call of ``fn``."""
     _exact_rss()
     base = reset_peak()
     fn()
-    peak = max(0, status_kb("VmHWM") - base) * 1024
-    times = []
+    return max(0, status_kb("VmHWM") - base) * 1024
+
+
+def _pair(teacher_fn, converted_fn, repeats: int) -> tuple[float, float, int, int]:
+    """Median seconds of each, timed alternately (load falls on both), after one call each that
+    measures its peak memory: (teacher_s, converted_s, teacher_bytes, converted_bytes)."""
+    t_mem, c_mem = _peak(teacher_fn), _peak(converted_fn)
+    times: dict[str, list[float]] = {"t": [], "c": []}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), peak
+        for key, fn in (("t", teacher_fn), ("c", converted_fn)):
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    return statistics.median(times["t"]), statistics.median(times["c"]), t_mem, c_mem
 
 
 def _cache_bytes(cache) -> int:
@@ -112,8 +119,9 @@ def bench_decoder(args) -> list[dict]:
     with torch.no_grad():
         for seq in args.sizes:
             ids = torch.randint(0, vocab, (1, seq), generator=torch.Generator().manual_seed(seq))
-            t_s, t_mem = _timed(lambda x=ids: teacher.model(x), args.repeats)
-            c_s, c_mem = _timed(lambda x=ids: converted.model(x), args.repeats)
+            t_s, c_s, t_mem, c_mem = _pair(
+                lambda x=ids: teacher.model(x), lambda x=ids: converted.model(x), args.repeats
+            )
             records.append(_record(name, "forward", seq, t_s, c_s, t_mem, c_mem, False,
                                    teacher_s=t_s, converted_s=c_s, teacher_peak_bytes=t_mem,
                                    converted_peak_bytes=c_mem))  # fmt: skip
@@ -145,13 +153,17 @@ def bench_encoder(args) -> list[dict]:
             return lambda: [m(hidden)[0] for m in mods]
 
         with torch.no_grad():
-            t_s, t_mem = _timed(attention_only(teacher), args.repeats)
-            c_s, c_mem = _timed(attention_only(converted), args.repeats)
+            t_s, c_s, t_mem, c_mem = _pair(
+                attention_only(teacher), attention_only(converted), args.repeats
+            )
             records.append(_record(name, "forward", seq, t_s, c_s, t_mem, c_mem, False,
                                    scope="attention layers", batch=batch, teacher_s=t_s,
                                    converted_s=c_s))  # fmt: skip
-            t_s, t_mem = _timed(lambda: teacher(ids, attention_mask=mask), args.repeats)
-            c_s, c_mem = _timed(lambda m=converted: m(ids, attention_mask=mask), args.repeats)
+            t_s, c_s, t_mem, c_mem = _pair(
+                lambda: teacher(ids, attention_mask=mask),
+                lambda m=converted: m(ids, attention_mask=mask),
+                args.repeats,
+            )
             records.append(_record(name, "forward", seq, t_s, c_s, t_mem, c_mem, False,
                                    scope="whole model", batch=batch, teacher_s=t_s,
                                    converted_s=c_s))  # fmt: skip
