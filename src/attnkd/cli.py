@@ -171,6 +171,23 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_similarity(args) -> int:
+    from attnkd.convert.run import run_similarity
+
+    config, overrides = _split_args(args)
+    res = run_similarity(_load(config, overrides), batches=args.batches, max_js=args.max_js)
+    print(res["table"])
+    sharing = res["suggested_sharing"]
+    pairs = ", ".join(f"{j}<-{i}" for j, i in sharing.items()) or "none"
+    print(f"layers that could reuse an earlier layer's attention (JS <= {args.max_js}): {pairs}")
+    if args.json:
+        out = {k: v for k, v in res.items() if k != "table"}
+        tmp = Path(args.json + ".tmp")
+        tmp.write_text(json.dumps(out, indent=2) + "\n")
+        tmp.replace(args.json)
+    return 0
+
+
 def _convert_onnx(args) -> int:
     from attnkd.models.onnx_bert import convert_onnx_bert, verify_against_onnxruntime
 
@@ -266,6 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.add_argument("--tokenizer", default=None, help="ONNX only: tokenizer folder to copy")
     c.set_defaults(fn=cmd_convert)
+
+    sim = sub.add_parser(
+        "similarity",
+        help="EchoAtt analysis: how alike the teacher's layers attend (layer x layer table)",
+    )
+    sim.add_argument("items", nargs="*", metavar="CONFIG|key=value", help="recipe and overrides")
+    sim.add_argument("--batches", type=int, default=8, help="calibration batches")
+    sim.add_argument("--max-js", type=float, default=0.05, help="sharing threshold (nats)")
+    sim.add_argument("--json", default=None, help="write the table and suggestion here")
+    sim.set_defaults(fn=cmd_similarity)
     return p
 
 

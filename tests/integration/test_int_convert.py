@@ -132,3 +132,12 @@ def test_attnkd_convert_hybrid_on_a_tiny_decoder(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["student"]["perplexity"] == pytest.approx(results["student"]["perplexity"], 1e-5)
     assert Path(out["student"]["path"]).name == "student"
+
+
+def test_attnkd_similarity_prints_and_writes_the_table(base_overrides, capsys, tmp_path):
+    out = tmp_path / "sim.json"
+    assert main(["similarity", *base_overrides, "--batches", "2", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "JS divergence" in printed and "could reuse" in printed
+    res = json.loads(out.read_text())
+    assert len(res["js"]) == 4 and res["batches"] == 2

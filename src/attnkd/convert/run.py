@@ -34,6 +34,34 @@ from attnkd.tasks import get_task
 log = logging.getLogger("attnkd")
 
 
+def run_similarity(cfg: DistillConfig, batches: int = 8, max_js: float = 0.05) -> dict:
+    """EchoAtt analysis of ``cfg.teacher`` on ``batches`` batches of the recipe's training data
+    (``train.batch_size`` each): the layer x layer table and the suggested sharing."""
+    from attnkd.convert.similarity import attention_similarity
+
+    task = get_task(cfg.task)
+    loaded = task.load(cfg.teacher.name, "eager")
+    model, tok = freeze(loaded.model), loaded.tokenizer
+    n = batches * cfg.train.batch_size
+    if cfg.task == "causal_lm":
+        from attnkd.data.lm import LMBatches
+        from attnkd.tasks.causal_lm import lm_splits
+
+        source = LMBatches(lm_splits(cfg, tok).train[:n], cfg.train.batch_size, cfg.train.seed)
+    else:
+        from attnkd.data.corpus import build_corpus
+        from attnkd.tasks.sentence import GroupedBatches
+
+        corpus = build_corpus(cfg.data.train_sources, cfg.data.data_dir, max_sentences=n,
+                              seed=cfg.train.seed, bad_rows=cfg.data.bad_rows)  # fmt: skip
+        source = GroupedBatches(corpus.sentences, tok, cfg.train.batch_size,
+                                cfg.data.max_length, cfg.train.seed)  # fmt: skip
+    count = min(batches, source.num_batches)
+    table = attention_similarity(model, (source.batch_at(0, i) for i in range(count)))
+    return {"teacher": cfg.teacher.name, **table.to_dict(), "max_js": max_js,
+            "suggested_sharing": table.suggest(max_js), "table": table.format()}  # fmt: skip
+
+
 def spec_from_config(cfg: DistillConfig) -> ConversionSpec:
     c = cfg.convert
     if not c.kind:
