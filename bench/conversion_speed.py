@@ -184,9 +184,17 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8, help="encoder batch")
     p.add_argument("--skip-encoder", action="store_true")
     p.add_argument("--skip-decoder", action="store_true")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads (0: torch's default); 1 avoids thread wake-ups on a busy box",
+    )
     p.add_argument("--note", default="", help="free text stored in meta (e.g. 'under load')")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     records = []
     if not args.skip_encoder:
