@@ -87,6 +87,24 @@ def add_linear(
     return num + l_num / safe * w, den + w
 
 
+def _global_linear(fq: Tensor, fk: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
+    """Bidirectional linear attention: one sum ``phi(k)^T v`` over all real keys, no chunks."""
+    b, kv_heads, seq, dv = v.shape
+    g = fq.shape[1] // kv_heads
+    out_dtype, dtype = v.dtype, torch.promote_types(v.dtype, torch.float32)
+    fk, v = fk.to(dtype), v.to(dtype)
+    if key_mask is not None:
+        m = key_mask[:, None, :, None].to(dtype)
+        fk, v = fk * m, v * m
+    kv = torch.einsum("bksf,bksd->bkfd", fk, v)
+    z = fk.sum(2)
+    fqg = fq.to(dtype).reshape(b, kv_heads, g * seq, -1)
+    num = torch.matmul(fqg, kv)
+    den = torch.matmul(fqg, z[..., None])
+    y = num / den.clamp_min(torch.finfo(dtype).tiny)
+    return y.view(b, kv_heads * g, seq, dv).to(out_dtype)
+
+
 def banded_attention(
     q: Tensor | None,
     k: Tensor | None,
@@ -112,6 +130,8 @@ def banded_attention(
     b, kv_heads, seq, dv = v.shape
     heads = (q if q is not None else fq).shape[1]
     g = heads // kv_heads
+    if not use_window and not causal:
+        return _global_linear(fq, fk, v, key_mask)
     c = max(1, min(chunk, seq))
     n = math.ceil(seq / c)
     p = math.ceil((window - 1) / c) if window > 1 else 0
