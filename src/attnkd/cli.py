@@ -177,9 +177,9 @@ def cmd_similarity(args) -> int:
     print(f"layers that could reuse an earlier layer's attention (JS <= {args.max_js}): {pairs}")
     if args.json:
         out = {k: v for k, v in res.items() if k != "table"}
-        tmp = Path(args.json + ".tmp")
-        tmp.write_text(json.dumps(out, indent=2) + "\n")
-        tmp.replace(args.json)
+        from attnkd.atomic import write_json
+
+        write_json(args.json, out)
     return 0
 
 

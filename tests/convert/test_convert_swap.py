@@ -116,7 +116,7 @@ def test_generate_runs_with_converted_layers():
 
 
 def test_config_validation_knows_the_same_kinds():
-    from attnkd.config.validate import CONVERT_KINDS
     from attnkd.convert import KINDS
+    from attnkd.validate import CONVERT_KINDS
 
     assert set(CONVERT_KINDS) == set(KINDS)

@@ -27,7 +27,7 @@ def save_converted(model: nn.Module, folder: str | Path, tokenizer=None) -> Path
     """Write ``model`` (returned by :func:`convert_attention`) into ``folder`` atomically."""
     from safetensors.torch import save_model
 
-    from attnkd.engine._atomic import atomic_dir
+    from attnkd.atomic import atomic_dir
 
     spec = getattr(model, "attnkd_conversion", None)
     if spec is None:

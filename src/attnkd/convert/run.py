@@ -12,16 +12,15 @@ not run here yet; when the runner gains its general stage mechanism this becomes
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
 import torch
 
+from attnkd.atomic import write_json
 from attnkd.config.io import dump_yaml
 from attnkd.config.schema import DistillConfig
-from attnkd.config.validate import validate
 from attnkd.convert.io import save_converted
 from attnkd.convert.swap import ConversionSpec, convert_attention, mixer_parameters
 from attnkd.convert.transfer import TransferModule, make_transfer_step
@@ -30,6 +29,7 @@ from attnkd.engine.loop import FitResult, fit
 from attnkd.errors import AttnkdError, ConfigError
 from attnkd.models.load import count_parameters, freeze
 from attnkd.tasks import get_task
+from attnkd.validate import validate
 
 log = logging.getLogger("attnkd")
 
@@ -128,8 +128,5 @@ def run_convert(
         "stopped_early": result.stopped_early,
         **setup.train_info,
     }
-    path = run_dir / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    write_json(run_dir / "results.json", results, default=str)
     return results
