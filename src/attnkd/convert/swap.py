@@ -15,7 +15,7 @@ the padding row for both causal and bidirectional masks.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
@@ -59,7 +59,6 @@ class _Family:
     o: str | None
     rope: bool
     causal: bool
-    names: list[str] = field(default_factory=list)
 
 
 def _family(model: nn.Module) -> _Family:
