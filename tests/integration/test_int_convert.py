@@ -141,3 +141,14 @@ def test_attnkd_similarity_prints_and_writes_the_table(base_overrides, capsys, t
     assert "JS divergence" in printed and "could reuse" in printed
     res = json.loads(out.read_text())
     assert len(res["js"]) == 4 and res["batches"] == 2
+
+
+def test_a_window_conversion_is_evaluated_without_training(base_overrides, tmp_path):
+    """kind 'window' has nothing to train: max_steps=0 evaluates and saves it as converted."""
+    args = [*base_overrides, "convert.kind=window", "convert.window=4"]
+    assert main(["convert", *args, "train.max_steps=5"]) == 2
+    assert main(["convert", *args, "train.max_steps=0", "--no-progress"]) == 0
+    results = json.loads((tmp_path / "runs" / "tiny" / "results.json").read_text())
+    assert results["train"]["steps"] == 0 and results["student"]["new_params"] == 0
+    model = load_converted(tmp_path / "runs" / "tiny" / "student")
+    assert all(m.mixer.window == 4 for m in model.modules() if hasattr(m, "mixer"))
