@@ -177,6 +177,9 @@ def cmd_similarity(args) -> int:
     print(f"layers that could reuse an earlier layer's attention (JS <= {args.max_js}): {pairs}")
     if args.json:
         out = {k: v for k, v in res.items() if k != "table"}
+        out["command"] = " ".join(
+            ["attnkd similarity", *args.items, f"--batches {args.batches} --max-js {args.max_js}"]
+        )
         from attnkd.atomic import write_json
 
         write_json(args.json, out)
