@@ -103,8 +103,9 @@ def run_distill(
         )
     if resume and not (run_dir / "config.yaml").exists():  # a typo in the name, most often
         raise ConfigError(
-            "name", f"--resume: there is no run at {run_dir} (no config.yaml); check name= "
-            "and output_dir=, or drop --resume to start it"
+            "name",
+            f"--resume: there is no run at {run_dir} (no config.yaml); check name= "
+            "and output_dir=, or drop --resume to start it",
         )
     device = resolve_device(cfg.train.device)
     teacher_dtype = teacher_dtype_of(cfg.train)
@@ -163,6 +164,8 @@ def run_distill(
         "steps": result.steps_done,
         "seconds_this_session": train_s,
         "stopped_early": result.stopped_early,
+        "skipped_steps": result.skipped_steps,
+        "resumed_from": None if result.resumed_from is None else result.resumed_from.name,
         **setup.train_info,
     }
     _write_json(run_dir / "results.json", results)
@@ -170,10 +173,11 @@ def run_distill(
 
 
 def _clear_previous_run(run_dir: Path) -> None:
-    """``--overwrite``: remove what an earlier run left (checkpoints, metrics, export, results),
-    so nothing stale can be reported or exported, even with ``max_steps: 0``."""
-    stale = ["checkpoints", "tb", "student", "metrics.jsonl", "results.json"]
-    for name in stale:
+    """``--overwrite``: remove what an earlier run left (checkpoints, metrics, export, results,
+    evaluations, report), so nothing stale is reported or exported, even with ``max_steps: 0``."""
+    stale = ["checkpoints", "tb", "student", "report", "metrics.jsonl", "results.json"]
+    evals = [p.name for p in run_dir.glob("eval-*.json")] if run_dir.is_dir() else []
+    for name in stale + evals:
         p = run_dir / name
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
