@@ -128,6 +128,22 @@ class TrainConfig:
 
 
 @dataclass
+class ConvertConfig:
+    """Attention conversion (``attnkd convert``, METHODS.md section 5); ``kind`` '' = none."""
+
+    kind: str = ""
+    """'linear' (Hedgehog), 'window' (sliding window) or 'hybrid' (LoLCATs window + linear)."""
+    layers: list[int] | None = None
+    """Layers whose attention is converted; None = all."""
+    window: int = 64
+    chunk: int | None = None
+    """Rows per chunk of the parallel form; None = the window (64 for linear)."""
+    loss: str = "mse"
+    """Stage 1 (attention transfer): 'mse' (attention outputs), 'ce' (attention weights,
+    linear only) or 'ce+mse'."""
+
+
+@dataclass
 class DistillConfig:
     """A whole distillation run."""
 
@@ -140,6 +156,7 @@ class DistillConfig:
     losses: list[LossTermConfig] = field(default_factory=lambda: [LossTermConfig()])
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
 
 
 def default_recipe() -> DistillConfig:
