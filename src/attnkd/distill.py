@@ -12,17 +12,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from attnkd.capture import Capture
+from attnkd.capture import Capture, Taps
 from attnkd.config.io import dump_yaml
 from attnkd.config.schema import DistillConfig
 from attnkd.config.validate import validate
+from attnkd.engine import distributed
 from attnkd.engine.checkpoint import load_checkpoint
+from attnkd.engine.distributed import DistContext
 from attnkd.engine.loop import FitResult, StepOutput, fit
 from attnkd.errors import AttnkdError
 from attnkd.losses.terms import build_terms, collect_taps
@@ -38,44 +40,65 @@ __all__ = ["Distiller", "EvalPairs", "GroupedBatches", "eval_pairs", "make_step"
 
 
 class Distiller(nn.Module):
-    """Student plus loss terms (with their projectors): exactly what the optimizer trains."""
+    """Student plus loss terms (with their projectors): exactly what the optimizer trains.
+
+    Its ``forward`` is the student half of a step, so DDP/FSDP can wrap this module alone while
+    the teacher stays outside (no gradients, no optimizer state).
+    """
 
     def __init__(self, student: nn.Module, terms: nn.ModuleList):
         super().__init__()
         self.student = student
         self.terms = terms
+        self._capture = Capture(student, collect_taps(terms)[1])
+
+    def forward(self, batch: dict[str, Tensor], teacher_taps: Taps) -> dict[str, Tensor]:
+        """Student forward on ``batch`` and every term against ``teacher_taps``.
+
+        Returns ``{"loss": weighted total (scalar), "<term label>/<part>": each part}``.
+        """
+        mask = batch["attention_mask"].bool()
+        with self._capture:
+            self.student(**batch)
+        out: dict[str, Tensor] = {}
+        total = torch.zeros((), device=mask.device)
+        for term in self.terms:
+            for name, v in term(teacher_taps, self._capture.taps, mask).items():
+                out[f"{term.label}/{name}"] = v
+                total = total + term.weight * v
+        self._capture.taps.clear()
+        return {"loss": total, **out}
 
 
-def make_step(teacher: nn.Module, distiller: Distiller):
-    """The per-batch function: teacher forward (no grad), student forward, weighted terms."""
-    t_taps, s_taps = collect_taps(distiller.terms)
-    t_cap = Capture(teacher, t_taps)
-    s_cap = Capture(distiller.student, s_taps)
+def make_step(teacher: nn.Module, distiller: Distiller, model: nn.Module | None = None):
+    """The per-batch function: teacher forward (no grad), then ``model(batch, teacher_taps)``.
+
+    ``model`` is what runs the student half: ``distiller`` itself (default) or its DDP wrapper
+    (:func:`attnkd.engine.distributed.wrap`), which must be called for gradients to be synced.
+    """
+    model = distiller if model is None else model
+    t_cap = Capture(teacher, collect_taps(distiller.terms)[0])
 
     def step(batch: dict[str, Tensor]) -> StepOutput:
-        mask = batch["attention_mask"].bool()
         with torch.no_grad(), t_cap:
             teacher(**batch)
-        with s_cap:
-            distiller.student(**batch)
-        total = torch.zeros(())
-        values: dict[str, float] = {}
-        for term in distiller.terms:
-            parts = term(t_cap.taps, s_cap.taps, mask)
-            for name, v in parts.items():
-                values[f"{term.label}/{name}"] = float(v.detach())
-                total = total + term.weight * v
+        out = model(batch, t_cap.taps)
         t_cap.taps.clear()
-        s_cap.taps.clear()
-        return StepOutput(loss=total, terms=values, num_items=int(mask.shape[0]))
+        total = out.pop("loss")
+        values = {k: float(v.detach()) for k, v in out.items()}
+        return StepOutput(loss=total, terms=values, num_items=int(batch["input_ids"].shape[0]))
 
     return step
 
 
 def run_distill(
     cfg: DistillConfig, resume: bool = False, progress: bool = True, overwrite: bool = False
-) -> dict:
-    """Run one distillation recipe; returns (and writes) ``results.json``'s content."""
+) -> dict | None:
+    """Run one distillation recipe; returns (and writes) ``results.json``'s content.
+
+    Under torchrun (WORLD_SIZE > 1) every rank trains; rank 0 alone evaluates the final student,
+    exports and writes, and returns the results; the other ranks return None.
+    """
     validate(cfg)
     task = get_task(cfg.task)
     run_dir = Path(cfg.output_dir) / cfg.name
@@ -84,8 +107,22 @@ def run_distill(
             f"run folder {run_dir} already holds checkpoints: pass --resume to continue it, "
             "--overwrite to start again, or set name=<new name>"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, run_dir / "config.yaml")
+    owns_group = not distributed.current().is_distributed
+    ctx = distributed.init()  # dist: joins torchrun's process group when WORLD_SIZE > 1
+    try:
+        return _run(cfg, task, run_dir, ctx, resume, progress)
+    finally:
+        if owns_group:
+            distributed.teardown()
+
+
+def _run(
+    cfg: DistillConfig, task: Task, run_dir: Path, ctx: DistContext, resume: bool, progress: bool
+) -> dict | None:
+    distributed.barrier()  # dist: every rank has checked the run folder before rank 0 writes
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, run_dir / "config.yaml")
     torch.manual_seed(cfg.train.seed)
 
     teacher_m = task.load(cfg.teacher.name, cfg.teacher.attn_implementation)
@@ -96,20 +133,37 @@ def run_distill(
     distiller = Distiller(student, terms)
     if cfg.train.freeze_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)
-    setup = task.setup(cfg, teacher, student, tok)
+    # dist: train.batch_size is per rank; the task builds global batches, each rank its rows
+    world_cfg = replace(
+        cfg, train=replace(cfg.train, batch_size=ctx.world_size * cfg.train.batch_size)
+    )
+    setup = task.setup(world_cfg, teacher, student, tok)
+    batches = distributed.RankShard(setup.batches, ctx.rank, ctx.world_size)
+    if cfg.train.max_steps > 0:  # DDP wrapper or FSDP2 shards; the teacher stays outside
+        model = distributed.wrap(distiller, cfg.train.distributed)
 
     t0 = time.time()
     if cfg.train.max_steps == 0:  # evaluate and export the student as built (baselines)
         result = FitResult(0, None, None, {}, False, run_dir)
     else:
         result = fit(
-            cfg.train, distiller, make_step(teacher, distiller), setup.batches, run_dir,
+            cfg.train, distiller, make_step(teacher, distiller, model), batches, run_dir,
             evaluate=setup.evaluate, select_metric=setup.select_metric, resume=resume,
             progress=progress, select_mode=setup.select_mode,
         )  # fmt: skip
     train_s = time.time() - t0
+    # dist: rank 0 evaluates the final student and writes; the others wait and return None
+    if not ctx.is_main:
+        distributed.barrier()
+        return None
     best = run_dir / "checkpoints" / "best"
-    if (best / "model.safetensors").exists():
+    has_best = (best / "model.safetensors").exists()
+    if distributed.is_sharded(distiller):  # FSDP2: rebuild the student whole from a checkpoint
+        student = _make_student(cfg, teacher, task)
+        distiller = Distiller(student, build_terms(cfg.losses, teacher_m.geometry, sg))
+        load_checkpoint(best if has_best else run_dir / "checkpoints" / "last", distiller)
+        setup = task.setup(world_cfg, teacher, student, tok)
+    elif has_best:
         load_checkpoint(best, distiller)
     final = setup.final()
     setup.export(run_dir / "student")
@@ -133,6 +187,7 @@ def run_distill(
         **setup.train_info,
     }
     _write_json(run_dir / "results.json", results)
+    distributed.barrier()
     return results
 
 

@@ -105,6 +105,10 @@ class TrainConfig:
     eval_at_start: bool = False
     """Evaluate the starting weights (step 0) too, so the best checkpoint is never worse than
     the initial student on the selection split (useful when starting from a trained model)."""
+    distributed: str = "ddp"
+    """Under torchrun with WORLD_SIZE > 1: 'ddp' (replicated student, averaged gradients) or
+    'fsdp' (FSDP2 fully_shard: student, gradients and optimizer state sharded). batch_size is
+    then per rank: each optimizer step sees world_size * batch_size * grad_accum items."""
 
 
 @dataclass

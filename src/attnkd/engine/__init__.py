@@ -4,6 +4,7 @@ warmup + decay schedule, JSONL/TensorBoard metrics.
 >>> from attnkd.engine import fit, StepOutput, ShuffledBatches
 """
 
+from attnkd.engine import distributed
 from attnkd.engine.batches import ResumableBatches, ShuffledBatches
 from attnkd.engine.checkpoint import (
     Checkpoint,
@@ -30,6 +31,7 @@ __all__ = [
     "StepOutput",
     "TrainState",
     "build_optimizer",
+    "distributed",
     "capture_rng",
     "fit",
     "fork_rng",

@@ -10,6 +10,12 @@ Resume is exact: weights, optimizer, every RNG and the batch position (a pure fu
 step count, see :mod:`attnkd.engine.batches`) are restored from ``checkpoints/last/``, so a
 resumed run ends with bitwise the same weights as an uninterrupted one (same device and
 library versions). Evaluation runs with forked RNGs and never perturbs training.
+
+Many processes (torchrun): the same loop runs on every rank; the lines marked ``# dist:`` call
+:mod:`attnkd.engine.distributed` (rank 0 writes, logged values are averaged over ranks,
+checkpoints are gathered to the single-process format, ranks agree on when to stop). ``module``
+is the unwrapped module under DDP (``step_fn`` calls the DDP wrapper) or the module FSDP2
+sharded in place; ``batches`` yields this rank's rows.
 """
 
 from __future__ import annotations
@@ -26,12 +32,10 @@ import torch
 from torch import nn
 
 from attnkd.config.schema import TrainConfig
+from attnkd.engine import distributed
 from attnkd.engine.batches import ResumableBatches, position
-from attnkd.engine.checkpoint import (
-    TrainState,
-    load_checkpoint,
-    save_checkpoint,
-)
+from attnkd.engine.checkpoint import TrainState
+from attnkd.engine.dist_checkpoint import load_checkpoint, save_checkpoint
 from attnkd.engine.metrics import MetricsWriter, ProgressBar
 from attnkd.engine.optim import build_optimizer
 from attnkd.engine.rng import RngState, capture_rng, fork_rng, restore_rng, seed_everything
@@ -134,6 +138,7 @@ def fit(
     optimizer = build_optimizer(module, cfg)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     extra = {"train": asdict(cfg), "num_batches": batches.num_batches}
+    ctx, sharded = distributed.current(), distributed.is_sharded(module)  # dist: who am I
 
     state = TrainState()
     if resume:
@@ -151,8 +156,13 @@ def fit(
             )
         seed_everything(cfg.seed)
 
-    writer = MetricsWriter(run_dir, resume=resume, start_step=state.step)
-    bar = ProgressBar(cfg.max_steps, state.step, enabled=progress)
+    # dist: only rank 0 writes metrics and shows progress
+    writer = (
+        MetricsWriter(run_dir, resume=resume, start_step=state.step)
+        if ctx.is_main
+        else distributed.NullWriter()
+    )
+    bar = ProgressBar(cfg.max_steps, state.step, enabled=progress and ctx.is_main)
     writer.log({"event": "resume" if resume else "start", "step": state.step, "train": asdict(cfg)})
 
     t_start = clock()
@@ -181,7 +191,7 @@ def fit(
         nonlocal last_eval_step, last_save_step
         module.eval()
         with fork_rng(), torch.no_grad():
-            metrics = {k: float(v) for k, v in evaluate().items()}
+            metrics = distributed.evaluate_on_ranks(evaluate, sharded)  # dist: same on all
         module.train()
         last_eval_step = state.step
         writer.log(
@@ -229,7 +239,7 @@ def fit(
             rng_at_step = capture_rng()
             in_update = False
             window.steps += 1
-            window.grad_norm += grad_norm.detach().float()
+            window.grad_norm += distributed.local_value(grad_norm).detach().float()  # dist
 
             # --- log, evaluate, save
             bar.update(1)
@@ -241,6 +251,8 @@ def fit(
             if cfg.save_every > 0 and state.step % cfg.save_every == 0:
                 save_last()
             over_budget = cfg.max_minutes is not None and clock() - t_start >= 60 * cfg.max_minutes
+            if cfg.max_minutes is not None:
+                over_budget = distributed.any_rank(over_budget)  # dist: all stop together
             if over_budget and state.step < cfg.max_steps:
                 stopped_early = True
                 break
@@ -263,9 +275,10 @@ def fit(
         # Save the last completed step so --resume continues; weights are half-updated only
         # if the interrupt hit the update itself, and then the previous checkpoint stays.
         optimizer.zero_grad(set_to_none=True)
-        if not in_update:
+        saved = not in_update and not ctx.is_distributed  # dist: a save would need every rank
+        if saved:
             save_last()
-        writer.log({"event": "interrupted", "step": state.step, "saved": not in_update})
+        writer.log({"event": "interrupted", "step": state.step, "saved": saved})
         raise
     finally:
         bar.close()
@@ -293,18 +306,22 @@ def _log_window(
     now: float,
     elapsed_s: float,
 ) -> None:
-    loss = float(w.loss) / w.steps
+    # dist: loss and terms averaged over ranks, items summed (identity in one process)
+    names = sorted(w.terms)
+    loss, *terms = distributed.mean_over_ranks([float(w.loss), *(w.terms[k] for k in names)])
+    items = distributed.sum_over_ranks(w.items)
+    loss /= w.steps
     if not math.isfinite(loss):
         raise AttnkdError(f"loss is not finite ({loss}) around step {step}; lower train.lr?")
     dt = now - w.t0
-    items_per_s = w.items / dt if dt > 0 else 0.0
+    items_per_s = items / dt if dt > 0 else 0.0
     event = {
         "event": "train",
         "step": step,
         "epoch": step * cfg.grad_accum / batches.num_batches,
         "lr": lr,
         "loss": loss,
-        "terms": {k: v / w.steps for k, v in w.terms.items()},
+        "terms": {k: v / w.steps for k, v in zip(names, terms, strict=True)},
         "grad_norm": float(w.grad_norm) / w.steps,
         "items_per_s": items_per_s,
         "elapsed_s": elapsed_s,
