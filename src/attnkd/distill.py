@@ -100,6 +100,7 @@ def run_distill(
     exports and writes, and returns the results; the other ranks return None.
     """
     validate(cfg)
+    distributed.check_strategy(cfg.train.distributed)
     task = get_task(cfg.task)
     run_dir = Path(cfg.output_dir) / cfg.name
     if run_dir.exists() and (run_dir / "checkpoints").exists() and not (resume or overwrite):
@@ -152,9 +153,9 @@ def _run(
             progress=progress, select_mode=setup.select_mode,
         )  # fmt: skip
     train_s = time.time() - t0
-    # dist: rank 0 evaluates the final student and writes; the others wait and return None
+    # dist: rank 0 alone evaluates the final student and writes (no collectives from here on);
+    # the other ranks are done (torchrun waits for rank 0 without a timeout)
     if not ctx.is_main:
-        distributed.barrier()
         return None
     best = run_dir / "checkpoints" / "best"
     has_best = (best / "model.safetensors").exists()
@@ -187,7 +188,6 @@ def _run(
         **setup.train_info,
     }
     _write_json(run_dir / "results.json", results)
-    distributed.barrier()
     return results
 
 

@@ -19,8 +19,10 @@ these functions at a handful of marked lines and stays one loop for one process 
   the slices differ a little, as under any DDP).
 - **Writes**: only rank 0 writes metrics, checkpoints, results and exports. Logged loss and term
   values are averaged over ranks first. Checkpoints hold the full (gathered) state in the
-  single-process format, so they load in one process, and a run resumes at another world size
-  (weights, optimizer, step; the batch sequence is exact only at the same global batch size).
+  single-process format (:mod:`attnkd.engine.dist_checkpoint`), so they load in one process, and
+  a run resumes at another world size (weights, optimizer, step; the batch sequence is exact only
+  at the same global batch size). Every rank reads the checkpoint on resume: across nodes, the
+  run folder must be on a shared filesystem.
 - **Evaluation**: under DDP rank 0 evaluates while the others wait, and the metrics are then
   broadcast so every rank takes the same best-checkpoint decision; under FSDP the weights are
   sharded, so every rank runs the evaluation forward together (same data, same result).
@@ -28,6 +30,7 @@ these functions at a handful of marked lines and stays one loop for one process 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,7 +97,8 @@ def from_env() -> DistContext:
 def init() -> DistContext:
     """Join torchrun's process group (NCCL on CUDA, gloo on CPU) when ``WORLD_SIZE > 1``.
 
-    Idempotent; a single process gets ``DistContext()`` and no process group.
+    Idempotent; a single process gets ``DistContext()`` and no process group. Ranks other than
+    0 log warnings and errors only.
     """
     ctx = from_env()
     if ctx.is_distributed and not dist.is_initialized():
@@ -102,6 +106,8 @@ def init() -> DistContext:
             torch.cuda.set_device(ctx.device)
         backend = "nccl" if ctx.device.type == "cuda" else "gloo"
         dist.init_process_group(backend, rank=ctx.rank, world_size=ctx.world_size)
+        if not ctx.is_main:  # one copy of the progress messages, from rank 0
+            logging.getLogger("attnkd").setLevel(logging.WARNING)
     return current()
 
 
@@ -129,6 +135,12 @@ def is_sharded(module: nn.Module) -> bool:
     return isinstance(module, FSDPModule)
 
 
+def check_strategy(strategy: str) -> None:
+    """Raise :class:`ConfigError` unless ``strategy`` is 'ddp' or 'fsdp' (``train.distributed``)."""
+    if strategy not in STRATEGIES:
+        raise ConfigError("train.distributed", f"must be one of {STRATEGIES}, got '{strategy}'")
+
+
 def wrap(module: nn.Module, strategy: str = "ddp") -> nn.Module:
     """What the training step should call: ``module`` itself in one process, else DDP or FSDP2.
 
@@ -141,8 +153,7 @@ def wrap(module: nn.Module, strategy: str = "ddp") -> nn.Module:
     Only pass the trained module: the teacher stays outside, gets no gradients and no
     optimizer state.
     """
-    if strategy not in STRATEGIES:
-        raise ConfigError("train.distributed", f"must be one of {STRATEGIES}, got '{strategy}'")
+    check_strategy(strategy)
     ctx = current()
     if not ctx.is_distributed:
         return module
