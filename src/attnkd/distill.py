@@ -9,8 +9,8 @@ outside the module the optimizer sees.
 
 from __future__ import annotations
 
-import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from attnkd.atomic import write_json
 from attnkd.capture import Capture, Taps
 from attnkd.config.io import dump_yaml
 from attnkd.config.schema import DistillConfig
-from attnkd.config.validate import validate
 from attnkd.engine import distributed
 from attnkd.engine.checkpoint import load_checkpoint
-from attnkd.engine.distributed import DistContext
+from attnkd.engine.device import resolve_device, teacher_dtype_of
 from attnkd.engine.loop import FitResult, StepOutput, fit
 from attnkd.errors import AttnkdError
 from attnkd.losses.terms import build_terms, collect_taps
@@ -32,17 +32,17 @@ from attnkd.models.adapters import geometry
 from attnkd.models.load import count_parameters, freeze
 from attnkd.students.build import build_student, select_layers
 from attnkd.tasks import Task, get_task
-from attnkd.tasks.sentence import EvalPairs, GroupedBatches, eval_pairs
+from attnkd.validate import validate
 
 log = logging.getLogger("attnkd")
 
-__all__ = ["Distiller", "EvalPairs", "GroupedBatches", "eval_pairs", "make_step", "run_distill"]
+__all__ = ["Distiller", "make_step", "run_distill"]
 
 
 class Distiller(nn.Module):
     """Student plus loss terms (with their projectors): exactly what the optimizer trains.
 
-    Its ``forward`` is the student half of a step, so DDP/FSDP can wrap this module alone while
+    Its ``forward`` is the student half of a step, so DDP/FSDP2 can wrap this module alone while
     the teacher stays outside (no gradients, no optimizer state).
     """
 
@@ -53,28 +53,35 @@ class Distiller(nn.Module):
         self._capture = Capture(student, collect_taps(terms)[1])
 
     def forward(self, batch: dict[str, Tensor], teacher_taps: Taps) -> dict[str, Tensor]:
-        """Student forward on ``batch`` and every term against ``teacher_taps``.
+        """Student forward on ``batch``, then every term against ``teacher_taps``.
 
-        Returns ``{"loss": weighted total (scalar), "<term label>/<part>": each part}``.
+        Returns ``{"loss": weighted total (scalar), "<term label>/<part>": each part}``. The
+        terms run outside autocast on float32 copies of half-precision taps, so every loss (and
+        its projectors) is computed in float32.
         """
         mask = batch["attention_mask"].bool()
         with self._capture:
             self.student(**batch)
         out: dict[str, Tensor] = {}
-        total = torch.zeros((), device=mask.device)
-        for term in self.terms:
-            for name, v in term(teacher_taps, self._capture.taps, mask).items():
-                out[f"{term.label}/{name}"] = v
-                total = total + term.weight * v
+        total: Tensor | None = None
+        with torch.autocast(mask.device.type, enabled=False):
+            t, s = float32_taps(teacher_taps), float32_taps(self._capture.taps)
+            for term in self.terms:
+                for name, v in term(t, s, mask).items():
+                    out[f"{term.label}/{name}"] = v
+                    total = term.weight * v if total is None else total + term.weight * v
         self._capture.taps.clear()
+        assert total is not None, "a distillation needs at least one loss term"
         return {"loss": total, **out}
 
 
 def make_step(teacher: nn.Module, distiller: Distiller, model: nn.Module | None = None):
     """The per-batch function: teacher forward (no grad), then ``model(batch, teacher_taps)``.
 
-    ``model`` is what runs the student half: ``distiller`` itself (default) or its DDP wrapper
-    (:func:`attnkd.engine.distributed.wrap`), which must be called for gradients to be synced.
+    ``model`` runs the student half: ``distiller`` itself (default) or its DDP wrapper
+    (:func:`attnkd.engine.distributed.wrap`), which must be the one called for gradients to be
+    synced. The engine places the batch on the models' device and runs this under autocast when
+    ``train.precision`` asks for it.
     """
     model = distiller if model is None else model
     t_cap = Capture(teacher, collect_taps(distiller.terms)[0])
@@ -89,6 +96,15 @@ def make_step(teacher: nn.Module, distiller: Distiller, model: nn.Module | None 
         return StepOutput(loss=total, terms=values, num_items=int(batch["input_ids"].shape[0]))
 
     return step
+
+
+def float32_taps(taps: Taps) -> Taps:
+    """The same taps with half-precision tensors (autocast outputs, a bf16 teacher) as float32
+    copies; float32 tensors are passed through as they are."""
+    half = (torch.float16, torch.bfloat16)
+    if not any(x.dtype in half for x in taps.tensors.values()):
+        return taps
+    return Taps({k: x.float() if x.dtype in half else x for k, x in taps.tensors.items()})
 
 
 def run_distill(
@@ -109,19 +125,29 @@ def run_distill(
             "--overwrite to start again, or set name=<new name>"
         )
     owns_group = not distributed.current().is_distributed
-    ctx = distributed.init()  # dist: joins torchrun's process group when WORLD_SIZE > 1
+    # dist: joins torchrun's process group when WORLD_SIZE > 1; CUDA ranks use cuda:LOCAL_RANK
+    ctx = distributed.init(resolve_device(cfg.train.device))
     try:
-        return _run(cfg, task, run_dir, ctx, resume, progress)
+        return _run(cfg, task, run_dir, ctx, resume, progress, overwrite)
     finally:
         if owns_group:
             distributed.teardown()
 
 
 def _run(
-    cfg: DistillConfig, task: Task, run_dir: Path, ctx: DistContext, resume: bool, progress: bool
+    cfg: DistillConfig,
+    task: Task,
+    run_dir: Path,
+    ctx: distributed.DistContext,
+    resume: bool,
+    progress: bool,
+    overwrite: bool,
 ) -> dict | None:
+    device, teacher_dtype = ctx.device, teacher_dtype_of(cfg.train)
     distributed.barrier()  # dist: every rank has checked the run folder before rank 0 writes
     if ctx.is_main:
+        if overwrite and not resume:
+            _clear_previous_run(run_dir)  # a run reports and exports only what it trained
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, run_dir / "config.yaml")
     torch.manual_seed(cfg.train.seed)
@@ -134,6 +160,9 @@ def _run(
     distiller = Distiller(student, terms)
     if cfg.train.freeze_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)
+    teacher.to(device=device, dtype=teacher_dtype)  # dtype None: as loaded
+    distiller.to(device)
+    log.info("training on %s (teacher %s)", device, next(teacher.parameters()).dtype)
     # dist: train.batch_size is per rank; the task builds global batches, each rank its rows
     world_cfg = replace(
         cfg, train=replace(cfg.train, batch_size=ctx.world_size * cfg.train.batch_size)
@@ -157,15 +186,20 @@ def _run(
     # the other ranks are done (torchrun waits for rank 0 without a timeout)
     if not ctx.is_main:
         return None
-    best = run_dir / "checkpoints" / "best"
-    has_best = (best / "model.safetensors").exists()
     if distributed.is_sharded(distiller):  # FSDP2: rebuild the student whole from a checkpoint
         student = _make_student(cfg, teacher, task)
         distiller = Distiller(student, build_terms(cfg.losses, teacher_m.geometry, sg))
-        load_checkpoint(best if has_best else run_dir / "checkpoints" / "last", distiller)
+        distiller.to(device)
+        if result.best_step is None:
+            load_checkpoint(run_dir / "checkpoints" / "last", distiller)
         setup = task.setup(world_cfg, teacher, student, tok)
-    elif has_best:
-        load_checkpoint(best, distiller)
+    if result.best_step is not None:  # this run's best (a fresh run cleared older ones)
+        best = load_checkpoint(run_dir / "checkpoints" / "best", distiller)
+        if best.state.best_step != result.best_step:
+            raise AttnkdError(
+                f"{best.path} holds step {best.state.best_step}, but this run's best is step "
+                f"{result.best_step}; rerun with --overwrite"
+            )
     final = setup.final()
     setup.export(run_dir / "student")
     results = {"name": cfg.name, "task": cfg.task, **final}
@@ -191,6 +225,18 @@ def _run(
     return results
 
 
+def _clear_previous_run(run_dir: Path) -> None:
+    """``--overwrite``: remove what an earlier run left (checkpoints, metrics, export, results),
+    so nothing stale can be reported or exported, even with ``max_steps: 0``."""
+    stale = ["checkpoints", "tb", "student", "metrics.jsonl", "results.json"]
+    for name in stale:
+        p = run_dir / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
 def _make_student(cfg: DistillConfig, teacher: nn.Module, task: Task) -> nn.Module:
     s = cfg.student
     if s.init == "teacher":
@@ -207,9 +253,7 @@ def _make_student(cfg: DistillConfig, teacher: nn.Module, task: Task) -> nn.Modu
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_default) + "\n")
-    tmp.replace(path)
+    write_json(path, obj, default=_default)
 
 
 def _default(o):

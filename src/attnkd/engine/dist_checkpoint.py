@@ -31,6 +31,7 @@ def save_checkpoint(
     state: TrainState,
     rng: RngState | None = None,
     extra: dict[str, Any] | None = None,
+    scaler: dict[str, Any] | None = None,
 ) -> None:
     """:func:`attnkd.engine.checkpoint.save_checkpoint` from every rank: rank 0 writes.
 
@@ -45,7 +46,7 @@ def save_checkpoint(
         model_src = _Full(_full_model(module))
         optim_src = None if optimizer is None else _Full(_full_optimizer(module, optimizer))
     if ctx.is_main:
-        checkpoint.save_checkpoint(path, model_src, optim_src, state, rng, extra)
+        checkpoint.save_checkpoint(path, model_src, optim_src, state, rng, extra, scaler)
     barrier()
 
 

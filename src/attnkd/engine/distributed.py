@@ -74,33 +74,43 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(name, f"environment variable must be an integer, got '{value}'") from None
 
 
-def from_env() -> DistContext:
-    """The context torchrun's environment describes (``DistContext()`` when not under torchrun).
+def from_env(device: torch.device | None = None) -> DistContext:
+    """The context torchrun's environment describes (rank 0 of 1 when not under torchrun).
 
-    Device: ``cuda:LOCAL_RANK`` when CUDA is available, else CPU.
+    ``device``: where this process trains (``train.device`` resolved; None: CUDA if available,
+    else CPU). Under torchrun a CUDA device becomes ``cuda:LOCAL_RANK``: one GPU per process.
     """
     world = _env_int("WORLD_SIZE", 1)
     rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     if world < 1 or not 0 <= rank < world:
         raise ConfigError("RANK", f"rank {rank} does not fit WORLD_SIZE={world}")
-    cuda = torch.cuda.is_available()
-    if cuda and local >= torch.cuda.device_count():
-        raise ConfigError(
-            "LOCAL_RANK",
-            f"{local} but this node has {torch.cuda.device_count()} CUDA devices "
-            "(use --nproc-per-node <= the number of GPUs)",
-        )
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if world > 1 and device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise ConfigError(
+                "LOCAL_RANK",
+                f"{local} but this node has {torch.cuda.device_count()} CUDA devices "
+                "(use --nproc-per-node <= the number of GPUs)",
+            )
+        device = torch.device("cuda", local)
     return DistContext(rank, world, local, device)
 
 
-def init() -> DistContext:
-    """Join torchrun's process group (NCCL on CUDA, gloo on CPU) when ``WORLD_SIZE > 1``.
+_device: torch.device | None = None
+"""The device :func:`init` chose for this process."""
 
-    Idempotent; a single process gets ``DistContext()`` and no process group. Ranks other than
-    0 log warnings and errors only.
+
+def init(device: torch.device | None = None) -> DistContext:
+    """Join torchrun's process group when ``WORLD_SIZE > 1`` (NCCL when ``device`` is CUDA,
+    gloo otherwise); see :func:`from_env` for the device.
+
+    Idempotent; a single process gets its context and no process group. Ranks other than 0 log
+    warnings and errors only.
     """
-    ctx = from_env()
+    global _device
+    ctx = from_env(device)
+    _device = ctx.device
     if ctx.is_distributed and not dist.is_initialized():
         if ctx.device.type == "cuda":
             torch.cuda.set_device(ctx.device)
@@ -108,14 +118,14 @@ def init() -> DistContext:
         dist.init_process_group(backend, rank=ctx.rank, world_size=ctx.world_size)
         if not ctx.is_main:  # one copy of the progress messages, from rank 0
             logging.getLogger("attnkd").setLevel(logging.WARNING)
-    return current()
+    return ctx
 
 
 def current() -> DistContext:
-    """The context of the process group this process has joined (single-process if none)."""
+    """The context of the process group this process has joined (``DistContext()`` if none)."""
     if not (dist.is_available() and dist.is_initialized()):
         return DistContext()
-    env = from_env()
+    env = from_env(_device)
     return DistContext(dist.get_rank(), dist.get_world_size(), env.local_rank, env.device)
 
 
@@ -248,13 +258,23 @@ def sum_over_ranks(value: int) -> int:
     return int(t.item())
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank when ``flag`` is true on any (ranks must agree when to stop)."""
+def any_rank(*flags: bool) -> tuple[bool, ...]:
+    """Each flag, true on every rank when it is true on any (ranks must stop together)."""
     if not current().is_distributed:
-        return flag
-    t = torch.tensor([int(flag)], dtype=torch.int64, device=_comm_device())
+        return flags
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int64, device=_comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return tuple(bool(v) for v in t.tolist())
+
+
+def same_problem(problem: str | None) -> str | None:
+    """This rank's problem with the step, or one on another rank: all skip or abort together."""
+    if not current().is_distributed:
+        return problem
+    (anywhere,) = any_rank(problem is not None)
+    if anywhere and problem is None:
+        return f"non-finite values on another rank than {current().rank} (see its log)"
+    return problem
 
 
 def barrier() -> None:
