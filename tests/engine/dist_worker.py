@@ -9,15 +9,19 @@ function with world size 1 and batch ``2 * PER_RANK`` is the single-process refe
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
 import torch
 from engine_helpers import cfg, collate, make_items
+from safetensors.torch import save_file
 from torch import nn
 
 from attnkd.engine import ShuffledBatches, StepOutput, distributed, fit
+from attnkd.engine.signals import Terminated
 
 PER_RANK = 4
 STEPS = 12
@@ -90,10 +94,54 @@ def train(
             progress=False, select_mode="min")  # fmt: skip
 
 
+def faults(out: Path) -> None:
+    """Decisions every rank must take together, provoked on rank 1 only.
+
+    ``OUT/skip``: rank 1's loss is NaN at step 3 (its gradients stay finite), with
+    ``nonfinite: skip``; each rank writes its final weights to ``OUT/skip/rank{r}.safetensors``.
+    ``OUT/term``: rank 1 alone gets SIGTERM during step 3; each rank writes the step it stopped at
+    to ``OUT/term/rank{r}.txt``.
+    """
+    torch.set_num_threads(1)
+    ctx = distributed.current()
+    for name in ("skip", "term"):
+        model = make_blocks()
+        wrapped = distributed.wrap(model, "ddp")
+        calls = [0]
+
+        def step(batch, wrapped=wrapped, calls=calls, name=name) -> StepOutput:
+            calls[0] += 1
+            x, y = batch
+            loss = ((wrapped(x) - y) ** 2).mean()
+            if ctx.rank == 1 and calls[0] == 3:
+                if name == "skip":
+                    loss = loss + float("nan")  # a NaN loss whose gradients are finite
+                else:
+                    os.kill(os.getpid(), signal.SIGTERM)
+            return StepOutput(loss, {"mse": loss.item()}, num_items=len(x))
+
+        batches = distributed.RankShard(
+            ShuffledBatches(make_items(), 2 * PER_RANK, collate, seed=0), ctx.rank, 2
+        )
+        c = cfg(batch_size=PER_RANK, max_steps=6, log_every=1, nonfinite="skip")
+        try:
+            fit(c, model, step, batches, out / name, progress=False)
+            stopped = "finished"
+        except Terminated as e:
+            stopped = str(e.step)
+        if name == "skip":
+            save_file(model.state_dict(), str(out / name / f"rank{ctx.rank}.safetensors"))
+        else:
+            (out / name / f"rank{ctx.rank}.txt").write_text(stopped)
+
+
 if __name__ == "__main__":
     out_dir, strategy = Path(sys.argv[1]), sys.argv[2]
     context = distributed.init()
     try:
-        train(out_dir, strategy, PER_RANK * context.world_size)
+        if strategy == "faults":
+            faults(out_dir)
+        else:
+            train(out_dir, strategy, PER_RANK * context.world_size)
     finally:
         distributed.teardown()

@@ -190,3 +190,20 @@ def _resume_one_process(out: Path) -> Path:
     finally:
         torch.set_num_threads(threads)
     return out / "resumed"
+
+
+@pytest.mark.slow
+def test_ranks_skip_and_stop_together_when_one_rank_has_a_problem(tmp_path):
+    """A NaN loss on rank 1 alone makes both ranks skip that step (their weights stay equal);
+    SIGTERM on rank 1 alone makes both save and stop at the same step (no hang)."""
+    from safetensors.torch import load_file
+
+    _torchrun(tmp_path, "faults")
+    w0, w1 = (load_file(str(tmp_path / f"skip/rank{r}.safetensors")) for r in range(2))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    events = read_metrics(tmp_path / "skip")
+    assert [e["step"] for e in events if e["event"] == "nonfinite"] == [3]
+    assert [e["step"] for e in events if e["event"] == "train"] == [1, 2, 4, 5, 6]
+    stops = [(tmp_path / f"term/rank{r}.txt").read_text() for r in range(2)]
+    assert stops == ["3", "3"]
+    assert (tmp_path / "term/checkpoints/step-00000003").is_dir()
