@@ -115,8 +115,7 @@ def run_distill(
     Under torchrun (WORLD_SIZE > 1) every rank trains; rank 0 alone evaluates the final student,
     exports and writes, and returns the results; the other ranks return None.
     """
-    validate(cfg)
-    distributed.check_strategy(cfg.train.distributed)
+    validate(cfg)  # includes train.distributed
     task = get_task(cfg.task)
     run_dir = Path(cfg.output_dir) / cfg.name
     if run_dir.exists() and (run_dir / "checkpoints").exists() and not (resume or overwrite):

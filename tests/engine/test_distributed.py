@@ -79,6 +79,15 @@ def test_context_from_torchrun_environment(monkeypatch):
         from_env()
 
 
+def test_validation_rejects_an_unknown_strategy_before_anything_loads():
+    from attnkd.config.schema import TrainConfig
+    from attnkd.engine.device import check_train_settings
+
+    check_train_settings(TrainConfig(distributed="fsdp"))
+    with pytest.raises(ConfigError, match="train.distributed"):
+        check_train_settings(TrainConfig(distributed="zero3"))
+
+
 def test_null_writer_writes_nothing(tmp_path):
     w = NullWriter()
     w.log({"event": "train", "step": 1})
