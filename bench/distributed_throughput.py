@@ -7,7 +7,10 @@ on the default training corpus (first ``--sentences`` sentences), through the re
 
 - ``one``: 1 process, ``--threads`` intra-op threads, batch ``--batch``;
 - ``many``: ``--nproc`` processes under ``torchrun --standalone``, ``threads / nproc`` threads each,
-  batch ``--batch / nproc`` per rank (gradients averaged by DDP over gloo).
+  batch ``--batch / nproc`` per rank (gradients averaged by DDP over gloo);
+- ``one1`` (with ``--control``): 1 process with ``threads / nproc`` threads, batch ``--batch``: the
+  per-process work of ``many`` without the parallelism, to tell the gain of processes from the
+  cost of intra-op threads (which collapses when other work holds the cores).
 
 Configurations alternate over ``--rounds`` (the first one rotates each round), so background
 load hits both alike. Throughput is global sentences/s over the logged windows after the first
@@ -87,7 +90,7 @@ def _launch(kind: str, args, out: Path) -> dict:
     env["OMP_NUM_THREADS"] = env["BENCH_THREADS"] = str(threads)
     job = ["--worker", str(out), "--batch", str(args.batch), "--steps", str(args.steps),
            "--log-every", str(args.log_every), "--sentences", str(args.sentences)]  # fmt: skip
-    if kind == "one":
+    if kind in ("one", "one1"):
         cmd = [sys.executable, __file__, *job]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="threads in all, per configuration")
     ap.add_argument("--sentences", type=int, default=4000)
+    ap.add_argument("--control", action="store_true", help="also 1 process x threads/nproc")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -119,11 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.batch % args.nproc:
         raise SystemExit(f"--batch {args.batch} must be a multiple of --nproc {args.nproc}")
-    kinds = ["one", "many"]
+    kinds = ["one", "many", *(["one1"] if args.control else [])]
     runs: dict[str, list[dict]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            for kind in kinds[r % 2 :] + kinds[: r % 2]:
+            for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
                 res = _launch(kind, args, Path(tmp) / f"{kind}-{r}")
                 runs[kind].append(res)
                 print(f"round {r} {kind:>4}: {res['sentences_per_s']:.1f} sentences/s "
@@ -132,9 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     paired = statistics.median(
         m["sentences_per_s"] / o["sentences_per_s"] for o, m in zip(runs["one"], runs["many"])
     )
+    ratios = {"paired_ratio_many_over_one": paired}
+    if args.control:
+        ratios["paired_ratio_many_over_one1"] = statistics.median(
+            m["sentences_per_s"] / o["sentences_per_s"] for o, m in zip(runs["one1"], runs["many"])
+        )
     print(f"\n1 process x {args.threads} threads: {med['one']:.1f} sentences/s")
+    if args.control:
+        print(f"1 process x {max(1, args.threads // args.nproc)} thread(s): "
+              f"{med['one1']:.1f} sentences/s")  # fmt: skip
     print(f"{args.nproc} processes x {max(1, args.threads // args.nproc)} thread(s): "
-          f"{med['many']:.1f} sentences/s; paired ratio many/one {paired:.3f}")  # fmt: skip
+          f"{med['many']:.1f} sentences/s; paired ratios {ratios}")  # fmt: skip
     if args.json:
         result = {
             "command": "python bench/distributed_throughput.py " + " ".join(argv or sys.argv[1:]),
@@ -143,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "cpu_count": os.cpu_count(),
             "median_sentences_per_s": med,
-            "paired_ratio_many_over_one": paired,
+            **ratios,
+            "load_note": "taken under load: other agents' jobs shared the cores (see each run's "
+            "load_avg_1min_before_after); intra-op threads suffer most from that",
             "runs": runs,
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
