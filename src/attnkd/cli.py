@@ -53,7 +53,9 @@ def cmd_distill(args) -> int:
     if results.get("task", "sentence") == "causal_lm":
         quality = (
             f"perplexity on {results['eval_split']} ({results['eval_tokens']} tokens): "
-            f"teacher {t['perplexity']:.2f}, student {s['perplexity']:.2f}"
+            f"teacher {t['perplexity']:.2f}, student {s['perplexity']:.2f} "
+            f"(student/teacher perplexity x{results['perplexity_ratio']:.2f}, "
+            f"NLL retention {100 * results['retention']:.1f}%)"
         )
     else:
         quality = (

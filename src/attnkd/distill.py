@@ -224,6 +224,8 @@ def _run(
         "steps": result.steps_done,
         "seconds_this_session": train_s,
         "stopped_early": result.stopped_early,
+        "skipped_steps": result.skipped_steps,
+        "resumed_from": None if result.resumed_from is None else result.resumed_from.name,
         **setup.train_info,
     }
     _write_json(run_dir / "results.json", results)
@@ -231,10 +233,11 @@ def _run(
 
 
 def _clear_previous_run(run_dir: Path) -> None:
-    """``--overwrite``: remove what an earlier run left (checkpoints, metrics, export, results),
-    so nothing stale can be reported or exported, even with ``max_steps: 0``."""
-    stale = ["checkpoints", "tb", "student", "metrics.jsonl", "results.json"]
-    for name in stale:
+    """``--overwrite``: remove what an earlier run left (checkpoints, metrics, export, results,
+    evaluations, report), so nothing stale is reported or exported, even with ``max_steps: 0``."""
+    stale = ["checkpoints", "tb", "student", "report", "metrics.jsonl", "results.json"]
+    evals = [p.name for p in run_dir.glob("eval-*.json")] if run_dir.is_dir() else []
+    for name in stale + evals:
         p = run_dir / name
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)

@@ -147,7 +147,8 @@ def evaluate_lm(cfg, student_dir: Path, teacher: str, split: str = "eval", known
     out = {"split": split, "tokens": res["student"].tokens, "block_size": int(blocks.shape[1])}
     out.update(_side_by_side(t.model, s.model, metrics, speed, "tokens"))
     out["teacher"]["name"], out["student"]["path"] = teacher, str(student_dir)
-    out["retention"] = res["teacher"].nll / res["student"].nll
+    out["retention"] = res["teacher"].nll / res["student"].nll  # NLL ratio, teacher / student
+    out["perplexity_ratio"] = res["student"].ppl / res["teacher"].ppl  # student / teacher
     return out
 
 
