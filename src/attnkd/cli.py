@@ -47,6 +47,8 @@ def cmd_distill(args) -> int:
     results = run_distill(
         cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite
     )
+    if results is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
     t, s = results["teacher"], results["student"]
     if results.get("task", "sentence") == "causal_lm":
         quality = (

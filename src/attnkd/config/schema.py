@@ -125,6 +125,10 @@ class TrainConfig:
     float32; fp16 uses a gradient scaler). Replaces the deprecated ``bf16: true``."""
     teacher_dtype: str | None = None
     """Hold the frozen teacher in 'bf16' or 'fp16' (half the memory); null keeps float32."""
+    distributed: str = "ddp"
+    """Under torchrun with WORLD_SIZE > 1: 'ddp' (replicated student, averaged gradients) or
+    'fsdp' (FSDP2 fully_shard: student, gradients and optimizer state sharded). batch_size is
+    then per rank: each optimizer step sees world_size * batch_size * grad_accum items."""
 
 
 @dataclass
