@@ -55,7 +55,7 @@ def test_disk_full_while_checkpointing(base_overrides, tmp_path, monkeypatch, ca
 def test_out_of_memory_names_the_predicted_peak(base_overrides, tmp_path, monkeypatch, capsys):
     import attnkd.distill as distill
 
-    def make_step(teacher, distiller):
+    def make_step(*args, **kwargs):
         def step(batch):
             raise RuntimeError(
                 "[enforce fail at alloc_cpu.cpp:118] data. DefaultCPUAllocator: can't allocate "
@@ -77,7 +77,7 @@ def test_out_of_memory_names_the_predicted_peak(base_overrides, tmp_path, monkey
 def test_a_bug_still_shows_its_traceback(base_overrides, monkeypatch):
     import attnkd.distill as distill
 
-    def make_step(teacher, distiller):
+    def make_step(*args, **kwargs):
         def step(batch):
             raise RuntimeError("shape mismatch inside a loss")  # not the user's input
 
