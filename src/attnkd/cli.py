@@ -101,14 +101,12 @@ def _eval_decoder(args) -> int:
 
         texts = tuple(args.text or ("tinyshakespeare", "wikitext2"))
         res = evaluate_protocol(args.run, args.teacher, args.protocol, texts, args.data_dir)
-    text = json.dumps(res, indent=2)
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(path)
-    print(text)
+        from attnkd.atomic import write_json
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.json, res)
+    print(json.dumps(res, indent=2))
     return 0
 
 
