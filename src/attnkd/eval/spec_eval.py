@@ -131,7 +131,7 @@ def speculative_report(
             "verify": {str(g): t for g, t in costs.verify_s.items()},
             "context": costs.context,
         },
-        "blocks_median": statistics.median(sum((r.blocks for r in timed_spec), [])),
+        "tokens_per_call_median": statistics.median(sum((r.blocks for r in timed_spec), [])),
     }
 
 
