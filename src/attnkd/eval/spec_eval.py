@@ -45,6 +45,8 @@ class SpecSettings:
     """> 0: the draft's output layer scores only this many most frequent tokens of the text's
     first 90%."""
     seed: int = 0
+    cost_repeats: int = 5
+    """Timed calls per step-cost measurement (median of 3 interleaved rounds of medians)."""
 
 
 def _check(s: SpecSettings) -> None:
@@ -109,7 +111,9 @@ def speculative_report(
     spec, base = _pooled(timed_spec), _pooled(timed_plain)
     blocks = torch.tensor([p for p in prompts])
     alpha_tf = teacher_forced_acceptance(teacher, draft, blocks, s.temperature or 1.0)
-    costs = measure_step_costs(teacher, draft, prompts[0], gammas=tuple(range(1, 9)))
+    costs = measure_step_costs(
+        teacher, draft, prompts[0], gammas=tuple(range(1, 9)), repeats=s.cost_repeats
+    )
     c, v = costs.cost_ratio, costs.verify_ratio(s.gamma)
     alpha = spec["alpha"]
     return {
