@@ -25,7 +25,7 @@ from attnkd.config.schema import DistillConfig
 from attnkd.engine.checkpoint import load_checkpoint
 from attnkd.engine.device import resolve_device, teacher_dtype_of
 from attnkd.engine.loop import FitResult, StepOutput, fit
-from attnkd.errors import AttnkdError
+from attnkd.errors import AttnkdError, ConfigError
 from attnkd.losses.terms import build_terms, collect_taps
 from attnkd.models.adapters import geometry
 from attnkd.models.load import count_parameters, freeze
@@ -101,6 +101,12 @@ def run_distill(
             f"run folder {run_dir} already holds checkpoints: pass --resume to continue it, "
             "--overwrite to start again, or set name=<new name>"
         )
+    if resume and not (run_dir / "config.yaml").exists():  # a typo in the name, most often
+        raise ConfigError(
+            "name",
+            f"--resume: there is no run at {run_dir} (no config.yaml); check name= "
+            "and output_dir=, or drop --resume to start it",
+        )
     device = resolve_device(cfg.train.device)
     teacher_dtype = teacher_dtype_of(cfg.train)
     if overwrite and not resume:
@@ -158,6 +164,8 @@ def run_distill(
         "steps": result.steps_done,
         "seconds_this_session": train_s,
         "stopped_early": result.stopped_early,
+        "skipped_steps": result.skipped_steps,
+        "resumed_from": None if result.resumed_from is None else result.resumed_from.name,
         **setup.train_info,
     }
     _write_json(run_dir / "results.json", results)
@@ -165,10 +173,11 @@ def run_distill(
 
 
 def _clear_previous_run(run_dir: Path) -> None:
-    """``--overwrite``: remove what an earlier run left (checkpoints, metrics, export, results),
-    so nothing stale can be reported or exported, even with ``max_steps: 0``."""
-    stale = ["checkpoints", "tb", "student", "metrics.jsonl", "results.json"]
-    for name in stale:
+    """``--overwrite``: remove what an earlier run left (checkpoints, metrics, export, results,
+    evaluations, report), so nothing stale is reported or exported, even with ``max_steps: 0``."""
+    stale = ["checkpoints", "tb", "student", "report", "metrics.jsonl", "results.json"]
+    evals = [p.name for p in run_dir.glob("eval-*.json")] if run_dir.is_dir() else []
+    for name in stale + evals:
         p = run_dir / name
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)

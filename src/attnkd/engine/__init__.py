@@ -16,8 +16,9 @@ from attnkd.engine.checkpoint import (
     verify_checkpoint,
 )
 from attnkd.engine.device import resolve_device, to_device
-from attnkd.engine.loop import FitResult, NonFiniteError, StepOutput, fit
+from attnkd.engine.loop import FitResult, StepOutput, fit
 from attnkd.engine.metrics import MetricsWriter, read_metrics
+from attnkd.engine.nonfinite import NonFiniteError
 from attnkd.engine.optim import build_optimizer, split_parameters
 from attnkd.engine.resume import ResumePoint, find_resumable
 from attnkd.engine.rng import capture_rng, fork_rng, restore_rng, seed_everything

@@ -40,7 +40,7 @@ from torch import nn
 from attnkd.config.schema import TrainConfig
 from attnkd.engine import resume as store
 from attnkd.engine.batches import ResumableBatches, position
-from attnkd.engine.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from attnkd.engine.checkpoint import CheckpointError, TrainState, load_checkpoint, save_checkpoint
 from attnkd.engine.device import (
     NONFINITE_MODES,
     autocast_dtype,
@@ -48,7 +48,8 @@ from attnkd.engine.device import (
     precision_of,
     to_device,
 )
-from attnkd.engine.metrics import MetricsWriter, ProgressBar
+from attnkd.engine.metrics import METRICS_FILE, MetricsWriter, ProgressBar
+from attnkd.engine.nonfinite import MicroBatch, NonFiniteError, nonfinite_problem
 from attnkd.engine.optim import build_optimizer
 from attnkd.engine.rng import RngState, capture_rng, fork_rng, restore_rng, seed_everything
 from attnkd.engine.schedule import Schedule
@@ -88,10 +89,6 @@ class FitResult:
     """Steps whose update was dropped for a non-finite loss or gradient (over all sessions)."""
 
 
-class NonFiniteError(AttnkdError):
-    """The loss or gradient of a step was NaN or infinite (``train.nonfinite: abort``)."""
-
-
 @dataclass
 class _Window:
     """Running sums between two log events."""
@@ -112,16 +109,6 @@ class _Window:
         for micro in terms:
             for name, value in micro.items():
                 self.terms[name] = self.terms.get(name, 0.0) + float(value) / len(terms)
-
-
-@dataclass
-class _Micro:
-    """One micro-batch's outcome, kept until the step's finiteness check."""
-
-    epoch: int
-    index: int
-    loss_finite: torch.Tensor  # bool scalar on the device (read with the step's one sync)
-    terms: dict[str, float]
 
 
 def _validate(cfg: TrainConfig, select_mode: str) -> None:
@@ -187,7 +174,10 @@ def fit(
     state = TrainState()
     resumed_from: Path | None = None
     point = store.find_resumable(ckpt_dir) if resume else None
-    if resume and point is None:  # stopped before its first save: the start is step 0
+    if resume and point is None:
+        if not (run_dir / METRICS_FILE).is_file():  # no run ever started here
+            raise CheckpointError(ckpt_dir, "no checkpoint to resume (this run never started)")
+        # it started but was stopped before its first save: its start is step 0
         warnings.warn(f"no checkpoint in {ckpt_dir} to resume; starting at step 0", stacklevel=2)
         store.clear(ckpt_dir)  # leftovers of a save that was cut short
         resume = False
@@ -274,7 +264,7 @@ def fit(
             final_metrics = run_eval()
         while state.step < cfg.max_steps:
             # --- forward/backward over grad_accum micro-batches
-            micro: list[_Micro] = []
+            micro: list[MicroBatch] = []
             step_loss = torch.zeros((), device=device)
             for j in range(cfg.grad_accum):
                 epoch, index = position(state.step * cfg.grad_accum + j, batches.num_batches)
@@ -287,7 +277,7 @@ def fit(
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 loss = loss.detach().float()
                 step_loss += loss
-                micro.append(_Micro(epoch, index, torch.isfinite(loss), out.terms))
+                micro.append(MicroBatch(epoch, index, torch.isfinite(loss), out.terms))
                 window.items += out.num_items
 
             # --- check: one device sync per step
@@ -295,7 +285,7 @@ def fit(
                 scaler.unscale_(optimizer)  # true gradients for the norm and the clip
             max_norm = cfg.clip_norm if cfg.clip_norm and cfg.clip_norm > 0 else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm).detach().float()
-            problem = _nonfinite(micro, grad_norm, state.step + 1, check_grad=scaler is None)
+            problem = nonfinite_problem(micro, grad_norm, state.step + 1, check_grad=scaler is None)
             if problem is not None and cfg.nonfinite == "abort":
                 writer.log({"event": "nonfinite", "step": state.step + 1, "action": "abort"})
                 raise NonFiniteError(
@@ -389,24 +379,6 @@ def fit(
         resumed_from=resumed_from,
         skipped_steps=state.skipped_steps,
     )
-
-
-def _nonfinite(
-    micro: list[_Micro], grad_norm: torch.Tensor, step: int, check_grad: bool
-) -> str | None:
-    """None if the step's losses (and, if ``check_grad``, gradient norm) are finite; otherwise
-    which loss terms (or the gradient) were not, in which batch of which step."""
-    flags = [m.loss_finite for m in micro] + ([torch.isfinite(grad_norm)] if check_grad else [])
-    ok = torch.stack([f.cpu() for f in flags]).tolist()  # the step's one device sync
-    if all(ok):
-        return None
-    for m, loss_ok in zip(micro, ok):
-        bad = [name for name, v in m.terms.items() if not math.isfinite(float(v))]
-        if not loss_ok or bad:
-            what = f"loss terms {bad}" if bad else "loss (its terms are all finite)"
-            return f"non-finite {what} at step {step} (epoch {m.epoch}, batch index {m.index})"
-    where = ", ".join(f"epoch {m.epoch} batch index {m.index}" for m in micro)
-    return f"non-finite gradient (norm {float(grad_norm)}) at step {step} ({where})"
 
 
 def _log_window(
