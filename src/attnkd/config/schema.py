@@ -125,6 +125,26 @@ class TrainConfig:
     float32; fp16 uses a gradient scaler). Replaces the deprecated ``bf16: true``."""
     teacher_dtype: str | None = None
     """Hold the frozen teacher in 'bf16' or 'fp16' (half the memory); null keeps float32."""
+    distributed: str = "ddp"
+    """Under torchrun with WORLD_SIZE > 1: 'ddp' (replicated student, averaged gradients) or
+    'fsdp' (FSDP2 fully_shard: student, gradients and optimizer state sharded). batch_size is
+    then per rank: each optimizer step sees world_size * batch_size * grad_accum items."""
+
+
+@dataclass
+class ConvertConfig:
+    """Attention conversion (``attnkd convert``, METHODS.md section 5); ``kind`` '' = none."""
+
+    kind: str = ""
+    """'linear' (Hedgehog), 'window' (sliding window) or 'hybrid' (LoLCATs window + linear)."""
+    layers: list[int] | None = None
+    """Layers whose attention is converted; None = all."""
+    window: int = 64
+    chunk: int | None = None
+    """Rows per chunk of the parallel form; None = the window (64 for linear)."""
+    loss: str = "mse"
+    """Stage 1 (attention transfer): 'mse' (attention outputs), 'ce' (attention weights,
+    linear only) or 'ce+mse'."""
 
 
 @dataclass
@@ -140,6 +160,7 @@ class DistillConfig:
     losses: list[LossTermConfig] = field(default_factory=lambda: [LossTermConfig()])
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
 
 
 def default_recipe() -> DistillConfig:

@@ -5,6 +5,7 @@ clean stop on SIGTERM, warmup + decay schedule, JSONL/TensorBoard metrics.
 >>> from attnkd.engine import fit, StepOutput, ShuffledBatches
 """
 
+from attnkd.engine import distributed
 from attnkd.engine.batches import ResumableBatches, ShuffledBatches
 from attnkd.engine.checkpoint import (
     Checkpoint,
@@ -39,6 +40,7 @@ __all__ = [
     "Terminated",
     "TrainState",
     "build_optimizer",
+    "distributed",
     "capture_rng",
     "find_resumable",
     "fit",
