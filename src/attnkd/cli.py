@@ -101,12 +101,54 @@ def cmd_validate(args) -> int:
 def cmd_eval(args) -> int:
     from attnkd.evaluate import evaluate_run
 
+    if args.speculative or args.protocol:
+        return _eval_decoder(args)
     res = evaluate_run(
         args.run, teacher=args.teacher, split=args.split, data_dir=args.data_dir,
         json_path=args.json,
     )  # fmt: skip
     print(json.dumps(res, indent=2))
     return 0
+
+
+def _eval_decoder(args) -> int:
+    """``--speculative`` (draft measured by speculative decoding) or ``--protocol`` (comparable
+    perplexity on text as written); ``--json`` writes the printed result atomically."""
+    if args.speculative:
+        from attnkd.eval.spec_eval import SpecSettings, evaluate_speculative
+
+        settings = SpecSettings(
+            gamma=args.gamma, temperature=args.temperature, prompts=args.prompts,
+            new_tokens=args.new_tokens, shortlist=args.shortlist,
+        )  # fmt: skip
+        if args.text:
+            settings.text = args.text[0]
+        res = evaluate_speculative(args.run, args.teacher, args.draft, settings, args.data_dir)
+    else:
+        from attnkd.eval.lm_protocol import evaluate_protocol
+
+        texts = tuple(args.text or ("tinyshakespeare", "wikitext2"))
+        res = evaluate_protocol(args.run, args.teacher, args.protocol, texts, args.data_dir)
+    if args.json:
+        from attnkd.atomic import write_json
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.json, res)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def _add_decoder_eval_args(e: argparse.ArgumentParser) -> None:
+    g = e.add_argument_group("causal LMs: speculative decoding and comparable perplexity")
+    g.add_argument("--speculative", action="store_true", help="measure a draft by spec. decoding")
+    g.add_argument("--draft", default=None, help="the run's student (default), self:K or a model")
+    g.add_argument("--gamma", type=int, default=4, help="draft tokens per block (default 4)")
+    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy only (default 1)")
+    g.add_argument("--shortlist", type=int, default=0, help="draft output on N frequent tokens")
+    g.add_argument("--prompts", type=int, default=4, help="held-out prompts (default 4)")
+    g.add_argument("--new-tokens", type=int, default=64, help="tokens per prompt (default 64)")
+    g.add_argument("--protocol", default=None, help="perplexity protocol: windows:W:stride=S")
+    g.add_argument("--text", action="append", help="text as written (tinyshakespeare, wikitext2)")
 
 
 def cmd_report(args) -> int:
@@ -273,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     e.add_argument("--data-dir", default=None, help="benchmark data folder ($ATTNKD_DATA_DIR)")
+    _add_decoder_eval_args(e)
     e.set_defaults(fn=cmd_eval)
 
     r = sub.add_parser("report", help="write an HTML report with plots for a run")

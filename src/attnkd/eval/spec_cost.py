@@ -1,0 +1,158 @@
+"""What a draft is worth: acceptance on teacher-forced text, step costs, the speed-up model.
+
+Speed-up model (METHODS.md section 1, Leviathan et al.): with per-token acceptance α and γ draft
+tokens per block, a teacher call yields on average τ = (1 - α^(γ+1)) / (1 - α) tokens; a block
+costs γ draft steps (each c teacher steps) and one verification call (v teacher steps, v the
+cost of scoring γ + 1 tokens relative to a single-token teacher step), so the speed-up over plain
+teacher decoding is about τ / (γ c + v). The draft breaks even where that equals 1.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from attnkd.errors import AttnkdError
+from attnkd.eval.speculative import CachedLM
+
+
+def block_efficiency(alpha: float, gamma: int) -> float:
+    """τ = (1 - α^(γ+1)) / (1 - α): expected tokens per teacher call (γ + 1 at α = 1)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise AttnkdError(f"acceptance alpha must lie in [0, 1], got {alpha}")
+    if alpha == 1.0:
+        return gamma + 1.0
+    return (1.0 - alpha ** (gamma + 1)) / (1.0 - alpha)
+
+
+def expected_speedup(alpha: float, gamma: int, c: float, v: float = 1.0) -> float:
+    """τ / (γ c + v): the model's speed-up over plain teacher decoding."""
+    return block_efficiency(alpha, gamma) / (gamma * c + v)
+
+
+def break_even_alpha(gamma: int, c: float, v: float = 1.0) -> float:
+    """The α at which :func:`expected_speedup` is 1 (τ = γ c + v); ``inf`` if no α in [0, 1]
+    reaches it, 0 if any draft pays (γ c + v <= 1). τ rises with α, so bisection is exact."""
+    need = gamma * c + v
+    if need <= 1.0:
+        return 0.0
+    if need > gamma + 1.0:
+        return math.inf
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if block_efficiency(mid, gamma) < need else (lo, mid)
+    return hi
+
+
+def choose_gamma(
+    alpha: float, c: float, v: float | Mapping[int, float] = 1.0, max_gamma: int = 8
+) -> int:
+    """The γ in 1..max_gamma with the highest modelled speed-up; ``v`` a constant or a map
+    γ -> measured verification cost (γ missing from the map are skipped)."""
+    best, best_s = 0, -1.0
+    for g in range(1, max_gamma + 1):
+        if isinstance(v, Mapping):
+            if g not in v:
+                continue
+            vg = v[g]
+        else:
+            vg = v
+        s = expected_speedup(alpha, g, c, vg)
+        if s > best_s:
+            best, best_s = g, s
+    if not best:
+        raise AttnkdError("no gamma to choose from: give v for at least one gamma in 1..max_gamma")
+    return best
+
+
+@torch.no_grad()
+def teacher_forced_acceptance(
+    teacher: nn.Module, draft: nn.Module, blocks: Tensor, temperature: float = 1.0
+) -> float:
+    """1 - mean TVD(p_teacher, q_draft) over every next-token position of ``blocks`` (n, L).
+
+    Both models read the same text (teacher forcing); at ``temperature`` this is the expected
+    per-token acceptance of speculative sampling on that text. Sums in float64.
+    """
+    if blocks.dim() != 2 or blocks.shape[1] < 2:
+        raise AttnkdError(f"blocks must be (n, L >= 2) token ids, got {tuple(blocks.shape)}")
+    if temperature <= 0:
+        raise AttnkdError(f"temperature must be > 0 for acceptance, got {temperature}")
+    total, count = 0.0, 0
+    device = next(teacher.parameters()).device
+    for row in blocks:
+        ids = row[None].to(device=device, dtype=torch.long)
+        p = torch.softmax(teacher(input_ids=ids).logits[0, :-1].float() / temperature, -1)
+        q = torch.softmax(draft(input_ids=ids).logits[0, :-1].float() / temperature, -1)
+        if p.shape != q.shape:
+            raise AttnkdError(f"teacher logits {tuple(p.shape)} vs draft {tuple(q.shape)}")
+        tvd = 0.5 * (p - q).abs().sum(-1).double()
+        total += float((1.0 - tvd).sum())
+        count += tvd.numel()
+    return total / count
+
+
+@dataclass
+class StepCosts:
+    """Decoding-step times at batch 1 with a KV cache, measured side by side (medians)."""
+
+    teacher_s: float
+    """One single-token teacher step."""
+    draft_s: float
+    """One single-token draft step."""
+    verify_s: dict[int, float]
+    """γ -> one teacher call scoring γ + 1 new tokens."""
+    context: int
+
+    @property
+    def cost_ratio(self) -> float:
+        """c = draft step / teacher step."""
+        return self.draft_s / self.teacher_s
+
+    def verify_ratio(self, gamma: int) -> float:
+        """v(γ) = verification call / single-token teacher step."""
+        return self.verify_s[gamma] / self.teacher_s
+
+
+def _step_time(model: nn.Module, prefix: list[int], new: list[int], repeats: int) -> float:
+    """Median seconds of one call feeding ``new`` after a cached ``prefix``."""
+    lm = CachedLM(model)
+    lm.logits(prefix)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        lm.logits(prefix + new)
+        times.append(time.perf_counter() - t0)
+        lm.rollback(len(prefix))
+    return statistics.median(times)
+
+
+def measure_step_costs(
+    teacher: nn.Module,
+    draft: nn.Module,
+    context: list[int],
+    gammas: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8),
+    repeats: int = 20,
+    rounds: int = 3,
+) -> StepCosts:
+    """Teacher and draft step times after ``context`` (cached), and the teacher's γ + 1-token
+    verification calls; models alternate each round so background load hits all alike."""
+    if len(context) < 2:
+        raise AttnkdError("measure_step_costs needs a context of at least 2 tokens")
+    prefix, nxt = context[:-1], context[-1:]
+    extra = [context[-1]] * (max(gammas) + 1)
+    t, d, ver = [], [], {g: [] for g in gammas}
+    for _ in range(rounds):
+        t.append(_step_time(teacher, prefix, nxt, repeats))
+        d.append(_step_time(draft, prefix, nxt, repeats))
+        for g in gammas:
+            ver[g].append(_step_time(teacher, prefix, extra[: g + 1], repeats))
+    med = statistics.median
+    return StepCosts(med(t), med(d), {g: med(v) for g, v in ver.items()}, len(context))
