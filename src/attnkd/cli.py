@@ -49,6 +49,9 @@ def cmd_distill(args) -> int:
             f"perplexity on {results['eval_split']} ({results['eval_tokens']} tokens): "
             f"teacher {t['perplexity']:.2f}, student {s['perplexity']:.2f}"
         )
+    elif results.get("task") == "image_classification":
+        t_acc = f"teacher {100 * t['accuracy']:.2f}%, " if "accuracy" in t else ""
+        quality = f"{results['eval_split']} accuracy: {t_acc}student {100 * s['accuracy']:.2f}%"
     else:
         quality = (
             f"{results['eval_split']} Spearman x100: teacher {t['spearman']:.2f}, "
@@ -159,6 +162,20 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_condense(args) -> int:
+    from attnkd.vision.condense import CondenseConfig
+    from attnkd.vision.condense_run import run_condense
+
+    for ipc in args.ipc:
+        for seed in args.seeds:
+            cfg = CondenseConfig(args.method, ipc, args.iterations, args.lr, seed=seed)
+            r = run_condense(cfg, args.out, args.image_dir, args.eval_steps)
+            print(f"{args.method} ipc={ipc} seed={seed}: test accuracy "
+                  f"{100 * r['test_accuracy']:.2f}% ({r['total_seconds']:.0f}s)")  # fmt: skip
+    print(f"written under {args.out}/condense-{args.method}-ipc*-s*/ (images.png, results.json)")
+    return 0
+
+
 def _recipes_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "recipes"
 
@@ -223,6 +240,19 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list losses, packaged models, data sources or recipes")
     ls.add_argument("what", choices=["losses", "models", "sources", "recipes"])
     ls.set_defaults(fn=cmd_ls)
+
+    k = sub.add_parser(
+        "condense", help="dataset distillation of Fashion-MNIST (DataDAM, DM, random subset)"
+    )
+    k.add_argument("--method", default="datadam", choices=["datadam", "dm", "random"])
+    k.add_argument("--ipc", type=int, nargs="+", default=[10], help="images per class")
+    k.add_argument("--iterations", type=int, default=200, help="matching iterations")
+    k.add_argument("--lr", type=float, default=1.0, help="step size on synthetic pixels")
+    k.add_argument("--seeds", type=int, nargs="+", default=[0])
+    k.add_argument("--eval-steps", type=int, default=300, help="steps training the judge network")
+    k.add_argument("--image-dir", default=None, help="Fashion-MNIST idx folder")
+    k.add_argument("--out", default="runs", help="output folder")
+    k.set_defaults(fn=cmd_condense)
 
     c = sub.add_parser("convert", help="convert an ONNX BERT export to a Hugging Face folder")
     c.add_argument("onnx", help="path to the .onnx file")

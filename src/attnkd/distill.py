@@ -78,6 +78,8 @@ def run_distill(
     """Run one distillation recipe; returns (and writes) ``results.json``'s content."""
     validate(cfg)
     task = get_task(cfg.task)
+    if task.prepare is not None:  # e.g. the image task's teacher stage
+        task.prepare(cfg)
     run_dir = Path(cfg.output_dir) / cfg.name
     if run_dir.exists() and (run_dir / "checkpoints").exists() and not (resume or overwrite):
         raise AttnkdError(
@@ -103,7 +105,8 @@ def run_distill(
         result = FitResult(0, None, None, {}, False, run_dir)
     else:
         result = fit(
-            cfg.train, distiller, make_step(teacher, distiller), setup.batches, run_dir,
+            cfg.train, distiller, (task.make_step or make_step)(teacher, distiller),
+            setup.batches, run_dir,
             evaluate=setup.evaluate, select_metric=setup.select_metric, resume=resume,
             progress=progress, select_mode=setup.select_mode,
         )  # fmt: skip

@@ -18,7 +18,7 @@ from attnkd.models.adapters import AttentionGeometry, adapter_for, geometry
 IMPLS = ("auto", "naive", "chunked")
 ATTN_IMPLS = ("sdpa", "eager")
 EVAL_TASKS = ("stsb:dev", "stsb:val")
-TASKS = ("sentence", "causal_lm")
+TASKS = ("sentence", "causal_lm", "image_classification")
 VOCAB_KINDS = ("fkl", "rkl", "jsd", "tvd")
 
 
@@ -163,6 +163,10 @@ def validate_models(cfg: DistillConfig) -> Geometries:
 
 def validate(cfg: DistillConfig, check_data: bool = True, check_models: bool = True) -> None:
     """All checks, in order of cost; raises the first :class:`ConfigError`."""
+    if cfg.task == "image_classification":  # its own models, losses and data
+        from attnkd.vision.validate import validate_image
+
+        return validate_image(cfg, check_data, check_models)
     validate_static(cfg)
     if cfg.data.data_dir is not None:
         _check(Path(cfg.data.data_dir).is_dir(), "data.data_dir",

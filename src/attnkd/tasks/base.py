@@ -41,3 +41,8 @@ class Task:
     """``load(name, attn_implementation, tokenizer=True)``."""
     setup: Callable[[DistillConfig, nn.Module, nn.Module, object], TaskSetup]
     """``setup(cfg, teacher, student, tokenizer)``."""
+    make_step: Callable | None = None
+    """``make_step(teacher, distiller) -> step_fn`` when the task's batches are not token
+    batches (image classification); None uses :func:`attnkd.distill.make_step`."""
+    prepare: Callable[[DistillConfig], None] | None = None
+    """Runs before the models load (image classification: the teacher stage)."""

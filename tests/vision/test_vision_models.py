@@ -1,0 +1,74 @@
+"""Builders, capture by module path (CNN feature maps, ViT q/k/v), save/load."""
+
+import pytest
+import torch
+
+from attnkd.capture import Capture, Tap
+from attnkd.errors import AttnkdError
+from attnkd.vision.capture import FeatureCapture, VisionTap
+from attnkd.vision.io import is_image_model, load_image_model, save_image_model
+from attnkd.vision.models import build_model
+
+torch.manual_seed(0)
+
+
+def test_builders_and_student_size():
+    def n(name):
+        return sum(p.numel() for p in build_model(name).parameters())
+
+    assert n("cnn:teacher") >= 4 * n("cnn:small")
+    x = torch.randn(3, 1, 28, 28)
+    for name in ("cnn:teacher", "cnn:small", "cnn:tiny", "cnn:condense", "vit:micro"):
+        assert build_model(name)(x).shape == (3, 10)
+
+
+def test_cnn_feature_maps_by_module_path_and_hooks_removed():
+    m = build_model("cnn:tiny")
+    taps = [VisionTap("fmap", i) for i in range(3)] + [VisionTap("embedding"), VisionTap("logits")]
+    with FeatureCapture(m, taps) as cap:
+        logits = m(torch.randn(2, 1, 28, 28))
+    assert cap.taps.get("fmap", 0).shape == (2, 4, 14, 14)
+    assert cap.taps.get("fmap", 2).shape == (2, 8, 7, 7)
+    assert cap.taps.get("embedding").shape == (2, 8)
+    assert torch.equal(cap.taps.get("logits"), logits)
+    assert not any(mod._forward_hooks or mod._forward_pre_hooks for mod in m.modules())
+    with pytest.raises(KeyError, match="fmap@1 was not captured"):
+        FeatureCapture(m, [VisionTap("fmap", 0)]).taps.get("fmap", 1)
+    with pytest.raises(IndexError):
+        FeatureCapture(m, [VisionTap("fmap", 5)])
+
+
+def test_vit_qkv_capture_and_deit_heads():
+    m = build_model("vit:micro")  # patch 7: 16 patches + 2 tokens
+    taps = [VisionTap(k, 1) for k in ("q", "k", "v", "fmap")] + [VisionTap("dist_logits")]
+    with FeatureCapture(m, taps) as cap:
+        m(torch.randn(2, 1, 28, 28))
+    assert cap.taps.get("q", 1).shape == (2, 18, 16)
+    assert cap.taps.get("dist_logits").shape == (2, 10)
+    m.eval()
+    x = torch.randn(2, 1, 28, 28)
+    with FeatureCapture(m, [VisionTap("logits"), VisionTap("dist_logits")]) as cap:
+        out = m(x)
+    assert torch.allclose(out, (cap.taps.get("logits") + cap.taps.get("dist_logits")) / 2)
+
+
+def test_vit_qkv_through_the_transformer_capture():
+    """The ViT is registered as a model family, so the transformers' q/k/v capture works too."""
+    m = build_model("vit:micro")
+    with Capture(m, [Tap("q", 0), Tap("v", 1)]) as cap:
+        m(torch.randn(2, 1, 28, 28))
+    assert cap.taps.get("q", 0).shape == (2, 18, 16)
+
+
+def test_save_load_round_trip(tmp_path):
+    m = build_model("cnn:tiny")
+    m.eval()
+    save_image_model(m, tmp_path / "m")
+    assert is_image_model(str(tmp_path / "m")) and is_image_model("cnn:small")
+    m2 = load_image_model(str(tmp_path / "m"))
+    m2.eval()
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(m(x), m2(x))
+    assert not any(p.suffix == ".tmp" for p in (tmp_path / "m").iterdir())
+    with pytest.raises(AttnkdError, match="not a builder"):
+        load_image_model(str(tmp_path / "nothing"))
