@@ -72,3 +72,25 @@ def test_save_load_round_trip(tmp_path):
     assert not any(p.suffix == ".tmp" for p in (tmp_path / "m").iterdir())
     with pytest.raises(AttnkdError, match="not a builder"):
         load_image_model(str(tmp_path / "nothing"))
+
+
+def test_prune_keeps_the_most_important_channels():
+    from attnkd.vision.prune import prune_channels
+
+    m = build_model("cnn:tiny")
+    m.eval()
+    with torch.no_grad():  # make channels 0 and 2 of stage 0 unimportant
+        m.stages[0][0][1].weight.copy_(torch.tensor([0.01, 1.0, 0.02, 2.0]))
+    p = prune_channels(m, 0.5, "bn")
+    assert p.config.widths == [2, 4, 4]
+    assert torch.equal(p.stages[0][0][0].weight, m.stages[0][0][0].weight[[1, 3]])
+    assert torch.equal(p.stages[1][0][0].weight[:, :], m.stages[1][0][0].weight[
+        p.stages[1][0][0].weight.new_zeros(0).long().new_tensor(
+            m.stages[1][0][1].weight.abs().argsort(descending=True)[:4].sort().values.tolist()
+        )][:, [1, 3]])  # fmt: skip
+    assert sum(x.numel() for x in p.parameters()) < sum(x.numel() for x in m.parameters())
+    # zero pruning is the same function
+    same = prune_channels(m, 0.0, "l1")
+    x = torch.randn(2, 1, 28, 28)
+    same.eval()
+    assert torch.allclose(same(x), m(x), atol=1e-6)

@@ -51,9 +51,10 @@ def save_grid(images: Tensor, labels: Tensor, path: str | Path, max_per_class: i
 
     classes = sorted(set(labels.tolist()))
     h, w = images.shape[-2:]
-    canvas = torch.zeros(len(classes) * (h + 2), max_per_class * (w + 2))
+    cols = min(max_per_class, max(int((labels == c).sum()) for c in classes))
+    canvas = torch.zeros(len(classes) * (h + 2), cols * (w + 2))
     for r, c in enumerate(classes):
-        for j, i in enumerate(torch.nonzero(labels == c).flatten()[:max_per_class].tolist()):
+        for j, i in enumerate(torch.nonzero(labels == c).flatten()[:cols].tolist()):
             img = (images[i, 0] - LOW) / (HIGH - LOW)
             canvas[r * (h + 2) : r * (h + 2) + h, j * (w + 2) : j * (w + 2) + w] = img
     arr = (canvas.clamp(0, 1) * 255).round().to(torch.uint8).numpy()

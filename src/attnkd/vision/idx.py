@@ -65,7 +65,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """One idx file (``.gz`` read transparently) as an array of its declared shape."""
     path = Path(path)
     try:
-        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        if path.suffix == ".gz":
+            with gzip.open(path) as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
     except (OSError, EOFError) as err:  # EOFError: truncated gzip stream
         raise DataError(str(path), None, f"cannot read: {err}") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:

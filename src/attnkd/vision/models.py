@@ -72,7 +72,7 @@ for _name, _cfg in {
         "cnn:condense", widths=[32, 32, 32], convs=[1, 1, 1], norm="instance"
     ),
     "vit:tiny": ImageModelConfig(
-        "vit:tiny", kind="vit", widths=[64], depth=4, heads=4, model_type="attnkd_vit"
+        "vit:tiny", kind="vit", widths=[64], depth=4, heads=4, patch=7, model_type="attnkd_vit"
     ),
     "vit:micro": ImageModelConfig(
         "vit:micro", kind="vit", widths=[16], depth=2, heads=2, patch=7, model_type="attnkd_vit"
