@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from attnkd.config.io import dump_yaml, load_config
-from attnkd.config.validate import validate, validate_static
+from attnkd.validate import validate, validate_static
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -55,3 +55,20 @@ def test_default_recipe_file_matches_builtin_default():
 
     path = next(p for p in RECIPES if p.stem == "minilm-sentence")
     assert load_config(path) == default_recipe()
+
+
+def test_packaged_recipes_are_the_repositorys():
+    """src/attnkd/recipes ships inside the wheel; recipes/ serves the README's commands. They
+    must be the same files: after editing recipes/, ``cp recipes/*.yaml src/attnkd/recipes/``."""
+    from attnkd.recipes import find_recipe, recipe_files
+
+    packaged = {p.name: p.read_bytes() for p in recipe_files()}
+    repo = {p.name: p.read_bytes() for p in RECIPES}
+    assert sorted(packaged) == sorted(repo), "recipes/ and src/attnkd/recipes/ list other files"
+    differ = [name for name in repo if packaged[name] != repo[name]]
+    assert not differ, (
+        f"src/attnkd/recipes/ is stale for {differ}: cp recipes/*.yaml src/attnkd/recipes/"
+    )
+    assert find_recipe("minilm-sentence") == find_recipe("minilm-sentence.yaml")
+    assert find_recipe("minilm-sentence").name == "minilm-sentence.yaml"
+    assert find_recipe("../recipes/minilm-sentence") is None and find_recipe("nope") is None

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from attnkd.errors import AttnkdError
+from attnkd.errors import AttnkdError, Terminated
 
 DEFAULT_RECIPE = "minilm-sentence"
 
@@ -23,6 +23,10 @@ def _load(config: str | None, overrides: list[str]):
 
     if config is None:
         return apply_overrides(default_recipe(), overrides)
+    if not Path(config).exists():  # a packaged recipe by name: attnkd distill minilm-sentence
+        from attnkd.recipes import find_recipe
+
+        config = str(find_recipe(config) or config)
     return load_config(config, overrides)
 
 
@@ -63,7 +67,7 @@ def cmd_distill(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from attnkd.config.validate import validate
+    from attnkd.validate import validate
 
     config, overrides = _split_args(args)
     cfg = _load(config, overrides)
@@ -73,7 +77,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from attnkd.eval.run import evaluate_run
+    from attnkd.evaluate import evaluate_run
 
     res = evaluate_run(args.run, teacher=args.teacher, split=args.split, data_dir=args.data_dir)
     print(json.dumps(res, indent=2))
@@ -134,21 +138,12 @@ def cmd_ls(args) -> int:
         for s in known_sources():
             print(f"  {s}")
     elif args.what == "recipes":
-        print(f"recipes in {_recipes_dir()} (attnkd distill <file>):")
-        for p in sorted(_recipes_dir().glob("*.yaml")):
-            print(f"  {p.name:28s} {_first_comment(p)}")
+        from attnkd.recipes import description, recipe_files
+
+        print("recipes shipped with attnkd (attnkd distill NAME, or a copy of the file):")
+        for p in recipe_files():
+            print(f"  {p.name:28s} {description(p)}")
     return 0
-
-
-def _first_comment(path: Path) -> str:
-    """The recipe's first comment line (its one-line description), or ''."""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            text = line.lstrip("#").strip()
-            return text if len(text) <= 90 else text[:87] + "..."
-        if line.strip():
-            break
-    return ""
 
 
 def cmd_convert(args) -> int:
@@ -193,10 +188,6 @@ def cmd_prune(args) -> int:
     return 0
 
 
-def _recipes_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "recipes"
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="attnkd",
@@ -210,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
         "items",
         nargs="*",
         metavar="CONFIG|key=value",
-        help="optional YAML recipe, then key=value overrides (e.g. train.lr=3e-4)",
+        help="optional YAML recipe (a file, or a shipped recipe's name: see 'attnkd ls "
+        "recipes'), then key=value overrides (e.g. train.lr=3e-4)",
     )
     d.add_argument(
         "--resume", action="store_true", help="continue the run from its last checkpoint"
@@ -298,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     except AttnkdError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except Terminated as stop:  # SIGTERM: step saved; 143 = 128 + SIGTERM, as a shell reports it
+        print(str(stop), file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
         return 130

@@ -9,8 +9,8 @@ outside the module the optimizer sees.
 
 from __future__ import annotations
 
-import json
 import logging
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from attnkd.capture import Capture
+from attnkd.atomic import write_json
+from attnkd.capture import Capture, Taps
 from attnkd.config.io import dump_yaml
 from attnkd.config.schema import DistillConfig
-from attnkd.config.validate import validate
 from attnkd.engine.checkpoint import load_checkpoint
+from attnkd.engine.device import resolve_device, teacher_dtype_of
 from attnkd.engine.loop import FitResult, StepOutput, fit
 from attnkd.errors import AttnkdError
 from attnkd.losses.terms import build_terms, collect_taps
@@ -30,11 +31,11 @@ from attnkd.models.adapters import geometry
 from attnkd.models.load import count_parameters, freeze
 from attnkd.students.build import build_student, select_layers
 from attnkd.tasks import Task, get_task
-from attnkd.tasks.sentence import EvalPairs, GroupedBatches, eval_pairs
+from attnkd.validate import validate
 
 log = logging.getLogger("attnkd")
 
-__all__ = ["Distiller", "EvalPairs", "GroupedBatches", "eval_pairs", "make_step", "run_distill"]
+__all__ = ["Distiller", "make_step", "run_distill"]
 
 
 class Distiller(nn.Module):
@@ -47,7 +48,12 @@ class Distiller(nn.Module):
 
 
 def make_step(teacher: nn.Module, distiller: Distiller):
-    """The per-batch function: teacher forward (no grad), student forward, weighted terms."""
+    """The per-batch function: teacher forward (no grad), student forward, weighted terms.
+
+    The engine places the batch on the models' device and runs this under autocast when
+    ``train.precision`` asks for it; the loss terms run outside autocast on float32 copies of
+    half-precision taps, so every loss (and its projectors) is computed in float32.
+    """
     t_taps, s_taps = collect_taps(distiller.terms)
     t_cap = Capture(teacher, t_taps)
     s_cap = Capture(distiller.student, s_taps)
@@ -58,18 +64,29 @@ def make_step(teacher: nn.Module, distiller: Distiller):
             teacher(**batch)
         with s_cap:
             distiller.student(**batch)
-        total = torch.zeros(())
+        total: Tensor | None = None
         values: dict[str, float] = {}
-        for term in distiller.terms:
-            parts = term(t_cap.taps, s_cap.taps, mask)
-            for name, v in parts.items():
-                values[f"{term.label}/{name}"] = float(v.detach())
-                total = total + term.weight * v
+        with torch.autocast(mask.device.type, enabled=False):
+            t, s = float32_taps(t_cap.taps), float32_taps(s_cap.taps)
+            for term in distiller.terms:
+                for name, v in term(t, s, mask).items():
+                    values[f"{term.label}/{name}"] = float(v.detach())
+                    total = term.weight * v if total is None else total + term.weight * v
         t_cap.taps.clear()
         s_cap.taps.clear()
+        assert total is not None, "a distillation needs at least one loss term"
         return StepOutput(loss=total, terms=values, num_items=int(mask.shape[0]))
 
     return step
+
+
+def float32_taps(taps: Taps) -> Taps:
+    """The same taps with half-precision tensors (autocast outputs, a bf16 teacher) as float32
+    copies; float32 tensors are passed through as they are."""
+    half = (torch.float16, torch.bfloat16)
+    if not any(x.dtype in half for x in taps.tensors.values()):
+        return taps
+    return Taps({k: x.float() if x.dtype in half else x for k, x in taps.tensors.items()})
 
 
 def run_distill(
@@ -86,6 +103,10 @@ def run_distill(
             f"run folder {run_dir} already holds checkpoints: pass --resume to continue it, "
             "--overwrite to start again, or set name=<new name>"
         )
+    device = resolve_device(cfg.train.device)
+    teacher_dtype = teacher_dtype_of(cfg.train)
+    if overwrite and not resume:
+        _clear_previous_run(run_dir)  # a run reports and exports only what it trained
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_yaml(cfg, run_dir / "config.yaml")
     torch.manual_seed(cfg.train.seed)
@@ -98,6 +119,9 @@ def run_distill(
     distiller = Distiller(student, terms)
     if cfg.train.freeze_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)
+    teacher.to(device=device, dtype=teacher_dtype)  # dtype None: as loaded
+    distiller.to(device)
+    log.info("training on %s (teacher %s)", device, next(teacher.parameters()).dtype)
     setup = task.setup(cfg, teacher, student, tok)
 
     t0 = time.time()
@@ -111,9 +135,13 @@ def run_distill(
             progress=progress, select_mode=setup.select_mode,
         )  # fmt: skip
     train_s = time.time() - t0
-    best = run_dir / "checkpoints" / "best"
-    if (best / "model.safetensors").exists():
-        load_checkpoint(best, distiller)
+    if result.best_step is not None:  # this run's best (a fresh run cleared older ones)
+        best = load_checkpoint(run_dir / "checkpoints" / "best", distiller)
+        if best.state.best_step != result.best_step:
+            raise AttnkdError(
+                f"{best.path} holds step {best.state.best_step}, but this run's best is step "
+                f"{result.best_step}; rerun with --overwrite"
+            )
     final = setup.final()
     setup.export(run_dir / "student")
     results = {"name": cfg.name, "task": cfg.task, **final}
@@ -139,6 +167,18 @@ def run_distill(
     return results
 
 
+def _clear_previous_run(run_dir: Path) -> None:
+    """``--overwrite``: remove what an earlier run left (checkpoints, metrics, export, results),
+    so nothing stale can be reported or exported, even with ``max_steps: 0``."""
+    stale = ["checkpoints", "tb", "student", "metrics.jsonl", "results.json"]
+    for name in stale:
+        p = run_dir / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
 def _make_student(cfg: DistillConfig, teacher: nn.Module, task: Task) -> nn.Module:
     s = cfg.student
     if s.init == "teacher":
@@ -155,9 +195,7 @@ def _make_student(cfg: DistillConfig, teacher: nn.Module, task: Task) -> nn.Modu
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_default) + "\n")
-    tmp.replace(path)
+    write_json(path, obj, default=_default)
 
 
 def _default(o):

@@ -12,6 +12,20 @@ class AttnkdError(Exception):
     exit_code = 1
 
 
+class Terminated(Exception):  # noqa: N818 (a requested stop, not an error)
+    """Training stopped on SIGTERM after saving ``checkpoint`` at ``step``; the CLI exits 143
+    (128 + SIGTERM, as a shell reports a job ended by SIGTERM) and ``--resume`` continues."""
+
+    exit_code = 143
+
+    def __init__(self, step: int, checkpoint: object):
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(
+            f"stopped on SIGTERM after step {step}; checkpoint saved to {checkpoint}; "
+            "continue with --resume"
+        )
+
+
 class ConfigError(AttnkdError):
     """A config key, value or referenced path is wrong. Raised before any training starts."""
 

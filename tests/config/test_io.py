@@ -119,7 +119,7 @@ def test_dump_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("attnkd.config.io.os.replace", broken_replace)
+    monkeypatch.setattr("attnkd.atomic.os.replace", broken_replace)
     cfg = DistillConfig(name="other")
     with pytest.raises(OSError, match="disk full"):
         dump_yaml(cfg, path)

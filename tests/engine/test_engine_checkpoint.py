@@ -11,7 +11,7 @@ import pytest
 import torch
 from engine_helpers import Tiny, cfg, make_model, state_equal
 
-import attnkd.engine._atomic as atomic_mod
+import attnkd.atomic as atomic_mod
 import attnkd.engine.checkpoint as ckpt_mod
 from attnkd.engine import (
     CheckpointError,

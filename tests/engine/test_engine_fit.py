@@ -311,7 +311,9 @@ def test_bf16_autocast_and_bad_loss(tmp_path):
         seen.append(torch.is_autocast_enabled("cpu"))
         return inner(batch)
 
-    _run(tmp_path / "a", cfg(max_steps=2, bf16=True), step_fn=step, model=model, progress=True)
+    _run(
+        tmp_path / "a", cfg(max_steps=2, precision="bf16"), step_fn=step, model=model, progress=True
+    )
     assert seen == [True, True]
     with pytest.raises(AttnkdError, match="differentiable"):
         _run(tmp_path / "b", cfg(max_steps=1), step_fn=lambda b: StepOutput(torch.tensor(1.0), {}))
@@ -330,7 +332,7 @@ def test_resume_exact_on_cuda_with_bf16(tmp_path):
 
         return step
 
-    c = cfg(max_steps=8, grad_accum=2, bf16=True)
+    c = cfg(max_steps=8, grad_accum=2, precision="bf16")
     full = make_model().cuda()
     _run(tmp_path / "full", c, step_fn=cuda_step(full), model=full)
     cut = make_model().cuda()

@@ -15,13 +15,14 @@ from safetensors.torch import load_file
 from attnkd.cli import main
 from attnkd.config.io import apply_overrides, load_config
 from attnkd.config.schema import DistillConfig, default_recipe
-from attnkd.distill import GroupedBatches, run_distill
+from attnkd.distill import run_distill
 from attnkd.engine import loop
 from attnkd.engine.metrics import read_metrics
 from attnkd.errors import AttnkdError
 from attnkd.eval.encode import encode
 from attnkd.eval.sts import sts_eval
 from attnkd.models.load import load_encoder
+from attnkd.tasks.sentence import GroupedBatches
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -29,7 +29,9 @@ from attnkd.students.build import build_student
 
 HEAD_DIM = WIDTH // DEC_HEADS
 ROPE_BASE = 100.0  # rope_theta of llama_config()
-ALL_TAPS = [Tap(k, i) for k in KINDS if k not in ("embeddings", "logits") for i in range(3)]
+ALL_TAPS = [
+    Tap(k, i) for k in KINDS if k not in ("embeddings", "logits", "position_bias") for i in range(3)
+]
 ALL_TAPS += [Tap("embeddings", 0), Tap("logits", 0)]
 
 

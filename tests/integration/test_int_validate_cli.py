@@ -128,9 +128,26 @@ def test_ls_recipes_names_and_describes_each(capsys):
     assert main(["ls", "recipes"]) == 0
     out = capsys.readouterr().out
     shipped = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
+    assert shipped
     for p in shipped:
         line = next(x for x in out.splitlines() if x.strip().startswith(p.name))
         assert len(line.split(p.name, 1)[1].strip()) > 10  # its description comment
+
+
+def test_a_shipped_recipe_runs_by_name(capsys, tmp_path, monkeypatch):
+    """``attnkd validate NAME`` finds the packaged recipe from any folder; a file wins."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", "minilm-sentence", "--no-data", "--no-models"]) == 0
+    assert "minilm-sentence: OK" in capsys.readouterr().out
+    assert (
+        main(["validate", "paraphrase-l3.yaml", "train.lr=1e-4", "--no-data", "--no-models"]) == 0
+    )
+    (tmp_path / "minilm-sentence").write_text("name: mine\ntrain: {lr: 1.0e-3}\n")
+    from attnkd.cli import _load
+
+    assert _load("minilm-sentence", []).name == "mine"  # the local file, not the shipped one
+    assert _load("paraphrase-l3", []).name == "paraphrase-l3"
+    assert main(["validate", "no-such-recipe", "--no-data", "--no-models"]) == 2
 
 
 def test_ls_losses_lists_every_term(capsys):

@@ -22,6 +22,7 @@ from attnkd.losses.attention import (
     relation_kl,
     value_relation_kl,
 )
+from attnkd.losses.position_bias import RelativePositionBias
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -44,6 +45,13 @@ LOSSES = [
     "output_mse",
 ]
 RTOL = {torch.float64: 1e-12, torch.float32: 1e-5}
+BIASED = ("kl", "kl_reverse", "ce", "ce_linear", "score_mse", "output_mse")
+"""Attention losses that take relative-position biases (MPNet); relations take none."""
+
+
+def _bucket(rel: torch.Tensor) -> torch.Tensor:
+    """7 buckets: offsets -3..3 exactly, farther ones share the end buckets."""
+    return rel.clamp(-3, 3) + 3
 
 
 def _random_mask(rng: random.Random, batch: int, seq: int) -> torch.Tensor | None:
@@ -107,6 +115,10 @@ def _case(seed: int, loss: str, dtype: torch.dtype):
     else:
         tv, sv = t(batch, kv_t, seq, 3, grad=teacher_grad), t(batch, kv_s, seq, 3)
         fn, ins = attention_output_mse, [tq, tk, tv, sq, sk, sv]
+    if loss in BIASED and rng.random() < 0.5:  # relative-position biases (MPNet)
+        kw["teacher_bias"] = RelativePositionBias(t(7, heads, grad=teacher_grad), _bucket)
+        if loss != "ce_linear" and rng.random() < 0.8:
+            kw["student_bias"] = RelativePositionBias(t(7, heads), _bucket)
     if seed % 4 == 1:  # whole sequences, two batch elements per block
         slab = 2 * heads * seq * seq
     else:  # several row blocks of one batch element each
@@ -117,7 +129,8 @@ def _case(seed: int, loss: str, dtype: torch.dtype):
 
 def _loss_and_grads(fn, ins, kw, impl):
     leaves = []
-    for x in ins:
+    tables = [kw[k].table for k in ("teacher_bias", "student_bias") if k in kw]
+    for x in [*ins, *tables]:
         if x.requires_grad and all(x is not y for y in leaves):
             leaves.append(x)
     loss = fn(*ins, impl=impl, **kw)

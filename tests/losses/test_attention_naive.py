@@ -1,7 +1,8 @@
 """Attention/relation losses (naive form) against an independent per-row loop, plus properties.
 
-The reference below loops over batch, head and query row and applies the formulas of
-METHODS.md section 2 directly to the allowed keys of each row, in float64.
+The reference below loops over batch, head and query row and applies the papers' definitions
+(MiniLM, Wang et al. 2020; MiniLMv2, Wang et al. 2021; TinyBERT, Jiao et al. 2020) directly to
+the allowed keys of each row, in float64.
 """
 
 from __future__ import annotations

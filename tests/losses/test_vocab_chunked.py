@@ -1,4 +1,4 @@
-"""Chunked vocabulary divergences: equal to the naive form, gradients equal to METHODS §6."""
+"""Chunked vocabulary divergences: equal to the naive form, gradients equal to the closed forms."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_chunked_equals_naive(kind, dtype, rtol, chunk):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradient_matches_closed_form(kind):
-    """METHODS §6: gradients w.r.t. student logits with temperature τ, mean over n tokens."""
+    """Closed-form gradients w.r.t. student logits with temperature τ, mean over n tokens."""
     zs, zt, mask = _inputs(seed=3)
     tau, beta = 2.0, 0.3
     n = int(mask.sum())

@@ -15,10 +15,10 @@ from attnkd.config.schema import (
     TeacherConfig,
     TrainConfig,
 )
-from attnkd.config.validate import validate
 from attnkd.distill import run_distill
 from attnkd.errors import ConfigError
 from attnkd.losses.terms import TERMS, VisionTerm
+from attnkd.validate import validate
 from attnkd.vision.io import load_image_model
 
 

@@ -5,6 +5,9 @@ losses ask for, and removed when the ``with`` block exits. Because q/k/v are rea
 projection modules' outputs, capture works the same on fused (SDPA) and eager attention; no
 attention probabilities are ever materialised here: losses build them from q/k when needed.
 
+Relative-position bias (MPNet): the attention adds ``table[bucket(j - i)]`` to its scores; the
+'position_bias' tap records that table when the model looks it up, and losses and maps add it.
+
 Rotary families (Llama, RoFormer, Su et al. 2021): the attention rotates q and k after the
 projections, so the projection outputs alone are not what it attends with. A forward pre-hook
 on the attention module keeps the ``position_embeddings`` (cos, sin) it is called with, and the
@@ -23,13 +26,17 @@ from torch import Tensor, nn
 from attnkd.errors import AttnkdError
 from attnkd.models.adapters import FamilyAdapter, adapter_for, base_model, resolve_layer
 
-KINDS = ("q", "k", "v", "context", "hidden", "embeddings", "logits")
+KINDS = ("q", "k", "v", "context", "hidden", "embeddings", "logits", "position_bias")
 """q/k/v: projection outputs (batch, seq, heads*head_dim), q/k after rotary embedding in rope
 families, k/v with kv_heads*head_dim under grouped-query attention; context: per-head attention
 output concatenated, before the output projection (batch, seq, width), read as that projection's
 input (MPNet's attention module applies the projection itself); hidden: the block's output
 (batch, seq, width); embeddings: the embedding module's output (layer index ignored, use 0);
-logits: the output embedding's (LM head's) output (batch, seq, vocab) (layer ignored, use 0)."""
+logits: the output embedding's (LM head's) output (batch, seq, vocab) (layer ignored, use 0);
+position_bias: the (num_buckets, heads) relative-position bias table that layer's attention adds
+to its scores (MPNet; one table shared by all layers), recorded when the model uses it: the
+parameter itself while grad mode is on, detached otherwise (see
+:mod:`attnkd.losses.position_bias`)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,9 @@ class Capture:
         """Per layer: the (cos, sin) its attention was last called with (rope families)."""
         if any(t.kind == "logits" for t in self.requests):
             _output_embeddings_path(model)  # fail here, not at the first forward
+        for t in self.requests:
+            if t.kind == "position_bias":
+                self.module_path(t)  # fail here for a family without one
 
     def module_path(self, tap: Tap) -> str:
         """Dotted path of the hooked module, relative to the base model ('logits': top level)."""
@@ -126,7 +136,13 @@ class Capture:
             "context": a.attention_output,
             "hidden": a.layers + ".{i}",
             "embeddings": a.embeddings,
+            "position_bias": a.position_bias,
         }[tap.kind]
+        if template is None:
+            raise AttnkdError(
+                f"a '{tap.kind}' tap needs a model family whose attention adds a "
+                f"relative-position bias; '{a.family}' has none"
+            )
         return template.format(i=tap.layer)
 
     def _rotated(self, tap: Tap) -> bool:
@@ -146,6 +162,8 @@ class Capture:
                     handle = module.register_forward_pre_hook(self._pre_hook(tap))
                 elif self._rotated(tap):
                     handle = module.register_forward_hook(self._rope_tap_hook(tap))
+                elif tap.kind == "position_bias":
+                    handle = module.register_forward_hook(self._table_hook(tap))
                 elif self.adapter.fused_qkv and tap.kind in ("q", "k", "v"):
                     handle = module.register_forward_hook(self._fused_hook(tap))
                 else:
@@ -159,6 +177,15 @@ class Capture:
     def _hook(self, tap: Tap):
         def fn(_module, _inputs, output):
             self.taps.tensors[tap] = _first(output)
+
+        return fn
+
+    def _table_hook(self, tap: Tap):
+        """The looked-up embedding's weight (num_buckets, heads), as the forward used it."""
+
+        def fn(module, _inputs, _output):
+            w = module.weight
+            self.taps.tensors[tap] = w if torch.is_grad_enabled() else w.detach()
 
         return fn
 

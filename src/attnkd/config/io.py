@@ -13,7 +13,6 @@ import difflib
 import functools
 import os
 import reprlib
-import tempfile
 import types
 import typing
 from collections.abc import Iterable
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from attnkd.atomic import write_text
 from attnkd.config.schema import DistillConfig
 from attnkd.errors import ConfigError
 
@@ -74,20 +74,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def dump_yaml(cfg: Any, path: str | os.PathLike) -> None:
     """Write ``cfg`` as YAML atomically (temp file + ``os.replace``); ``load_config`` reads it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, text)
 
 
 def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:

@@ -56,7 +56,8 @@ class LossTermConfig:
     """Vocabulary divergence of the 'logits' term: 'fkl', 'rkl', 'jsd' (with ``beta``), 'tvd'."""
     beta: float = 0.5
     top_k: int | None = None
-    """'logits' term: keep only the teacher's k most likely tokens (biased, see METHODS)."""
+    """'logits' term: keep only the teacher's k most likely tokens (biased: the teacher's mass
+    outside them is dropped; see ``attnkd.losses.token_divergence``)."""
     projector: bool = False
     """Learn a linear map student width -> teacher width (hidden/embedding terms)."""
     impl: str = "auto"
@@ -104,6 +105,7 @@ class TrainConfig:
     save_every: int = 250
     log_every: int = 10
     bf16: bool = False
+    """Deprecated: same as ``precision: bf16``."""
     seed: int = 0
     max_minutes: float | None = None
     """Stop (cleanly, with a checkpoint) once this much wall time has passed."""
@@ -111,6 +113,19 @@ class TrainConfig:
     eval_at_start: bool = False
     """Evaluate the starting weights (step 0) too, so the best checkpoint is never worse than
     the initial student on the selection split (useful when starting from a trained model)."""
+    nonfinite: str = "abort"
+    """A non-finite loss or gradient: 'abort' (stop with an error naming the loss terms and the
+    batch) or 'skip' (drop that step's update; counted and logged). Checked every step."""
+    keep_checkpoints: int = 2
+    """Step checkpoints kept (``checkpoints/step-00000250/``; ``checkpoints/last`` points at the
+    newest); ``--resume`` takes the newest valid one, skipping a corrupt one with a warning."""
+    device: str = "auto"
+    """'auto' (CUDA, then MPS, then CPU), or 'cpu', 'cuda', 'cuda:1', 'mps'."""
+    precision: str = "fp32"
+    """'fp32', 'bf16' or 'fp16': autocast of the student and teacher forwards (losses stay
+    float32; fp16 uses a gradient scaler). Replaces the deprecated ``bf16: true``."""
+    teacher_dtype: str | None = None
+    """Hold the frozen teacher in 'bf16' or 'fp16' (half the memory); null keeps float32."""
 
 
 @dataclass

@@ -1,12 +1,14 @@
 """Checkpoints without pickle, written atomically.
 
-Layout of a training checkpoint directory (e.g. ``run_dir/checkpoints/last/``)::
+Layout of one training checkpoint directory (e.g. ``run_dir/checkpoints/step-00000250/``; how
+a run keeps several and resumes from the newest valid one is :mod:`attnkd.engine.resume`)::
 
     model.safetensors      module state dict (tied tensors stored once)
     optimizer.safetensors  optimizer tensors, keys ``state.{param_idx}.{name}``
     rng.safetensors        torch RNG states (``torch.cpu``, ``torch.cuda.{i}``)
     state.json             counters, best metric, optimizer scalars + param groups, numpy/python
-                           RNG states, and a manifest (size + sha256) of the files above
+                           RNG states, fp16 gradient-scaler state (if any), and a manifest
+                           (size + sha256) of the files above
 
 ``state.json`` is written last, so a directory without it is incomplete. The whole directory is
 built under a temporary name in the same parent, fsynced, then swapped in with ``os.replace``:
@@ -27,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
-from attnkd.engine._atomic import atomic_dir, fsync_dir, manifest, sha256, siblings
+from attnkd.atomic import atomic_dir, fsync_dir, manifest, sha256, siblings
 from attnkd.engine.rng import RngState
 from attnkd.errors import AttnkdError
 
@@ -56,6 +58,11 @@ class TrainState:
     best_step: int | None = None
     elapsed_s: float = 0.0
     """Training wall time summed over all sessions."""
+    skipped_steps: int = 0
+    """Steps whose update was dropped for a non-finite loss or gradient (``nonfinite: skip``)."""
+
+
+_OPTIONAL_STATE = {"skipped_steps"}  # absent from checkpoints written before it existed
 
 
 @dataclass
@@ -66,6 +73,8 @@ class Checkpoint:
     state: TrainState
     rng: RngState | None
     extra: dict[str, Any] = field(default_factory=dict)
+    scaler: dict[str, Any] | None = None
+    """fp16 gradient-scaler state (``GradScaler.state_dict()``), if one was saved."""
 
 
 # ----------------------------------------------------------------------------- JSON helpers
@@ -133,10 +142,8 @@ def unflatten_optimizer(flat: FlatOptimizer) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(_to_json(obj), fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Plain write: only ever called inside :func:`atomic_dir`, which fsyncs and swaps."""
+    path.write_text(json.dumps(_to_json(obj), indent=1), encoding="utf-8")
 
 
 def _recover(target: Path) -> None:
@@ -168,8 +175,10 @@ def save_checkpoint(
     state: TrainState,
     rng: RngState | None = None,
     extra: dict[str, Any] | None = None,
+    scaler: dict[str, Any] | None = None,
 ) -> Path:
-    """Atomically write module (+ optimizer, RNG, counters, ``extra``) to directory ``path``."""
+    """Atomically write module (+ optimizer, RNG, counters, ``extra``, fp16 ``scaler`` state)
+    to directory ``path``."""
     target = Path(path)
     with atomic_dir(target) as tmp:
         files = [MODEL_FILE]
@@ -185,6 +194,8 @@ def save_checkpoint(
             files.append(RNG_FILE)
             doc["rng"] = rng.plain()
         doc["extra"] = extra or {}
+        if scaler is not None:
+            doc["scaler"] = scaler
         doc["files"] = manifest(tmp, files)
         _write_json(tmp / STATE_FILE, doc)
     return target
@@ -204,9 +215,23 @@ def _read_state(directory: Path) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_VERSION:
         raise CheckpointError(f, f"unknown checkpoint format (expected {FORMAT_VERSION})")
     keys = {"state", "files", "extra"}
-    if not keys <= set(doc) or set(doc["state"]) != {x.name for x in fields(TrainState)}:
+    names = {x.name for x in fields(TrainState)}
+    if (
+        not keys <= set(doc)
+        or not isinstance(doc["state"], dict)
+        or not names - _OPTIONAL_STATE <= set(doc["state"]) <= names
+    ):
         raise CheckpointError(f, f"incomplete: needs keys {sorted(keys)} and a full 'state'")
     return doc
+
+
+def verify_checkpoint(path: str | os.PathLike) -> TrainState:
+    """Check a checkpoint directory (state.json and every file against its manifest) without
+    loading tensors; returns its counters or raises :class:`CheckpointError` naming the file."""
+    directory = Path(path)
+    doc = _read_state(directory)
+    _verify_manifest(directory, doc)
+    return TrainState(**doc["state"])
 
 
 def _verify_manifest(directory: Path, doc: dict[str, Any]) -> None:
@@ -316,4 +341,5 @@ def load_checkpoint(
     module.load_state_dict(weights, strict=True)
     if optimizer is not None:
         optimizer.load_state_dict(optim_sd)
-    return Checkpoint(directory, TrainState(**doc["state"]), rng, doc.get("extra", {}))
+    state = TrainState(**doc["state"])
+    return Checkpoint(directory, state, rng, doc.get("extra", {}), doc.get("scaler"))

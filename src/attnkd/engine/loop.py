@@ -1,19 +1,31 @@
 """The one training loop: accumulate, clip, step, schedule, log, evaluate, checkpoint, resume.
 
-Reads top to bottom. One optimizer step = ``cfg.grad_accum`` micro-batches, each
-``step_fn(batch) -> StepOutput`` under optional bf16 autocast, backward of ``loss / grad_accum``
-(so equal-sized micro-batches give the gradient of the mean over the whole step). The teacher
-lives in ``step_fn``'s closure, outside ``module``: the optimizer and checkpoints see only
-``module``.
+Reads top to bottom. One optimizer step = ``cfg.grad_accum`` micro-batches, each moved to the
+module's device and passed to ``step_fn(batch) -> StepOutput`` under autocast when
+``cfg.precision`` is 'bf16' or 'fp16' (fp16 scales the loss with a ``GradScaler``), then
+backward of ``loss / grad_accum`` (equal-sized micro-batches give the gradient of the mean over
+the whole step). The teacher lives in ``step_fn``'s closure, outside ``module``: the optimizer
+and checkpoints see only ``module``.
 
-Resume is exact: weights, optimizer, every RNG and the batch position (a pure function of the
-step count, see :mod:`attnkd.engine.batches`) are restored from ``checkpoints/last/``, so a
-resumed run ends with bitwise the same weights as an uninterrupted one (same device and
-library versions). Evaluation runs with forked RNGs and never perturbs training.
+Faults:
+- every step checks the loss and the gradient norm (one device sync); a non-finite value aborts
+  with an error naming the loss terms and the batch, or with ``cfg.nonfinite == "skip"`` the
+  step's update is dropped (gradients zeroed, no optimizer step) and counted;
+- step checkpoints ``checkpoints/step-XXXXXXXX/`` (the newest ``cfg.keep_checkpoints``, with
+  ``checkpoints/last`` pointing at the newest) are written atomically; resume takes the newest
+  valid one and skips a corrupt one with a warning (:mod:`attnkd.engine.resume`);
+- Ctrl-C saves the last completed step and re-raises; SIGTERM finishes the step, saves and
+  raises :class:`~attnkd.engine.signals.Terminated` (exit status 143 from the CLI).
+
+Resume is exact: weights, optimizer, gradient scaler, every RNG and the batch position (a pure
+function of the step count, see :mod:`attnkd.engine.batches`) are restored, so a resumed run ends
+with bitwise the same weights as an uninterrupted one (same device and library versions).
+Evaluation runs with forked RNGs and never perturbs training.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import warnings
@@ -26,17 +38,24 @@ import torch
 from torch import nn
 
 from attnkd.config.schema import TrainConfig
+from attnkd.engine import resume as store
 from attnkd.engine.batches import ResumableBatches, position
-from attnkd.engine.checkpoint import (
-    TrainState,
-    load_checkpoint,
-    save_checkpoint,
+from attnkd.engine.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from attnkd.engine.device import (
+    NONFINITE_MODES,
+    autocast_dtype,
+    module_device,
+    precision_of,
+    to_device,
 )
 from attnkd.engine.metrics import MetricsWriter, ProgressBar
 from attnkd.engine.optim import build_optimizer
 from attnkd.engine.rng import RngState, capture_rng, fork_rng, restore_rng, seed_everything
 from attnkd.engine.schedule import Schedule
+from attnkd.engine.signals import Terminated, catch_sigterm
 from attnkd.errors import AttnkdError, ConfigError
+
+log = logging.getLogger("attnkd")
 
 
 @dataclass
@@ -63,6 +82,14 @@ class FitResult:
     stopped_early: bool
     """True when the ``cfg.max_minutes`` budget stopped training before ``cfg.max_steps``."""
     run_dir: Path
+    resumed_from: Path | None = None
+    """The checkpoint this session continued from (None for a fresh start)."""
+    skipped_steps: int = 0
+    """Steps whose update was dropped for a non-finite loss or gradient (over all sessions)."""
+
+
+class NonFiniteError(AttnkdError):
+    """The loss or gradient of a step was NaN or infinite (``train.nonfinite: abort``)."""
 
 
 @dataclass
@@ -73,8 +100,28 @@ class _Window:
     loss: float | torch.Tensor = 0.0  # summed on device, read once per log event
     grad_norm: float | torch.Tensor = 0.0
     items: int = 0
+    skipped: int = 0
     terms: dict[str, float] = field(default_factory=dict)
     t0: float = 0.0
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, terms: list[dict]) -> None:
+        """One applied step: its loss, gradient norm and its micro-batches' term values."""
+        self.steps += 1
+        self.loss += loss
+        self.grad_norm += grad_norm
+        for micro in terms:
+            for name, value in micro.items():
+                self.terms[name] = self.terms.get(name, 0.0) + float(value) / len(terms)
+
+
+@dataclass
+class _Micro:
+    """One micro-batch's outcome, kept until the step's finiteness check."""
+
+    epoch: int
+    index: int
+    loss_finite: torch.Tensor  # bool scalar on the device (read with the step's one sync)
+    terms: dict[str, float]
 
 
 def _validate(cfg: TrainConfig, select_mode: str) -> None:
@@ -84,14 +131,12 @@ def _validate(cfg: TrainConfig, select_mode: str) -> None:
         raise ConfigError("train.grad_accum", f"must be >= 1, got {cfg.grad_accum}")
     if cfg.max_minutes is not None and cfg.max_minutes <= 0:
         raise ConfigError("train.max_minutes", f"must be > 0 or null, got {cfg.max_minutes}")
+    if cfg.nonfinite not in NONFINITE_MODES:
+        raise ConfigError("train.nonfinite", f"expected 'abort' or 'skip', got {cfg.nonfinite!r}")
+    if cfg.keep_checkpoints < 1:
+        raise ConfigError("train.keep_checkpoints", f"must be >= 1, got {cfg.keep_checkpoints}")
     if select_mode not in ("max", "min"):
         raise ConfigError("select_mode", f"must be 'max' or 'min', got '{select_mode}'")
-
-
-def _device_type(module: nn.Module) -> str:
-    for p in module.parameters():
-        return p.device.type
-    raise ConfigError("module", "has no parameters")
 
 
 def _improved(value: float, best: float | None, mode: str) -> bool:
@@ -117,43 +162,61 @@ def fit(
 ) -> FitResult:
     """Train ``module`` for ``cfg.max_steps`` optimizer steps; see the module docstring.
 
-    Writes ``run_dir/metrics.jsonl``, ``run_dir/tb/`` (if tensorboard is installed),
-    ``run_dir/checkpoints/last/`` (every ``cfg.save_every`` steps, at the end, on a time-budget
-    stop and on Ctrl-C) and ``run_dir/checkpoints/best/`` (weights with the best
-    ``evaluate()[select_metric]``; ``select_mode`` 'max' or 'min'). ``decay`` is the schedule's
-    decay after warmup ('linear', 'cosine', 'constant'). ``clock`` gives seconds (tests fake it).
-    The ``cfg.max_minutes`` budget counts this session only; at least one step runs per session.
+    ``module`` must already be on its device (batches follow it). Writes
+    ``run_dir/metrics.jsonl``, ``run_dir/tb/`` (if tensorboard is installed), step checkpoints
+    (every ``cfg.save_every`` steps, at the end, on a time-budget stop, on Ctrl-C and SIGTERM)
+    and ``run_dir/checkpoints/best/`` (weights with the best ``evaluate()[select_metric]``;
+    ``select_mode`` 'max' or 'min'). A fresh start (``resume=False``) removes the checkpoints of
+    an earlier run in ``run_dir`` first. ``decay`` is the schedule's decay after warmup
+    ('linear', 'cosine', 'constant'). ``clock`` gives seconds (tests fake it). The
+    ``cfg.max_minutes`` budget counts this session only; at least one step runs per session.
     """
     _validate(cfg, select_mode)
     if select_metric is not None and evaluate is None:
         raise ConfigError("select_metric", "needs an evaluate function")
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    device_type = _device_type(module)
+    device = module_device(module)
+    amp_dtype = autocast_dtype(precision_of(cfg))
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     schedule = Schedule.from_config(cfg, decay)
     optimizer = build_optimizer(module, cfg)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     extra = {"train": asdict(cfg), "num_batches": batches.num_batches}
 
     state = TrainState()
-    if resume:
-        ckpt = load_checkpoint(ckpt_dir / "last", module, optimizer)
-        state = ckpt.state
+    resumed_from: Path | None = None
+    point = store.find_resumable(ckpt_dir) if resume else None
+    if resume and point is None:  # stopped before its first save: the start is step 0
+        warnings.warn(f"no checkpoint in {ckpt_dir} to resume; starting at step 0", stacklevel=2)
+        store.clear(ckpt_dir)  # leftovers of a save that was cut short
+        resume = False
+    if point is not None:
+        ckpt = load_checkpoint(point.path, module, optimizer)
+        state, resumed_from = ckpt.state, point.path
         if ckpt.rng is not None:
             restore_rng(ckpt.rng)
+        if scaler is not None and ckpt.scaler is not None:
+            scaler.load_state_dict(ckpt.scaler)
         _warn_changes(ckpt.extra, extra)
+        store.remove_leftovers(ckpt_dir)
+        log.info("resuming from %s (step %d)", point.path, state.step)
     else:
-        if (ckpt_dir / "last").exists():
+        if store.has_checkpoints(ckpt_dir):
             warnings.warn(
-                f"starting afresh in {run_dir}, which holds a checkpoint (resume=True continues "
-                "it); its checkpoints will be overwritten and metrics.jsonl restarted",
+                f"starting afresh in {run_dir}, which holds checkpoints (resume=True continues "
+                "them); they are removed and metrics.jsonl restarted",
                 stacklevel=2,
             )
+            store.clear(ckpt_dir)
         seed_everything(cfg.seed)
 
     writer = MetricsWriter(run_dir, resume=resume, start_step=state.step)
     bar = ProgressBar(cfg.max_steps, state.step, enabled=progress)
-    writer.log({"event": "resume" if resume else "start", "step": state.step, "train": asdict(cfg)})
+    begin: dict[str, Any] = {"event": "resume" if resume else "start", "step": state.step}
+    if resumed_from is not None:
+        begin["checkpoint"] = resumed_from.name
+    writer.log({**begin, "train": asdict(cfg)})
 
     t_start = clock()
     elapsed_before = state.elapsed_s
@@ -171,11 +234,16 @@ def fit(
     def elapsed() -> float:
         return elapsed_before + clock() - t_start
 
-    def save_last() -> None:
+    def save_last() -> Path:
         nonlocal last_save_step
         state.elapsed_s = elapsed()
-        save_checkpoint(ckpt_dir / "last", module, optimizer, state, rng_at_step, extra)
+        scaler_state = scaler.state_dict() if scaler is not None else None
+        path = ckpt_dir / store.step_name(state.step)
+        save_checkpoint(path, module, optimizer, state, rng_at_step, extra, scaler_state)
+        store.point_last(ckpt_dir, path)
+        store.prune(ckpt_dir, cfg.keep_checkpoints)
         last_save_step = state.step
+        return path
 
     def run_eval() -> dict[str, float]:
         nonlocal last_eval_step, last_save_step
@@ -196,50 +264,87 @@ def fit(
             if _improved(metrics[select_metric], state.best_metric, select_mode):
                 state.best_metric, state.best_step = metrics[select_metric], state.step
                 best = {"metric": select_metric, "value": state.best_metric, "step": state.step}
-                save_checkpoint(ckpt_dir / "best", module, None, replace(state), extra=best)
-                last_save_step = None  # last/ must record the new best
+                save_checkpoint(ckpt_dir / store.BEST, module, None, replace(state), extra=best)
+                last_save_step = None  # the step checkpoint must record the new best
         return metrics
 
+    sigterm = catch_sigterm()
     try:
         if evaluate is not None and cfg.eval_at_start and state.step == 0:
             final_metrics = run_eval()
         while state.step < cfg.max_steps:
             # --- forward/backward over grad_accum micro-batches
+            micro: list[_Micro] = []
+            step_loss = torch.zeros((), device=device)
             for j in range(cfg.grad_accum):
                 epoch, index = position(state.step * cfg.grad_accum + j, batches.num_batches)
-                batch = batches.batch_at(epoch, index)
-                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                batch = to_device(batches.batch_at(epoch, index), device)
+                with torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
                     out = step_fn(batch)
                 if not (isinstance(out.loss, torch.Tensor) and out.loss.requires_grad):
                     raise AttnkdError("step_fn must return a differentiable scalar tensor as loss")
-                (out.loss / cfg.grad_accum).backward()
-                window.loss += out.loss.detach().float() / cfg.grad_accum
-                for name, value in out.terms.items():
-                    window.terms[name] = window.terms.get(name, 0.0) + float(value) / cfg.grad_accum
+                loss = out.loss / cfg.grad_accum
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+                loss = loss.detach().float()
+                step_loss += loss
+                micro.append(_Micro(epoch, index, torch.isfinite(loss), out.terms))
                 window.items += out.num_items
 
-            # --- update (weights are inconsistent only inside this block)
-            in_update = True
+            # --- check: one device sync per step
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # true gradients for the norm and the clip
             max_norm = cfg.clip_norm if cfg.clip_norm and cfg.clip_norm > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
-            lr = schedule.apply(optimizer, state.step)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            rng_at_step = capture_rng()
-            in_update = False
-            window.steps += 1
-            window.grad_norm += grad_norm.detach().float()
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm).detach().float()
+            problem = _nonfinite(micro, grad_norm, state.step + 1, check_grad=scaler is None)
+            if problem is not None and cfg.nonfinite == "abort":
+                writer.log({"event": "nonfinite", "step": state.step + 1, "action": "abort"})
+                raise NonFiniteError(
+                    f"{problem}; the last checkpoint is intact. Lower train.lr, check the data, "
+                    "or set train.nonfinite: skip to drop such steps"
+                )
+            if problem is not None:  # skip: drop the update; batches and step number move on
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.update()  # unscale_ ran; the scaler must close its step
+                state.step += 1
+                state.skipped_steps += 1
+                rng_at_step = capture_rng()
+                window.skipped += 1
+                log.warning("skipped step %d: %s", state.step, problem)
+                event = {"event": "nonfinite", "step": state.step, "action": "skip"}
+                writer.log({**event, "problem": problem, "skipped_steps": state.skipped_steps})
+            else:
+                # --- update (weights are inconsistent only inside this block)
+                in_update = True
+                lr = schedule.apply(optimizer, state.step)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                rng_at_step = capture_rng()
+                in_update = False
+                window.add(step_loss, grad_norm, [m.terms for m in micro])
 
-            # --- log, evaluate, save
+            # --- log, evaluate, save, stop on request
             bar.update(1)
-            if cfg.log_every > 0 and state.step % cfg.log_every == 0:
-                _log_window(writer, bar, window, state.step, lr, batches, cfg, clock(), elapsed())
+            if cfg.log_every > 0 and state.step % cfg.log_every == 0 and window.steps:
+                _log_window(writer, bar, window, state.step, lr, batches, cfg, clock(),
+                            elapsed())  # fmt: skip
                 window = _Window(t0=clock())
             if evaluate is not None and cfg.eval_every > 0 and state.step % cfg.eval_every == 0:
                 final_metrics = run_eval()
             if cfg.save_every > 0 and state.step % cfg.save_every == 0:
                 save_last()
+            if sigterm.requested:
+                saved = ckpt_dir / store.step_name(state.step)
+                if last_save_step != state.step:
+                    save_last()
+                writer.log({"event": "terminated", "step": state.step, "saved": saved.name})
+                log.warning("SIGTERM: saved step %d to %s; stopping", state.step, saved)
+                raise Terminated(state.step, saved)
             over_budget = cfg.max_minutes is not None and clock() - t_start >= 60 * cfg.max_minutes
             if over_budget and state.step < cfg.max_steps:
                 stopped_early = True
@@ -256,6 +361,7 @@ def fit(
                 "event": "stop",
                 "step": state.step,
                 "stopped_early": stopped_early,
+                "skipped_steps": state.skipped_steps,
                 "elapsed_s": elapsed(),
             }
         )
@@ -263,11 +369,12 @@ def fit(
         # Save the last completed step so --resume continues; weights are half-updated only
         # if the interrupt hit the update itself, and then the previous checkpoint stays.
         optimizer.zero_grad(set_to_none=True)
-        if not in_update:
+        if not in_update and last_save_step != state.step:
             save_last()
         writer.log({"event": "interrupted", "step": state.step, "saved": not in_update})
         raise
     finally:
+        sigterm.restore()
         bar.close()
         writer.close()
         module.train(was_training)
@@ -279,7 +386,27 @@ def fit(
         final_metrics=final_metrics,
         stopped_early=stopped_early,
         run_dir=run_dir,
+        resumed_from=resumed_from,
+        skipped_steps=state.skipped_steps,
     )
+
+
+def _nonfinite(
+    micro: list[_Micro], grad_norm: torch.Tensor, step: int, check_grad: bool
+) -> str | None:
+    """None if the step's losses (and, if ``check_grad``, gradient norm) are finite; otherwise
+    which loss terms (or the gradient) were not, in which batch of which step."""
+    flags = [m.loss_finite for m in micro] + ([torch.isfinite(grad_norm)] if check_grad else [])
+    ok = torch.stack([f.cpu() for f in flags]).tolist()  # the step's one device sync
+    if all(ok):
+        return None
+    for m, loss_ok in zip(micro, ok):
+        bad = [name for name, v in m.terms.items() if not math.isfinite(float(v))]
+        if not loss_ok or bad:
+            what = f"loss terms {bad}" if bad else "loss (its terms are all finite)"
+            return f"non-finite {what} at step {step} (epoch {m.epoch}, batch index {m.index})"
+    where = ", ".join(f"epoch {m.epoch} batch index {m.index}" for m in micro)
+    return f"non-finite gradient (norm {float(grad_norm)}) at step {step} ({where})"
 
 
 def _log_window(
@@ -294,8 +421,6 @@ def _log_window(
     elapsed_s: float,
 ) -> None:
     loss = float(w.loss) / w.steps
-    if not math.isfinite(loss):
-        raise AttnkdError(f"loss is not finite ({loss}) around step {step}; lower train.lr?")
     dt = now - w.t0
     items_per_s = w.items / dt if dt > 0 else 0.0
     event = {
@@ -309,6 +434,8 @@ def _log_window(
         "items_per_s": items_per_s,
         "elapsed_s": elapsed_s,
     }
+    if w.skipped:
+        event["skipped_steps"] = w.skipped
     writer.log(event)
     bar.show(loss, items_per_s)
 

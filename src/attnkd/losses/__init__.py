@@ -1,4 +1,4 @@
-"""Distillation losses: pure tensor functions (see METHODS.md for the formulas).
+"""Distillation losses: pure tensor functions (each docstring gives its formula and paper).
 
 Public API (stable names and meanings): ``attention_kl``, ``relation_kl`` and
 ``token_divergence``, plus the other attention, logit and feature losses below. Attention and

@@ -1,4 +1,4 @@
-"""Row-block machinery shared by the chunked attention losses (METHODS.md section 6).
+"""Row-block machinery shared by the chunked attention losses (see :mod:`._attention_chunked`).
 
 A :class:`Side` holds one model's queries and keys laid out for grouped matmuls (GQA keys are
 shared through a reshape of the queries, never copied per head), builds the score slab of a
@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
+from attnkd.losses._amp import autocast_off
 from attnkd.losses._vocab_chunked import is_one
+from attnkd.losses.position_bias import offset_index
 
 SLAB_ELEMENTS = 1 << 20  # values per score slab (1M: 4 MB in float32); tests shrink it
 """Measured here (relation_kl x3, batch 32, seq 128, 12 heads, fwd+bwd): 1M values per slab
@@ -78,6 +80,9 @@ class Side:
     dv: Tensor | None = None
     qb: Tensor | None = None  # current block's queries, (b*Hkv, g*rows, D)
     alpha: float = 1.0  # constant factor of every gradient (mean weight, sign)
+    pos: Tensor | None = None  # (H, 2S-1) relative-position score bias by offset j - i + S - 1
+    dpos: Tensor | None = None  # its gradient
+    rows: Tensor | None = None  # (B, S) 1/0 per query row: slab gradients are zeroed at 0 rows
 
     @classmethod
     def make(
@@ -88,13 +93,20 @@ class Side:
         grad: bool,
         key_bias: Tensor | None = None,
         v: Tensor | None = None,
+        pos: Tensor | None = None,
+        pos_grad: bool = False,
     ) -> Side:
         """q (B, H, S, D), k (B, Hkv, S, D), both from :func:`prepare` (q may be k);
-        ``key_bias`` (B, S): 0 or NEG per key."""
+        ``key_bias`` (B, S): 0 or NEG per key; ``pos`` (H, 2S-1): a relative-position bias
+        added to the scaled scores (see :mod:`attnkd.losses.position_bias`), its gradient
+        formed when ``pos_grad``."""
         b, h, s, d = q.shape
         hkv = k.shape[1]
         side = cls(q.view(b, hkv, h // hkv, s, d), k, d, scale, key_bias, v)
-        if grad:
+        if pos is not None:
+            side.pos = pos.detach().to(q.dtype).contiguous()
+            side.dpos = torch.zeros_like(side.pos) if pos_grad else None
+        if grad or pos_grad:
             side.dq = q.new_empty(b, hkv, h // hkv, s, d)  # every row is written once
             side.dk = q.new_zeros(b, hkv, s, d)
             side.dv = None if v is None else torch.zeros_like(v)
@@ -117,7 +129,13 @@ class Side:
             bias = self.bias[blk.b0 : blk.b1, None, None, : blk.cols]
             bias = bias.expand(nb, hkv, 1, blk.cols).reshape(nb * hkv, 1, blk.cols)
             torch.baddbmm(bias, self.qb, kt, alpha=self.scale, out=out)
-        return out.view(nb, hkv * g, rows, blk.cols)
+        out = out.view(nb, hkv * g, rows, blk.cols)
+        if self.pos is not None:  # the (H, rows, cols) slab of the Toeplitz bias, per block
+            out.add_(self.pos[:, self._offsets(blk)])
+        return out
+
+    def _offsets(self, blk: Block) -> Tensor:
+        return offset_index(blk.r0, blk.r1, blk.cols, self.k.shape[2], self.k.device)
 
     def grouped(self, x: Tensor) -> Tensor:
         """(b, H, rows, n) -> (b, Hkv, g*rows, n) view for matmuls against shared keys."""
@@ -126,7 +144,15 @@ class Side:
 
     def backprop(self, g: Tensor, blk: Block) -> None:
         """Write ``alpha s G K`` into dq and add ``alpha s G^T Q`` to dk for the block's
-        ``g = G`` (b, H, rows, cols)."""
+        ``g = G`` (b, H, rows, cols); with a position bias, add ``alpha G`` summed over the
+        batch to its gradient at each offset. Rows marked 0 in ``rows`` are zeroed in ``g``."""
+        if self.rows is not None:
+            g.mul_(self.rows[blk.b0 : blk.b1, None, blk.r0 : blk.r1, None])
+        if self.dpos is not None:
+            h = g.shape[1]
+            idx = self._offsets(blk).reshape(1, -1).expand(h, -1)
+            gsum = g.sum(0).reshape(h, -1).mul_(self.alpha)
+            self.dpos.scatter_add_(1, idx, gsum)
         factor = self.alpha * self.scale
         g3 = self.grouped(g).flatten(0, 1)  # (b*Hkv, g*rows, cols)
         k3 = self.k[blk.b0 : blk.b1, :, : blk.cols].flatten(0, 1)
@@ -152,6 +178,24 @@ class Side:
             pad = ~mask[:, None, :, None]
             out = [None if x is None else x.masked_fill_(pad, 0.0) for x in out]
         return [x if n else None for x, n in zip(out, need)]
+
+
+def with_bias_need(opt: ChunkOptions, *biases: Tensor | None) -> ChunkOptions:
+    """``opt`` with one more ``need`` flag per position-bias input (after the tensor inputs):
+    form its gradient when grad mode is on and it requires grad."""
+    on = torch.is_grad_enabled()
+    extra = tuple(on and b is not None and b.requires_grad for b in biases)
+    return replace(opt, need=tuple(opt.need) + extra)
+
+
+def mask_rows_if_biased(sides: tuple[Side, ...], mask: Tensor | None, like: Tensor) -> None:
+    """A position bias makes padded query rows differ between the models (they are equal
+    bias-only rows otherwise): zero every side's slab gradient there."""
+    if mask is None or bool(mask.all()) or all(s.pos is None for s in sides):
+        return
+    rows = mask.to(like.dtype)
+    for side in sides:
+        side.rows = rows
 
 
 def compute_dtype(*xs: Tensor | None) -> torch.dtype:
@@ -288,6 +332,7 @@ class Terminal(torch.autograd.Function):
     """A scalar loss whose input gradients were formed during the forward pass."""
 
     @staticmethod
+    @autocast_off
     def forward(ctx, kernel: Callable[..., KernelOut], opt: ChunkOptions, *tensors):
         out = kernel(list(tensors), opt)
         ctx.grads = out.grads

@@ -1,4 +1,9 @@
-"""Exact row-block forms of the attention and relation losses (METHODS.md section 6).
+"""Exact row-block forms of the attention and relation losses.
+
+Row blocks with exact per-row normalisers, as FlashAttention tiles softmax attention (Dao et
+al. 2022, "FlashAttention"; Milakov & Gimelshein 2018, "Online normalizer calculation for
+softmax"), applied to the divergence between two models' attention rows; the formulas are
+derived below.
 
 Query rows are independent, so each loss is computed over blocks of rows: the (rows x seq)
 score slabs of both models are built in preallocated buffers, reduced with exact per-row
@@ -31,6 +36,7 @@ from attnkd.losses._attention_blocks import (
     Terminal,
     causal_fill,
     key_bias,
+    mask_rows_if_biased,
     mean_weight,
     merge_aliases,
     neg_fill,
@@ -38,6 +44,7 @@ from attnkd.losses._attention_blocks import (
     prepare,
     row_mask,
     view,
+    with_bias_need,
     workspace,
 )
 
@@ -66,14 +73,18 @@ def _divergence_kernel(t: list[Tensor | None], opt: ChunkOptions) -> KernelOut:
     KL = E_P[a - b] - A + B, CE = B - E_P[b]; dL/db = S - P, dL/da = P (d - E_P[d]) with
     d = a - b (KL) or -b (CE).
     """
-    mask = t[4]
+    mask, t_pos, s_pos = t[4:7]
     tq, tk, sq, sk = prepare(t[:4], mask)
     batch, heads, seq, _ = sq.shape
     linear = opt.student_kernel == "linear"
     bias = key_bias(mask, sq.dtype)
-    ts = Side.make(tq, tk, tq.shape[-1] ** -0.5, opt.need[0] or opt.need[1], bias)
+    need_pos = opt.need[4:6]
+    ts = Side.make(tq, tk, tq.shape[-1] ** -0.5, opt.need[0] or opt.need[1], bias,
+                   pos=t_pos, pos_grad=need_pos[0])  # fmt: skip
     s_scale = 1.0 if linear else sq.shape[-1] ** -0.5
-    ss = Side.make(sq, sk, s_scale, opt.need[2] or opt.need[3], None if linear else bias)
+    ss = Side.make(sq, sk, s_scale, opt.need[2] or opt.need[3], None if linear else bias,
+                   pos=s_pos, pos_grad=need_pos[1])  # fmt: skip
+    mask_rows_if_biased((ts, ss), mask, sq)
     p_side, q_side = (ss, ts) if opt.reverse else (ts, ss)  # loss = E_P[...] of p_side
     c = mean_weight(mask, batch, heads, seq)
     rows_real = row_mask(mask, batch, seq, sq)
@@ -109,9 +120,11 @@ def _divergence_kernel(t: list[Tensor | None], opt: ChunkOptions) -> KernelOut:
         if p_side.dq is not None:
             p_side.backprop(d.sub_(dot).mul_(p), blk)
     # Every slab gradient is exactly 0 at padded rows and keys (identical bias-only rows in
-    # both models, zero probabilities), except with a linear student: overwrite there.
+    # both models, or rows zeroed by mask_rows_if_biased; zero probabilities), except with a
+    # linear student: overwrite there.
     fill = mask if linear else None
     grads = [*ts.grads(opt.need[:2], fill), *ss.grads(opt.need[2:4], fill), None]
+    grads += [ts.dpos, ss.dpos]
     return KernelOut((total * c).to(sq.dtype), merge_aliases(t, grads))
 
 
@@ -147,12 +160,15 @@ def _linear_rows(
 
 def _output_mse_kernel(t: list[Tensor | None], opt: ChunkOptions) -> KernelOut:
     """Mean over real rows, heads, features of (softmax(b) v_s - softmax(a) v_t)^2."""
-    mask = t[6]
+    mask, t_pos, s_pos = t[6:9]
     tq, tk, tv, sq, sk, sv = prepare(t[:6], mask)
     batch, heads, seq, _ = sq.shape
     bias = key_bias(mask, sq.dtype)
-    ts = Side.make(tq, tk, tq.shape[-1] ** -0.5, any(opt.need[:3]), bias, v=tv)
-    ss = Side.make(sq, sk, sq.shape[-1] ** -0.5, any(opt.need[3:6]), bias, v=sv)
+    need_pos = opt.need[6:8]
+    ts = Side.make(tq, tk, tq.shape[-1] ** -0.5, any(opt.need[:3]), bias, v=tv,
+                   pos=t_pos, pos_grad=need_pos[0])  # fmt: skip
+    ss = Side.make(sq, sk, sq.shape[-1] ** -0.5, any(opt.need[3:6]), bias, v=sv,
+                   pos=s_pos, pos_grad=need_pos[1])  # fmt: skip
     w = row_mask(mask, batch, seq, sq) * (mean_weight(mask, batch, heads, seq) / sv.shape[-1])
     blocks = plan(batch, heads, seq, opt.causal, opt.slab)
     bufs = workspace(4, sq, heads, blocks)
@@ -177,6 +193,7 @@ def _output_mse_kernel(t: list[Tensor | None], opt: ChunkOptions) -> KernelOut:
             if side.dq is not None:
                 _output_backprop(side, p, o, d_out, view(raw, p.shape), blk)
     grads = [*ts.grads(opt.need[:3]), *ss.grads(opt.need[3:6]), None]  # 0 at padding already
+    grads += [ts.dpos, ss.dpos]  # rows: d_out is 0 at padded rows, so is every slab gradient
     return KernelOut(total.to(sq.dtype), merge_aliases(t, grads))
 
 
@@ -196,11 +213,18 @@ def _output_backprop(
 
 def _score_mse_kernel(t: list[Tensor | None], opt: ChunkOptions) -> KernelOut:
     """Row-block TinyBERT score MSE (for the causal case; padded inputs are zero)."""
-    mask = t[4]
+    mask, t_pos, s_pos = t[4:7]
     tq, tk, sq, sk = prepare(t[:4], mask)
     batch, heads, seq, _ = sq.shape
-    ts = Side.make(tq, tk, tq.shape[-1] ** -0.5, opt.need[0] or opt.need[1])
-    ss = Side.make(sq, sk, sq.shape[-1] ** -0.5, opt.need[2] or opt.need[3])
+    need_pos = opt.need[4:6]
+    ts = Side.make(tq, tk, tq.shape[-1] ** -0.5, opt.need[0] or opt.need[1],
+                   pos=t_pos, pos_grad=need_pos[0])  # fmt: skip
+    ss = Side.make(sq, sk, sq.shape[-1] ** -0.5, opt.need[2] or opt.need[3],
+                   pos=s_pos, pos_grad=need_pos[1])  # fmt: skip
+    # padded inputs are zero, so without a position bias padded pairs give err = 0 already
+    pairs = None
+    if mask is not None and (t_pos is not None or s_pos is not None):
+        pairs = mask.to(sq.dtype)
     count = max(heads * allowed_pairs(mask, batch, seq, opt.causal), 1)
     blocks = plan(batch, heads, seq, opt.causal, opt.slab)
     buf_t, buf_s = workspace(2, sq, heads, blocks)
@@ -208,6 +232,9 @@ def _score_mse_kernel(t: list[Tensor | None], opt: ChunkOptions) -> KernelOut:
     total = torch.zeros((), dtype=torch.float64, device=sq.device)
     for blk in blocks:
         err = ss.scores(blk, buf_s).sub_(ts.scores(blk, buf_t))
+        if pairs is not None:  # keep pairs of two real tokens only
+            err.mul_(pairs[blk.b0 : blk.b1, None, blk.r0 : blk.r1, None])
+            err.mul_(pairs[blk.b0 : blk.b1, None, None, : blk.cols])
         if opt.causal:  # padded rows and keys are 0 already: their inputs were zeroed
             causal_fill(err, blk, 0.0)
         total += torch.mul(err, err, out=view(buf_t, err.shape)).sum(dtype=torch.float64)
@@ -216,6 +243,7 @@ def _score_mse_kernel(t: list[Tensor | None], opt: ChunkOptions) -> KernelOut:
         if ts.dq is not None:
             ts.backprop(err, blk)
     grads = [*ts.grads(opt.need[:2]), *ss.grads(opt.need[2:4]), None]  # 0 at padding already
+    grads += [ts.dpos, ss.dpos]
     return KernelOut((total / count).to(sq.dtype), merge_aliases(t, grads))
 
 
@@ -230,7 +258,7 @@ def allowed_pairs(mask: Tensor | None, batch: int, seq: int, causal: bool) -> in
 
 
 def gram_score_mse(tq: Tensor, tk: Tensor, sq: Tensor, sk: Tensor, mask: Tensor | None) -> Tensor:
-    """Non-causal TinyBERT score MSE without any seq x seq matrix (METHODS.md section 6).
+    """Non-causal TinyBERT score MSE without any seq x seq matrix (Jiao et al. 2020 loss).
 
     ``||s_t Q_t K_t^T - s_s Q_s K_s^T||_F^2`` expanded into d x d Gram matrices accumulated
     in float64 (float32 would cancel); padded rows of q and k must already be zero (this
@@ -254,10 +282,22 @@ def gram_score_mse(tq: Tensor, tk: Tensor, sq: Tensor, sk: Tensor, mask: Tensor 
 
 
 def chunked_divergence(
-    tq: Tensor, tk: Tensor, sq: Tensor, sk: Tensor, mask: Tensor | None, opt: ChunkOptions
+    tq: Tensor,
+    tk: Tensor,
+    sq: Tensor,
+    sk: Tensor,
+    mask: Tensor | None,
+    opt: ChunkOptions,
+    teacher_bias: Tensor | None = None,
+    student_bias: Tensor | None = None,
 ) -> Tensor:
-    """Row-block KL / reverse KL / cross-entropy (inputs as for ``attention_kl``, prepared)."""
-    return Terminal.apply(_divergence_kernel, opt, tq, tk, sq, sk, mask)
+    """Row-block KL / reverse KL / cross-entropy (inputs as for ``attention_kl``, prepared).
+
+    ``teacher_bias`` / ``student_bias``: (H, 2S-1) relative-position score biases by offset
+    (:meth:`attnkd.losses.position_bias.RelativePositionBias.by_offset`), gradients included.
+    """
+    opt = with_bias_need(opt, teacher_bias, student_bias)
+    return Terminal.apply(_divergence_kernel, opt, tq, tk, sq, sk, mask, teacher_bias, student_bias)
 
 
 def chunked_output_mse(
@@ -269,14 +309,29 @@ def chunked_output_mse(
     sv: Tensor,
     mask: Tensor | None,
     opt: ChunkOptions,
+    teacher_bias: Tensor | None = None,
+    student_bias: Tensor | None = None,
 ) -> Tensor:
-    """Row-block attention-output MSE (inputs as for ``attention_output_mse``, prepared)."""
-    return Terminal.apply(_output_mse_kernel, opt, tq, tk, tv, sq, sk, sv, mask)
+    """Row-block attention-output MSE (inputs as for ``attention_output_mse``, prepared;
+    biases as for :func:`chunked_divergence`)."""
+    opt = with_bias_need(opt, teacher_bias, student_bias)
+    return Terminal.apply(
+        _output_mse_kernel, opt, tq, tk, tv, sq, sk, sv, mask, teacher_bias, student_bias
+    )
 
 
 def chunked_score_mse(
-    tq: Tensor, tk: Tensor, sq: Tensor, sk: Tensor, mask: Tensor | None, opt: ChunkOptions
+    tq: Tensor,
+    tk: Tensor,
+    sq: Tensor,
+    sk: Tensor,
+    mask: Tensor | None,
+    opt: ChunkOptions,
+    teacher_bias: Tensor | None = None,
+    student_bias: Tensor | None = None,
 ) -> Tensor:
-    """Row-block TinyBERT score MSE (the causal case; without a causal mask the caller uses
-    :func:`gram_score_mse`, which has no seq x seq slab at all)."""
-    return Terminal.apply(_score_mse_kernel, opt, tq, tk, sq, sk, mask)
+    """Row-block TinyBERT score MSE (the causal case, or any case with a position bias;
+    otherwise the caller uses :func:`gram_score_mse`, which has no seq x seq slab at all).
+    Biases as for :func:`chunked_divergence`."""
+    opt = with_bias_need(opt, teacher_bias, student_bias)
+    return Terminal.apply(_score_mse_kernel, opt, tq, tk, sq, sk, mask, teacher_bias, student_bias)

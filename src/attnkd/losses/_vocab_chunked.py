@@ -2,9 +2,11 @@
 
 Per-token divergences are independent, so processing tokens in chunks is exact. Because the
 loss is terminal, the gradient w.r.t. the student logits is computed chunk by chunk during the
-forward pass (METHODS.md section 6) and the backward only scales it by the upstream gradient:
-no recomputation and no second pass over the vocabulary. Peak extra memory is one gradient
-buffer the size of the student logits (it becomes ``.grad``) plus a few (chunk, vocab) slabs.
+forward pass (gradients below; the same idea as the fused linear cross-entropy of Liger
+Kernel, Hsu et al. 2024, and Cut Cross-Entropy, Wijmans et al. 2024) and the backward only
+scales it by the upstream gradient: no recomputation and no second pass over the vocabulary.
+Peak extra memory is one gradient buffer the size of the student logits (it becomes ``.grad``)
+plus a few (chunk, vocab) slabs.
 
 ``token_divergence_from_hidden`` goes one step further: logits are built per chunk from final
 hidden states and output weights, so the full logits of the two models never coexist.
@@ -20,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ._amp import autocast_off
 from ._mask import check_mask
 
 KINDS = ("fkl", "rkl", "jsd", "tvd")
@@ -194,6 +197,7 @@ def is_one(grad_out: Tensor) -> bool:
 
 class _ChunkedLogits(torch.autograd.Function):
     @staticmethod
+    @autocast_off
     def forward(ctx, student, teacher, mask, kind, beta, tau, chunk, reuse):
         batch, seq, vocab = student.shape
         cd = compute_dtype(student.dtype)
@@ -280,6 +284,7 @@ def chunked_token_divergence(
 
 class _ChunkedHidden(torch.autograd.Function):
     @staticmethod
+    @autocast_off
     def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, mask, kind, beta, tau, top_k, chunk):
         batch, seq, _ = h_s.shape
         cd = compute_dtype(h_s.dtype)

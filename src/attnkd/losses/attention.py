@@ -11,9 +11,14 @@ attention itself: ``softmax(q k^T / sqrt(d))`` per head. Conventions shared by a
   the loss or the gradients. An all-padding batch gives 0. ``causal=True`` masks keys j > i.
 - Reduction: mean over batch, heads and real query rows.
 - ``impl``: "naive" builds the (B, H, S, S) matrices; "chunked" is the exact row-block form
-  (memory linear in seq, METHODS.md section 6); "auto" picks chunked from
-  ``AUTO_CHUNKED_MIN_SEQ`` on. Both give the same values and gradients up to rounding.
+  (memory linear in seq; FlashAttention-style row blocks, Dao et al. 2022); "auto" picks
+  chunked from ``AUTO_CHUNKED_MIN_SEQ`` on. Both give the same values and gradients up to rounding.
 - Inputs are computed in their promoted dtype, at least float32; the loss has that dtype.
+- ``teacher_bias`` / ``student_bias`` (attention losses, not the relation ones): a
+  :class:`~attnkd.losses.position_bias.RelativePositionBias` added to that model's scaled
+  scores (MPNet), so the loss sees the model's real attention ``softmax(q k^T/sqrt(d) + bias)``;
+  its table gets gradients like any input. The chunked form builds each block's bias slab from
+  the 2*seq - 1 values per head, so it stays linear in seq.
 - Gradients reach every input that requires them, teacher included; a frozen teacher (no
   ``requires_grad``) costs nothing extra. The chunked form forms them during the forward pass
   and supports first-order gradients only (use ``impl="naive"`` for double backward).
@@ -30,6 +35,7 @@ from attnkd.losses import _attention_chunked as chunked
 from attnkd.losses import _attention_naive as naive
 from attnkd.losses._attention_blocks import compute_dtype
 from attnkd.losses._mask import check_mask
+from attnkd.losses.position_bias import RelativePositionBias, offset_slab
 
 Impl = Literal["auto", "naive", "chunked"]
 AUTO_CHUNKED_MIN_SEQ = 32
@@ -46,6 +52,8 @@ def attention_kl(
     causal: bool = False,
     impl: Impl = "auto",
     reverse: bool = False,
+    teacher_bias: RelativePositionBias | None = None,
+    student_bias: RelativePositionBias | None = None,
 ) -> Tensor:
     """MiniLM attention transfer: mean over heads and real rows of KL(A_T[h,i] || A_S[h,i]).
 
@@ -53,12 +61,13 @@ def attention_kl(
     ``reverse=True`` gives KL(A_S || A_T). Returns a scalar. (Wang et al. 2020, MiniLM.)
     """
     tq, tk, sq, sk, mask = _check_attention(teacher_q, teacher_k, student_q, student_k, mask)
+    tb, sb = _bias_offsets(teacher_bias, student_bias, sq.shape[1], sq.shape[2])
     if _use_chunked(impl, sq.shape[2]):
         opt = _options(causal, (tq, tk, sq, sk), reverse=reverse)
-        return chunked.chunked_divergence(tq, tk, sq, sk, mask, opt)
+        return chunked.chunked_divergence(tq, tk, sq, sk, mask, opt, tb, sb)
     tq, tk, sq, sk = _naive_inputs((tq, tk, sq, sk), mask)
-    a = naive.scores(tq, tk, tq.shape[-1] ** -0.5)
-    b = naive.scores(sq, sk, sq.shape[-1] ** -0.5)
+    a = _naive_scores(tq, tk, tb)
+    b = _naive_scores(sq, sk, sb)
     return naive.divergence(a, b, mask, causal, "kl", reverse)
 
 
@@ -118,6 +127,8 @@ def attention_ce(
     causal: bool = False,
     student_kernel: Literal["softmax", "linear"] = "softmax",
     impl: Impl = "auto",
+    teacher_bias: RelativePositionBias | None = None,
+    student_bias: RelativePositionBias | None = None,
 ) -> Tensor:
     """Attention cross-entropy ``-sum_j A_T[i,j] log A_S[i,j]``, mean over heads and real rows.
 
@@ -126,19 +137,23 @@ def attention_ce(
     ``student_kernel="softmax"``: student_q/k are queries/keys, A_S = softmax(q_s k_s^T/sqrt(d_s));
     ``"linear"``: student_q/k are non-negative feature maps phi(q), phi(k) (B, H, S, F) of a
     linear attention, A_S[i,j] = phi(q_i).phi(k_j) / sum_j phi(q_i).phi(k_j) (Hedgehog,
-    Zhang et al. 2024); weights are clamped at the dtype's ``tiny`` before the log.
+    Zhang et al. 2024); weights are clamped at the dtype's ``tiny`` before the log. A linear
+    student takes no ``student_bias``.
     """
     if student_kernel not in ("softmax", "linear"):
         raise ValueError(f"student_kernel must be 'softmax' or 'linear', got {student_kernel!r}")
+    if student_kernel == "linear" and student_bias is not None:
+        raise ValueError("a linear-attention student (student_kernel='linear') takes no bias")
     tq, tk, sq, sk, mask = _check_attention(teacher_q, teacher_k, student_q, student_k, mask)
+    tb, sb = _bias_offsets(teacher_bias, student_bias, sq.shape[1], sq.shape[2])
     if _use_chunked(impl, sq.shape[2]):
         opt = _options(causal, (tq, tk, sq, sk), mode="ce", student_kernel=student_kernel)
-        return chunked.chunked_divergence(tq, tk, sq, sk, mask, opt)
+        return chunked.chunked_divergence(tq, tk, sq, sk, mask, opt, tb, sb)
     tq, tk, sq, sk = _naive_inputs((tq, tk, sq, sk), mask)
-    a = naive.scores(tq, tk, tq.shape[-1] ** -0.5)
+    a = _naive_scores(tq, tk, tb)
     if student_kernel == "linear":
         return naive.linear_ce(a, naive.scores(sq, sk, 1.0), mask, causal)
-    return naive.divergence(a, naive.scores(sq, sk, sq.shape[-1] ** -0.5), mask, causal, "ce")
+    return naive.divergence(a, _naive_scores(sq, sk, sb), mask, causal, "ce")
 
 
 def attention_score_mse(
@@ -149,23 +164,26 @@ def attention_score_mse(
     mask: Tensor | None = None,
     causal: bool = False,
     impl: Impl = "auto",
+    teacher_bias: RelativePositionBias | None = None,
+    student_bias: RelativePositionBias | None = None,
 ) -> Tensor:
-    """TinyBERT attention loss: MSE of unnormalised scores q k^T/sqrt(d), teacher vs student.
+    """TinyBERT attention loss: MSE of unnormalised scores q k^T/sqrt(d) (+ position bias),
+    teacher vs student.
 
     Mean over batch, heads and allowed (query, key) pairs (both tokens real, key <= query when
-    causal). Chunked without causal mask: d x d Gram matrices in float64, no seq^2 at all.
-    (Jiao et al. 2020, TinyBERT.)
+    causal). Chunked without causal mask and bias: d x d Gram matrices in float64, no seq^2 at
+    all; otherwise row blocks. (Jiao et al. 2020, TinyBERT.)
     """
     tq, tk, sq, sk, mask = _check_attention(teacher_q, teacher_k, student_q, student_k, mask)
-    if _use_chunked(impl, sq.shape[2]) and causal:
+    tb, sb = _bias_offsets(teacher_bias, student_bias, sq.shape[1], sq.shape[2])
+    biased = tb is not None or sb is not None
+    if _use_chunked(impl, sq.shape[2]) and (causal or biased):
         opt = _options(causal, (tq, tk, sq, sk))
-        return chunked.chunked_score_mse(tq, tk, sq, sk, mask, opt)
+        return chunked.chunked_score_mse(tq, tk, sq, sk, mask, opt, tb, sb)
     tq, tk, sq, sk = _naive_inputs((tq, tk, sq, sk), mask)
     if _use_chunked(impl, sq.shape[2]):
         return chunked.gram_score_mse(tq, tk, sq, sk, mask)
-    a = naive.scores(tq, tk, tq.shape[-1] ** -0.5)
-    b = naive.scores(sq, sk, sq.shape[-1] ** -0.5)
-    return naive.score_mse(a, b, mask, causal)
+    return naive.score_mse(_naive_scores(tq, tk, tb), _naive_scores(sq, sk, sb), mask, causal)
 
 
 def attention_output_mse(
@@ -178,6 +196,8 @@ def attention_output_mse(
     mask: Tensor | None = None,
     causal: bool = False,
     impl: Impl = "auto",
+    teacher_bias: RelativePositionBias | None = None,
+    student_bias: RelativePositionBias | None = None,
 ) -> Tensor:
     """MSE between per-head attention outputs softmax(q k^T/sqrt(d)) v of teacher and student.
 
@@ -189,12 +209,13 @@ def attention_output_mse(
     sv = _check_values("student", student_v, sk)
     if tv.shape[-1] != sv.shape[-1]:
         raise ValueError(f"value head dims differ: teacher {tv.shape[-1]}, student {sv.shape[-1]}")
+    tb, sb = _bias_offsets(teacher_bias, student_bias, sq.shape[1], sq.shape[2])
     if _use_chunked(impl, sq.shape[2]):
         opt = _options(causal, (tq, tk, tv, sq, sk, sv))
-        return chunked.chunked_output_mse(tq, tk, tv, sq, sk, sv, mask, opt)
+        return chunked.chunked_output_mse(tq, tk, tv, sq, sk, sv, mask, opt, tb, sb)
     tq, tk, tv, sq, sk, sv = _naive_inputs((tq, tk, tv, sq, sk, sv), mask)
-    a = naive.scores(tq, tk, tq.shape[-1] ** -0.5)
-    b = naive.scores(sq, sk, sq.shape[-1] ** -0.5)
+    a = _naive_scores(tq, tk, tb)
+    b = _naive_scores(sq, sk, sb)
     return naive.output_mse(a, tv, b, sv, mask, causal)
 
 
@@ -211,6 +232,34 @@ def _options(causal: bool, tensors: tuple[Tensor, ...], **kw) -> chunked.ChunkOp
     grad_on = torch.is_grad_enabled()
     need = tuple(grad_on and x.requires_grad for x in tensors)
     return chunked.ChunkOptions(causal=bool(causal), need=need, **kw)
+
+
+def _bias_offsets(
+    teacher: RelativePositionBias | None, student: RelativePositionBias | None, heads: int, seq: int
+) -> tuple[Tensor | None, Tensor | None]:
+    """Each model's (heads, 2*seq - 1) bias values by offset (autograd ops), or None."""
+    out = []
+    for who, bias in (("teacher", teacher), ("student", student)):
+        if bias is None:
+            out.append(None)
+            continue
+        if not isinstance(bias, RelativePositionBias):
+            raise TypeError(f"{who}_bias must be a RelativePositionBias, got {type(bias).__name__}")
+        if bias.heads != heads:
+            raise ValueError(
+                f"{who}_bias table {tuple(bias.table.shape)} has {bias.heads} heads; the "
+                f"attention has {heads} query heads"
+            )
+        out.append(bias.by_offset(seq))
+    return out[0], out[1]
+
+
+def _naive_scores(q: Tensor, k: Tensor, offsets: Tensor | None) -> Tensor:
+    """Scaled scores (B, H, S, S) plus the full position bias when there is one."""
+    x = naive.scores(q, k, q.shape[-1] ** -0.5)
+    if offsets is None:
+        return x
+    return x + offset_slab(offsets.to(x.dtype), 0, x.shape[-2], x.shape[-1])
 
 
 def _naive_inputs(xs: tuple[Tensor, ...], mask: Tensor | None) -> list[Tensor]:

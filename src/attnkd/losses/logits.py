@@ -123,7 +123,8 @@ def token_divergence(
 
     temperature: both logits are divided by τ and the result is multiplied by τ² (for every
     kind, including TVD). top_k: keep only the teacher's k most likely tokens per position and
-    renormalise both models over those k tokens before the divergence (biased; see METHODS §7).
+    renormalise both models over those k tokens before the divergence (biased: the teacher's
+    mass outside its top k is dropped rather than kept as a leftover bucket or sampled).
     impl: ``naive`` (autograd through full log-softmaxes), ``chunked`` (exact, tokens in
     chunks of ``chunk_size``, gradient formed in the forward pass, about one logits-sized
     buffer of extra memory) or ``auto`` (chunked from ``AUTO_CHUNK_MIN`` tokens x vocab).

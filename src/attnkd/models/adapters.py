@@ -11,9 +11,12 @@ after the projections; :mod:`attnkd.capture.hooks` applies that rotation to what
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from attnkd.registry import Registry
 
@@ -29,6 +32,9 @@ class AttentionGeometry:
     head_dim: int
     causal: bool = False
     """Decoder attention (each token sees only earlier ones): attention losses mask j > i."""
+    position_bucket: Callable[[Tensor], Tensor] | None = None
+    """Families whose attention adds a relative-position bias (MPNet): maps offsets j - i to
+    rows of the bias table (captured as the 'position_bias' tap)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,10 @@ class FamilyAdapter:
     fused_qkv: bool = False
     """q, k and v come out of one projection (``query`` = ``key`` = ``value`` path), in
     that order along the last dimension (GPT-2's ``c_attn``); capture slices it."""
+    position_bias: str | None = None
+    """Module (an ``nn.Embedding`` of shape (num_buckets, heads)) whose rows, picked by
+    ``position_bucket(j - i)``, are added to every layer's scaled attention scores."""
+    position_bucket: Callable[[Tensor], Tensor] | None = None
 
     def path(self, template: str, i: int) -> str:
         return template.format(i=i)
@@ -86,6 +96,26 @@ BERT = _register(
     )
 )
 
+
+def mpnet_position_bucket(rel: Tensor, num_buckets: int = 32, max_distance: int = 128) -> Tensor:
+    """MPNet's bucket of relative position ``rel = j - i`` (long tensor, any shape).
+
+    Bidirectional T5-style buckets (Raffel et al. 2020; MPNet, Song et al. 2020): half the
+    buckets for keys after the query, half for keys before; in each half, offsets below a
+    quarter of the buckets exactly, farther ones logarithmically up to ``max_distance``. MPNet
+    calls it with these defaults whatever its config's ``relative_attention_num_buckets``.
+    """
+    half = num_buckets // 2
+    exact = half // 2
+    dist = rel.abs()
+    far = exact + (
+        torch.log(dist.clamp_min(1).float() / exact) / math.log(max_distance / exact)
+        * (half - exact)
+    ).long()  # fmt: skip
+    far = far.clamp_max(half - 1)
+    return (rel > 0).long() * half + torch.where(dist < exact, dist, far)
+
+
 MPNET = _register(
     FamilyAdapter(
         family="mpnet",
@@ -97,6 +127,8 @@ MPNET = _register(
         attention="encoder.layer.{i}.attention.attn",
         attention_output="encoder.layer.{i}.attention.attn.o",
         embeddings="embeddings",
+        position_bias="encoder.relative_attention_bias",
+        position_bucket=mpnet_position_bucket,
     )
 )
 
@@ -175,19 +207,21 @@ def adapter_for(model_or_type: nn.Module | str) -> FamilyAdapter:
     raise ValueError(f"no adapter for model_type '{model_type}'; supported: {', '.join(known)}")
 
 
-def _is_causal(model_type: str) -> bool:
+def _known_adapter(model_type: str) -> FamilyAdapter | None:
     try:
-        return adapter_for(model_type).causal
+        return adapter_for(model_type)
     except ValueError:  # an unknown family: geometry still describes its heads
-        return False
+        return None
 
 
 def geometry(config) -> AttentionGeometry:
     """Attention geometry from a Hugging Face config object.
 
     ``head_dim`` is the config's own when it sets one (Llama may decouple it from the width);
-    ``causal`` comes from the family adapter of ``config.model_type`` (False if unknown).
+    ``causal`` and ``position_bucket`` come from the family adapter of ``config.model_type``
+    (False / None if unknown).
     """
+    adapter = _known_adapter(str(getattr(config, "model_type", "") or ""))
     hidden = int(config.hidden_size)
     heads = int(config.num_attention_heads)
     kv = int(getattr(config, "num_key_value_heads", None) or heads)
@@ -198,7 +232,8 @@ def geometry(config) -> AttentionGeometry:
         num_heads=heads,
         num_kv_heads=kv,
         head_dim=head_dim,
-        causal=_is_causal(str(getattr(config, "model_type", "") or "")),
+        causal=bool(adapter and adapter.causal),
+        position_bucket=adapter.position_bucket if adapter else None,
     )
 
 

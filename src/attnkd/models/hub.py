@@ -17,13 +17,13 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from attnkd.atomic import atomic_dir
 from attnkd.errors import AttnkdError
 from attnkd.export import write_sentence_transformers_files
 from attnkd.paths import cache_dir
@@ -141,18 +141,8 @@ def _build_once(target: Path, build: Callable[[Path], None]) -> Path:
     """Return ``target``, building it first via ``build(tmp_dir)`` and an atomic rename."""
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the finished folder is an ordinary one
-    try:
+    with atomic_dir(target, keep_existing=True) as tmp:  # a racing process may finish first
         build(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():  # not a lost race with another process: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

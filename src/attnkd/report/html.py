@@ -3,7 +3,7 @@
 Reads what the run folder holds and says what it lacks: ``metrics.jsonl`` (events of
 :func:`attnkd.engine.loop.fit`; a line cut short by a killed run is skipped and reported),
 ``results.json`` (:func:`attnkd.distill.run_distill`), ``eval-*.json``
-(:func:`attnkd.eval.run.evaluate_run`) and ``config.yaml`` (shown verbatim). Writes
+(:func:`attnkd.evaluate.evaluate_run`) and ``config.yaml`` (shown verbatim). Writes
 ``RUN_DIR/report/index.html`` and PNGs beside it, built in a temporary folder and swapped in,
 so a reader never sees half a report. All text from the run is HTML-escaped.
 """
@@ -16,13 +16,14 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from attnkd.engine._atomic import atomic_dir
+from attnkd.atomic import atomic_dir
 from attnkd.errors import AttnkdError
 
 DEFAULT_SENTENCE = "A man is playing a guitar on the stage."
 ATTENTION_NOTE = (
-    "Attention rebuilt from the captured queries and keys, softmax(q k^T / sqrt(d)) averaged "
-    "over heads, as the attention losses see it. Rows are queries, columns keys."
+    "Attention rebuilt from the captured queries and keys, softmax(q k^T / sqrt(d)) (plus the "
+    "relative-position bias in families that add one, e.g. MPNet) averaged over heads, as the "
+    "attention losses see it. Rows are queries, columns keys."
 )
 
 

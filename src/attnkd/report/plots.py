@@ -21,7 +21,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 from torch import Tensor, nn
 
+from attnkd.atomic import atomic_file
 from attnkd.capture import Capture, Tap, split_heads
+from attnkd.losses.position_bias import RelativePositionBias
 from attnkd.models.adapters import adapter_for, geometry, resolve_layer
 
 DPI = 110
@@ -63,10 +65,9 @@ def _text(s: object) -> str:
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     FigureCanvasAgg(fig)
-    fig.savefig(tmp, format="png", dpi=DPI)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
     return path
 
 
@@ -205,23 +206,29 @@ class AttentionMaps:
 
 
 def head_mean_attention(model: nn.Module, inputs: dict[str, Tensor], layer: int) -> Tensor:
-    """softmax(q k^T / sqrt(head_dim)) of ``layer``, averaged over heads: (seq, seq).
+    """softmax(q k^T / sqrt(head_dim) [+ bias]) of ``layer``, averaged over heads: (seq, seq).
 
     q/k come from :class:`attnkd.capture.Capture` on the projections (after RoPE in rotary
-    families), exactly what the attention losses see (so additive position biases such as
-    MPNet's are not included).
+    families), exactly what the attention losses see, and families with a relative-position
+    bias (MPNet) add it as their attention does, so the map is the model's own attention.
     ``inputs`` hold one sequence; padded keys get 0, GQA key heads are shared by query groups.
     """
     adapter = adapter_for(model)  # rotary families: the captured q/k are already rotated
     g = geometry(model.config)
     layer = resolve_layer(layer, g.num_layers)
-    with Capture(model, [Tap("q", layer), Tap("k", layer)], adapter) as cap:
+    taps = [Tap("q", layer), Tap("k", layer)]
+    if g.position_bucket is not None:
+        taps.append(Tap("position_bias", layer))
+    with Capture(model, taps, adapter) as cap:
         model(**inputs)
     q = split_heads(cap.taps.get("q", layer).float(), g.num_heads)
     k = split_heads(cap.taps.get("k", layer).float(), g.num_kv_heads)
     k = k.repeat_interleave(g.num_heads // g.num_kv_heads, dim=1)
     scores = (q @ k.transpose(-1, -2))[0] * q.shape[-1] ** -0.5  # (heads, seq, seq)
     seq = scores.shape[-1]
+    if g.position_bucket is not None:
+        table = cap.taps.get("position_bias", layer).float()
+        scores = scores + RelativePositionBias(table, g.position_bucket).dense(seq)
     blocked = ~inputs["attention_mask"][0].bool().view(1, 1, seq)
     if adapter.causal:
         blocked = blocked | torch.ones(seq, seq, dtype=torch.bool, device=q.device).triu(1)

@@ -46,6 +46,10 @@ class NoTeacher(nn.Module):
 
     config = _NoTeacherConfig()
 
+    def __init__(self):
+        super().__init__()
+        self.none = nn.Parameter(torch.zeros(0), requires_grad=False)  # has a device and dtype
+
     def forward(self, pixel_values: Tensor, **_: object) -> Tensor:
         raise AttnkdError("a loss term needs the teacher, but teacher.name is 'none'")
 
@@ -63,9 +67,11 @@ def prepare(cfg: DistillConfig) -> None:
         return
     from attnkd.config.io import load_config
     from attnkd.distill import run_distill
+    from attnkd.recipes import find_recipe
 
-    log.info("teacher %s not found: running its recipe %s first", name, recipe)
-    tcfg = load_config(recipe)
+    path = recipe if Path(recipe).is_file() else (find_recipe(recipe) or recipe)
+    log.info("teacher %s not found: running its recipe %s first", name, path)
+    tcfg = load_config(path)
     tcfg.output_dir = cfg.output_dir
     last = Path(tcfg.output_dir) / tcfg.name / "checkpoints" / "last"
     run_distill(tcfg, resume=last.is_dir())  # an interrupted teacher stage continues
@@ -93,15 +99,16 @@ def make_step(teacher: nn.Module, distiller: nn.Module):
                 teacher(x)
         with s_cap:
             distiller.student(x)
-        total = torch.zeros(())
+        total: Tensor | None = None
         values: dict[str, float] = {}
         for term in distiller.terms:
             for name, v in term(t_cap.taps if t_cap else None, s_cap.taps, y).items():
                 values[f"{term.label}/{name}"] = float(v.detach())
-                total = total + term.weight * v
+                total = term.weight * v if total is None else total + term.weight * v
         if t_cap is not None:
             t_cap.taps.clear()
         s_cap.taps.clear()
+        assert total is not None, "a run needs at least one loss term"
         return StepOutput(loss=total, terms=values, num_items=int(x.shape[0]))
 
     return step

@@ -112,8 +112,10 @@ def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> Ta
             "retention": s.spearman / t.spearman,
         }
 
-    def export(folder: Path) -> Path:
-        return export_student(student, tok, folder, max_seq_length=cfg.data.max_length)
+    def export(folder: Path) -> Path:  # the teacher's sentence-transformers modules, if any
+        teacher_dir = getattr(teacher.config, "name_or_path", None) or None
+        return export_student(student, tok, folder, max_seq_length=cfg.data.max_length,
+                              modules_from=teacher_dir)  # fmt: skip
 
     return TaskSetup(
         batches, evaluate, "spearman", "max", final, export,

@@ -98,9 +98,11 @@ def accuracy(model: torch.nn.Module, data: ImageSet, batch_size: int = 1000) -> 
     """Top-1 accuracy of ``model`` (eval mode, restored afterwards) on ``data``."""
     was = model.training
     model.eval()
+    device = next(model.parameters()).device
     correct = 0
     for i in range(0, len(data), batch_size):
-        x = to_float(data.images[i : i + batch_size])
-        correct += int((model(x).argmax(-1) == data.labels[i : i + batch_size]).sum())
+        x = to_float(data.images[i : i + batch_size]).to(device)
+        pred = model(x).argmax(-1).cpu()
+        correct += int((pred == data.labels[i : i + batch_size]).sum())
     model.train(was)
     return correct / max(len(data), 1)

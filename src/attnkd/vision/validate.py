@@ -61,8 +61,11 @@ def validate_image(cfg: DistillConfig, check_data: bool = True, check_models: bo
         elif not Path(name).exists() and ":" not in name:
             _check(bool(cfg.teacher.recipe), "teacher.name",
                    f"folder not found: {name} (and no teacher.recipe to train it)")  # fmt: skip
-            _check(Path(cfg.teacher.recipe).is_file(), "teacher.recipe",
-                   f"file not found: {cfg.teacher.recipe}")  # fmt: skip
+            from attnkd.recipes import find_recipe
+
+            recipe = cfg.teacher.recipe
+            _check(Path(recipe).is_file() or find_recipe(recipe) is not None, "teacher.recipe",
+                   f"neither a file nor a packaged recipe: {recipe}")  # fmt: skip
             tg = None  # known once the teacher stage has run
         else:
             tg = geometry(_model_config(name, "teacher.name"))

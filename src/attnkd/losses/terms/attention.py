@@ -1,4 +1,9 @@
-"""Attention and relation terms: MiniLM, MiniLMv2, TinyBERT (causal for decoder teachers)."""
+"""Attention and relation terms: MiniLM, MiniLMv2, TinyBERT (causal for decoder teachers).
+
+Terms on attention (``attention``, ``attention_mse``) add each model's relative-position bias
+when its family has one (MPNet), so they compare the attention the models really compute;
+relation terms (MiniLMv2 Q-Q, K-K, V-V, MiniLM V-V) are not attention and take none.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from torch import Tensor
 
 from attnkd.capture import Taps, split_heads
 from attnkd.losses import attention as att
+from attnkd.losses.position_bias import RelativePositionBias
 from attnkd.losses.terms.base import LossTerm, TermError, register
 from attnkd.models.adapters import AttentionGeometry
 
@@ -98,15 +104,35 @@ class _HeadwiseTerm(LossTerm):
         return split_heads(taps.get(kind, layer), heads)
 
 
-@register("attention", "MiniLM attention-distribution KL per head (equal head counts)")
-class AttentionTerm(_HeadwiseTerm):
-    teacher_kinds = student_kinds = ("q", "k")
+class _ScoresTerm(_HeadwiseTerm):
+    """Terms on attention scores q k^T/sqrt(d) (+ the family's relative-position bias)."""
 
+    def __init__(self, cfg, teacher, student):
+        super().__init__(cfg, teacher, student)
+        self.teacher_kinds = ("q", "k") + (("position_bias",) if teacher.position_bucket else ())
+        self.student_kinds = ("q", "k") + (("position_bias",) if student.position_bucket else ())
+
+    def _qk(self, taps: Taps, layer: int, g: AttentionGeometry):
+        q, k = (self._heads(taps, kind, layer, g) for kind in ("q", "k"))
+        bias = None
+        if g.position_bucket is not None:
+            bias = RelativePositionBias(taps.get("position_bias", layer), g.position_bucket)
+        return q, k, bias
+
+    def _pair(self, t: Taps, s: Taps) -> dict:
+        tq, tk, tb = self._qk(t, self.t_layer, self.tg)
+        sq, sk, sb = self._qk(s, self.s_layer, self.sg)
+        return {
+            "teacher_q": tq, "teacher_k": tk, "student_q": sq, "student_k": sk,
+            "teacher_bias": tb, "student_bias": sb,
+            "causal": self.tg.causal, "impl": self.cfg.impl,
+        }  # fmt: skip
+
+
+@register("attention", "MiniLM attention-distribution KL per head (equal head counts)")
+class AttentionTerm(_ScoresTerm):
     def forward(self, t, s, mask):
-        tq, tk = (self._heads(t, k, self.t_layer, self.tg) for k in ("q", "k"))
-        sq, sk = (self._heads(s, k, self.s_layer, self.sg) for k in ("q", "k"))
-        causal, impl = self.tg.causal, self.cfg.impl
-        return {"at": att.attention_kl(tq, tk, sq, sk, mask=mask, causal=causal, impl=impl)}
+        return {"at": att.attention_kl(mask=mask, **self._pair(t, s))}
 
 
 @register("value_relation", "MiniLM value-relation KL softmax(V V^T/sqrt(d)) per head")
@@ -131,12 +157,6 @@ class ValueRelationTerm(_HeadwiseTerm):
 
 
 @register("attention_mse", "TinyBERT MSE of unnormalised attention scores QK^T/sqrt(d)")
-class AttentionScoreTerm(_HeadwiseTerm):
-    teacher_kinds = student_kinds = ("q", "k")
-
+class AttentionScoreTerm(_ScoresTerm):
     def forward(self, t, s, mask):
-        tq, tk = (self._heads(t, k, self.t_layer, self.tg) for k in ("q", "k"))
-        sq, sk = (self._heads(s, k, self.s_layer, self.sg) for k in ("q", "k"))
-        causal, impl = self.tg.causal, self.cfg.impl
-        loss = att.attention_score_mse(tq, tk, sq, sk, mask=mask, causal=causal, impl=impl)
-        return {"score_mse": loss}
+        return {"score_mse": att.attention_score_mse(mask=mask, **self._pair(t, s))}

@@ -1,11 +1,15 @@
-"""``attnkd eval``: quality, size and speed of a student against its teacher, side by side."""
+"""``attnkd eval``: quality, size and speed of a student against its teacher, side by side.
+
+Run-level like :mod:`attnkd.distill`: it rebuilds a run's task splits (:mod:`attnkd.tasks`) and
+scores them with the metrics of :mod:`attnkd.eval`, which depend on no task.
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
+from attnkd.atomic import write_json
 from attnkd.errors import AttnkdError
 
 
@@ -116,6 +120,4 @@ def evaluate_lm(cfg, student_dir: Path, teacher: str, split: str = "eval") -> di
 
 
 def _write(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(path, obj)

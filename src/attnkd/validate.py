@@ -4,6 +4,8 @@ Type and key checks happen when the YAML is read (:mod:`attnkd.config.io`); here
 checked against each other, the data on disk and the models' configs (``config.json`` only):
 layer indices in range, head counts that divide into relation heads, widths that need a
 projector, missing files. Every problem is a :class:`ConfigError` naming the key.
+It sits above the packages it checks (config, data, losses, models, students), like
+:mod:`attnkd.distill`, so none of them depends on it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attnkd.config.schema import DistillConfig
+from attnkd.engine.device import check_train_settings
 from attnkd.errors import AttnkdError, ConfigError, DataError
 from attnkd.models.adapters import AttentionGeometry, adapter_for, geometry
 
@@ -46,6 +49,7 @@ def validate_static(cfg: DistillConfig) -> None:
     )
     _check(t.eval_every >= 1, "train.eval_every", "must be >= 1")
     _check(t.save_every >= 1, "train.save_every", "must be >= 1")
+    check_train_settings(t)  # device, precision, teacher dtype, non-finite policy (engine's)
     _check(d.max_length >= 8, "data.max_length", f"must be >= 8, got {d.max_length}")
     _check(cfg.task in TASKS, "task", f"expected one of {TASKS}, got '{cfg.task}'")
     _check(0 < d.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
