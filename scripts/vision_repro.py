@@ -1,6 +1,6 @@
 """Reproduce the Fashion-MNIST figures of the image_classification task and write the tables.
 
-    python scripts/vision_repro.py run  [--seeds 0 1 2] [--parallel 3]   # every run, skipping done
+    python scripts/vision_repro.py run  [--seeds 0 1 2] [--parallel 3] [--parts ...]  # skips done
     python scripts/vision_repro.py tables                                  # results/vision_*.json
 
 ``run`` calls the attnkd CLI under ``nice -n 10`` with one thread per process: the teacher
@@ -25,6 +25,7 @@ from pathlib import Path
 STUDENTS = ["scratch", "kd", "at", "kd-at", "rkd", "vit-deit", "vit-deit-soft"]
 CONDENSE = {"methods": ["datadam", "dm", "random"], "ipc": [1, 10, 50]}
 RUNS = Path("runs")
+PARTS = ["teacher", "students", "vit", "condense", "prune"]
 
 
 def _cli(args: list[str], log: Path) -> int:
@@ -38,29 +39,32 @@ def _done(name: str) -> bool:
     return (RUNS / name / "results.json").is_file()
 
 
-def run(seeds: list[int], parallel: int, condense_iterations: int) -> None:
+def run(seeds: list[int], parallel: int, condense_iterations: int, parts: list[str]) -> None:
     logs = RUNS / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    if not _done("fmnist-teacher"):
+    if "teacher" in parts and not _done("fmnist-teacher"):
         _cli(["distill", "recipes/fmnist-teacher.yaml", "--no-progress"], logs / "teacher.log")
     jobs = []
     for seed in seeds:
         for s in STUDENTS:
             name = f"fmnist-{s}-s{seed}"
-            if not _done(name):
+            if ("vit" if s.startswith("vit") else "students") in parts and not _done(name):
                 args = ["distill", f"recipes/fmnist-{s}.yaml", f"name={name}",
                         f"train.seed={seed}", "--no-progress", "--overwrite"]  # fmt: skip
                 jobs.append((args, logs / f"{name}.log"))
     for m in CONDENSE["methods"]:
         for ipc in CONDENSE["ipc"]:
             for seed in seeds:
-                if not (RUNS / "condense" / f"condense-{m}-ipc{ipc}-s{seed}").is_dir():
+                folder = RUNS / "condense" / f"condense-{m}-ipc{ipc}-s{seed}"
+                if "condense" in parts and not folder.is_dir():
                     args = ["condense", "--method", m, "--ipc", str(ipc), "--seeds", str(seed),
                             "--iterations", str(condense_iterations), "--real-batch", "32",
                             "--eval-steps", "200", "--out", str(RUNS / "condense")]  # fmt: skip
                     jobs.append((args, logs / f"condense-{m}-{ipc}-{seed}.log"))
     with ThreadPoolExecutor(parallel) as pool:
         list(pool.map(lambda j: _cli(*j), jobs))
+    if "prune" not in parts:
+        return
     pruned = "runs/fmnist-teacher-pruned"
     if not Path(pruned).is_dir():
         _cli(["prune", "runs/fmnist-teacher/student", pruned, "--ratio", "0.5"], logs / "prune.log")
@@ -155,11 +159,12 @@ def main() -> None:
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--parallel", type=int, default=2)
     r.add_argument("--condense-iterations", type=int, default=60)
+    r.add_argument("--parts", nargs="+", default=PARTS, choices=PARTS)
     t = sub.add_parser("tables")
     t.add_argument("--out", default="results")
     a = p.parse_args()
     if a.cmd == "run":
-        run(a.seeds, a.parallel, a.condense_iterations)
+        run(a.seeds, a.parallel, a.condense_iterations, a.parts)
     else:
         tables(Path(a.out))
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from attnkd.config.schema import DistillConfig
 from attnkd.engine.loop import StepOutput
 from attnkd.errors import AttnkdError
-from attnkd.models.adapters import AttentionGeometry, geometry
+from attnkd.models.adapters import geometry
 from attnkd.models.load import LoadedModel
 from attnkd.tasks.base import Task, TaskSetup
 from attnkd.vision.capture import FeatureCapture
@@ -140,10 +140,6 @@ def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> Ta
 
     info = {"train_images": len(split.train), "val_images": len(split.val)}
     return TaskSetup(batches, evaluate, "accuracy", "max", final, export, train_info=info)
-
-
-def image_geometry(model: nn.Module) -> AttentionGeometry:
-    return geometry(model.config)
 
 
 TASK = Task("image_classification", load, setup, make_step=make_step, prepare=prepare)
