@@ -121,7 +121,9 @@ def tables(out: Path) -> None:
                   sorted((RUNS / "condense").glob(f"condense-{m}-ipc{ipc}-s*"))]  # fmt: skip
             rs = [r for r in rs if r]
             acc = [r["test_accuracy"] for r in rs]
+            moved = [_moved(m, ipc, r["config"]["seed"]) for r in rs]
             cells[f"{m}/ipc{ipc}"] = {
+                "mean_abs_pixel_change_from_start": moved,
                 "accuracy": acc, **_stats(acc),
                 "seeds": [r["config"]["seed"] for r in rs],
                 "iterations": [r["config"]["iterations"] for r in rs],
@@ -143,6 +145,19 @@ def tables(out: Path) -> None:
         "command": "python scripts/vision_repro.py run && python scripts/vision_repro.py tables",
         "under_load": True, "rows": prune,
     })  # fmt: skip
+
+
+def _moved(method: str, ipc: int, seed: int) -> float | None:
+    """Mean |synthetic − starting real image|: every method starts from the images the 'random'
+    run of the same size and seed returns, so the two saved sets are compared."""
+    from safetensors.torch import load_file
+
+    base = RUNS / "condense"
+    a = base / f"condense-{method}-ipc{ipc}-s{seed}" / "synthetic.safetensors"
+    b = base / f"condense-random-ipc{ipc}-s{seed}" / "synthetic.safetensors"
+    if not (a.is_file() and b.is_file()):
+        return None
+    return float((load_file(str(a))["images"] - load_file(str(b))["images"]).abs().mean())
 
 
 def _write(path: Path, obj: dict) -> None:

@@ -28,6 +28,7 @@ def test_loss_decreases_and_images_stay_in_range(data, method):
     assert float(res.images.min()) >= LOW - 1e-6 and float(res.images.max()) <= HIGH + 1e-6
     first, last = sum(res.losses[:5]) / 5, sum(res.losses[-5:]) / 5
     assert last < first, (first, last)
+    assert res.moved > 0
 
 
 def test_random_subset_is_real_images(data):

@@ -62,6 +62,8 @@ class CondenseResult:
     images: Tensor
     labels: Tensor
     losses: list[float] = field(default_factory=list)
+    moved: float = 0.0
+    """Mean absolute change of the pixels from their real starting images (normalised units)."""
 
 
 def _by_class(data: ImageSet, num_classes: int) -> list[Tensor]:
@@ -138,4 +140,5 @@ def condense(data: ImageSet, cfg: CondenseConfig, num_classes: int = 10) -> Cond
         losses.append(float(total.detach()) / num_classes)
         if it % 50 == 0:
             log.info("condense %s ipc=%d iteration %d: loss %.5f", cfg.method, n, it, losses[-1])
-    return CondenseResult(syn.detach(), labels, losses)
+    moved = float((syn.detach() - to_float(data.images[start])).abs().mean())
+    return CondenseResult(syn.detach(), labels, losses, moved)

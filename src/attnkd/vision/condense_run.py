@@ -86,6 +86,7 @@ def run_condense(cfg: CondenseConfig, out_dir: str | Path, image_dir: str | None
         "loss_first": res.losses[0] if res.losses else None,
         "loss_last": res.losses[-1] if res.losses else None,
         "pixel_range": [float(res.images.min()), float(res.images.max())],
+        "mean_abs_change_from_start": res.moved,
     }  # fmt: skip
     tmp = folder / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2) + "\n")
