@@ -117,10 +117,10 @@ def test_keep_existing_discards_the_late_copy(tmp_path):
 
 def test_every_json_and_yaml_writer_is_atomic_on_disk_full(tmp_path, monkeypatch):
     """dump_yaml, the eval writer and the runner's results writer share the helper."""
+    from attnkd import evaluate as eval_run
     from attnkd.config.io import dump_yaml
     from attnkd.config.schema import DistillConfig
     from attnkd.distill import _write_json
-    from attnkd.eval import run as eval_run
 
     dump_yaml(DistillConfig(), tmp_path / "config.yaml")
     _write_json(tmp_path / "results.json", {"a": 1})

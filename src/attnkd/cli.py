@@ -79,7 +79,10 @@ def cmd_validate(args) -> int:
 def cmd_eval(args) -> int:
     from attnkd.evaluate import evaluate_run
 
-    res = evaluate_run(args.run, teacher=args.teacher, split=args.split, data_dir=args.data_dir)
+    res = evaluate_run(
+        args.run, teacher=args.teacher, split=args.split, data_dir=args.data_dir,
+        json_path=args.json,
+    )  # fmt: skip
     print(json.dumps(res, indent=2))
     return 0
 
@@ -224,10 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--teacher", default=None, help="teacher name (default: from the run config)")
     e.add_argument(
         "--split",
-        default="stsb:dev",
-        choices=["stsb:dev", "stsb:val", "eval", "select"],
-        help="sentence runs: stsb:dev | stsb:val; causal_lm runs: eval | select (held-out blocks)",
+        default=None,
+        metavar="NAME:SPLIT",
+        help="a benchmark split whose file is in the data folder (sentence runs: stsb:dev "
+        "(default), stsb:test, stsb:train; causal_lm runs: wikitext2:test, wikitext2:valid, "
+        "tinyshakespeare:all), or the run's own: eval | select (causal_lm default: eval), "
+        "stsb:val",
     )
+    e.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     e.add_argument("--data-dir", default=None, help="benchmark data folder ($ATTNKD_DATA_DIR)")
     e.set_defaults(fn=cmd_eval)
 

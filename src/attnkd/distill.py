@@ -25,7 +25,7 @@ from attnkd.config.schema import DistillConfig
 from attnkd.engine.checkpoint import load_checkpoint
 from attnkd.engine.device import resolve_device, teacher_dtype_of
 from attnkd.engine.loop import FitResult, StepOutput, fit
-from attnkd.errors import AttnkdError
+from attnkd.errors import AttnkdError, ConfigError
 from attnkd.losses.terms import build_terms, collect_taps
 from attnkd.models.adapters import geometry
 from attnkd.models.load import count_parameters, freeze
@@ -102,6 +102,12 @@ def run_distill(
         raise AttnkdError(
             f"run folder {run_dir} already holds checkpoints: pass --resume to continue it, "
             "--overwrite to start again, or set name=<new name>"
+        )
+    if resume and not (run_dir / "config.yaml").exists():  # a typo in the name, most often
+        raise ConfigError(
+            "name",
+            f"--resume: there is no run at {run_dir} (no config.yaml); check name= "
+            "and output_dir=, or drop --resume to start it",
         )
     device = resolve_device(cfg.train.device)
     teacher_dtype = teacher_dtype_of(cfg.train)

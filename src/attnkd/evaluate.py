@@ -2,121 +2,168 @@
 
 Run-level like :mod:`attnkd.distill`: it rebuilds a run's task splits (:mod:`attnkd.tasks`) and
 scores them with the metrics of :mod:`attnkd.eval`, which depend on no task.
+
+The split is a known benchmark split (:mod:`attnkd.eval.splits`, e.g. ``stsb:test``,
+``wikitext2:test``) or one the run defines: ``eval`` and ``select`` (the run's evaluation and
+selection splits; for causal_lm runs its held-out token blocks) and ``stsb:val``. Each model's
+entry holds its metrics by name, ``params`` and ``throughput`` (``throughput_unit`` says of
+what), measured for both models in one interleaved run.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 from attnkd.atomic import write_json
-from attnkd.errors import AttnkdError
+from attnkd.errors import AttnkdError, ConfigError
+
+RUN_SPLITS = {"sentence": ("eval", "select", "stsb:val"), "causal_lm": ("eval", "select")}
+"""Splits defined by the run itself, per task."""
+DEFAULT_SPLIT = {"sentence": "stsb:dev", "causal_lm": "eval"}
 
 
 def evaluate_run(
     run: str | Path,
     teacher: str | None = None,
-    split: str = "stsb:dev",
+    split: str | None = None,
     data_dir: str | None = None,
     speed_sentences: int = 512,
     write: bool = True,
+    json_path: str | Path | None = None,
 ) -> dict:
-    """Evaluate ``run`` (a run folder with ``student/`` or a model folder) and its teacher on the
-    same STS split; encode throughput of both measured in one interleaved run."""
+    """Evaluate ``run`` (a run folder with ``student/``, or a model folder, read as a sentence
+    model) and its teacher on ``split`` (default: ``stsb:dev`` / the causal-LM ``eval`` blocks).
+
+    Writes ``eval-<split>.json`` in a run folder (``write``) and the same dict to ``json_path``.
+    """
     from attnkd.config.io import load_config
     from attnkd.config.schema import DistillConfig
-    from attnkd.eval.speed import measure_throughput
-    from attnkd.eval.sts import sts_eval
-    from attnkd.models.load import count_parameters, freeze, load_encoder
-    from attnkd.tasks.sentence import eval_pairs
+    from attnkd.eval.splits import resolve_split
 
     run = Path(run)
     student_dir = run / "student" if (run / "student" / "config.json").exists() else run
     if not (student_dir / "config.json").exists():
         raise AttnkdError(f"{run}: expected a run folder with student/ or a model folder")
-    cfg = load_config(run / "config.yaml") if (run / "config.yaml").exists() else DistillConfig()
+    has_config = (run / "config.yaml").exists()
+    cfg = load_config(run / "config.yaml") if has_config else DistillConfig()
     if data_dir:
         cfg.data.data_dir = data_dir
+    split = split or DEFAULT_SPLIT.get(cfg.task, "eval")
+    own = RUN_SPLITS.get(cfg.task, ())
+    known = None if split in own else resolve_split(split, cfg.task, cfg.data.data_dir, own)
+    teacher = teacher or cfg.teacher.name
     if cfg.task == "causal_lm":
-        out = evaluate_lm(cfg, student_dir, teacher or cfg.teacher.name, split)
-        if write and (run / "config.yaml").exists():
-            _write(run / f"eval-lm-{out['split']}.json", out)
-        return out
-    cfg.data.eval_task = split
-    pairs = eval_pairs(cfg)
-    t = load_encoder(teacher or cfg.teacher.name)
+        out = evaluate_lm(cfg, student_dir, teacher, split, known)
+    else:
+        out = evaluate_sentence(cfg, student_dir, teacher, split, known, speed_sentences)
+    if known is not None:
+        out["file"] = str(known.file(cfg.data.data_dir))
+        out["in_training_sources"] = [s for s in cfg.data.train_sources if s in known.sources]
+    if write and has_config:
+        prefix = "eval-lm-" if cfg.task == "causal_lm" else "eval-"
+        _write(run / f"{prefix}{out['split'].replace(':', '_')}.json", out)
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        _write(Path(json_path), out)
+    return out
+
+
+def _side_by_side(t_model, s_model, metrics: dict, speed: dict, unit: str) -> dict:
+    from attnkd.models.load import count_parameters
+
+    key = f"{unit}_per_s"
+    pt, ps = count_parameters(t_model), count_parameters(s_model)
+    rate = {role: getattr(speed[role], key) for role in ("teacher", "student")}
+    out = {"throughput_unit": f"{unit}/s"}
+    for role, params in (("teacher", pt), ("student", ps)):
+        out[role] = {**metrics[role], "params": params, "throughput": rate[role], key: rate[role]}
+    out["speedup"] = rate["student"] / rate["teacher"]
+    out["size_ratio"] = ps / pt
+    out["throughput_rounds"] = {k: v.rounds for k, v in speed.items()}
+    return out
+
+
+def _sts_pairs(cfg, split: str, known):
+    from attnkd.tasks.sentence import EvalPairs, eval_pairs
+
+    if known is None:
+        task = {"eval": cfg.data.eval_task, "select": cfg.data.select_task}.get(split, split)
+        return eval_pairs(cfg, task)
+    pairs = known.read(cfg.data.data_dir)
+    return EvalPairs(split, [p.sentence1 for p in pairs], [p.sentence2 for p in pairs],
+                     [p.score for p in pairs])  # fmt: skip
+
+
+def evaluate_sentence(
+    cfg, student_dir: Path, teacher: str, split: str, known=None, speed_sentences: int = 512
+) -> dict:
+    """STS Spearman and Pearson (x100) of teacher and student on one split; sentences/s."""
+    from attnkd.eval.speed import measure_throughput
+    from attnkd.eval.sts import sts_eval
+    from attnkd.models.load import freeze, load_encoder
+
+    pairs = _sts_pairs(cfg, split, known)
+    t = load_encoder(teacher)
     s = load_encoder(str(student_dir), tokenizer=False)
     freeze(t.model)
     freeze(s.model)
     tok = t.tokenizer
-    res_t = sts_eval(t.model, tok, pairs.sentences1, pairs.sentences2, pairs.scores)
-    res_s = sts_eval(s.model, tok, pairs.sentences1, pairs.sentences2, pairs.scores)
+    res = {role: sts_eval(m.model, tok, pairs.sentences1, pairs.sentences2, pairs.scores)
+           for role, m in (("teacher", t), ("student", s))}  # fmt: skip
     sents = (pairs.sentences1 + pairs.sentences2)[:speed_sentences]
     speed = measure_throughput({"teacher": t.model, "student": s.model}, tok, sents)
-    out = {
-        "split": split,
-        "pairs": len(pairs.scores),
-        "teacher": {
-            "name": teacher or cfg.teacher.name,
-            "spearman": res_t.spearman,
-            "params": count_parameters(t.model),
-            "sentences_per_s": speed["teacher"].sentences_per_s,
-        },  # fmt: skip
-        "student": {
-            "path": str(student_dir),
-            "spearman": res_s.spearman,
-            "params": count_parameters(s.model),
-            "sentences_per_s": speed["student"].sentences_per_s,
-        },  # fmt: skip
-        "retention": res_s.spearman / res_t.spearman,
-        "speedup": speed["student"].sentences_per_s / speed["teacher"].sentences_per_s,
-        "size_ratio": count_parameters(s.model) / count_parameters(t.model),
-        "throughput_rounds": {k: asdict(v)["rounds"] for k, v in speed.items()},
-    }
-    if write and (run / "config.yaml").exists():
-        _write(run / f"eval-{split.replace(':', '_')}.json", out)
+    metrics = {role: {"spearman": r.spearman, "pearson": r.pearson} for role, r in res.items()}
+    out = {"split": pairs.name if known is None else split, "pairs": len(pairs.scores)}
+    out.update(_side_by_side(t.model, s.model, metrics, speed, "sentences"))
+    out["teacher"]["name"], out["student"]["path"] = teacher, str(student_dir)
+    out["retention"] = res["student"].spearman / res["teacher"].spearman
     return out
 
 
-def evaluate_lm(cfg, student_dir: Path, teacher: str, split: str = "eval") -> dict:
+def evaluate_lm(cfg, student_dir: Path, teacher: str, split: str = "eval", known=None) -> dict:
     """Perplexity of a causal-LM student and its teacher on the run's held-out token blocks
-    ('eval', or 'select': the blocks that picked the checkpoint), and forward tokens/s of both
-    measured side by side."""
+    ('eval', or 'select': the blocks that picked the checkpoint) or on a known text split (its
+    file tokenised as one document, cut into blocks of ``data.max_length``); forward tokens/s
+    of both measured side by side."""
     from attnkd.eval.perplexity import perplexity
     from attnkd.eval.speed import measure_token_throughput
-    from attnkd.models.load import count_parameters, freeze, load_causal_lm
+    from attnkd.models.load import freeze, load_causal_lm
     from attnkd.tasks.causal_lm import lm_splits
 
-    split = "eval" if split.startswith("stsb") else split
-    if split not in ("eval", "select"):
-        raise AttnkdError(f"causal_lm runs are evaluated on 'eval' or 'select', not '{split}'")
+    if known is None and split not in RUN_SPLITS["causal_lm"]:
+        raise ConfigError("--split", f"causal_lm runs score 'eval', 'select' or a text split, "
+                          f"not '{split}'")  # fmt: skip
     t = load_causal_lm(teacher)
     s = load_causal_lm(str(student_dir), tokenizer=False)
     freeze(t.model)
     freeze(s.model)
-    blocks = getattr(lm_splits(cfg, t.tokenizer), split)
-    res_t, res_s = perplexity(t.model, blocks), perplexity(s.model, blocks)
+    if known is None:
+        blocks = getattr(lm_splits(cfg, t.tokenizer), split)
+    else:
+        blocks = document_blocks(t.tokenizer, known.read(cfg.data.data_dir), cfg.data.max_length)
+    res = {"teacher": perplexity(t.model, blocks), "student": perplexity(s.model, blocks)}
     speed = measure_token_throughput({"teacher": t.model, "student": s.model}, blocks[:8])
-    return {
-        "split": split,
-        "tokens": res_s.tokens,
-        "teacher": {
-            "name": teacher,
-            "perplexity": res_t.ppl,
-            "params": count_parameters(t.model),
-            "tokens_per_s": speed["teacher"].tokens_per_s,
-        },  # fmt: skip
-        "student": {
-            "path": str(student_dir),
-            "perplexity": res_s.ppl,
-            "params": count_parameters(s.model),
-            "tokens_per_s": speed["student"].tokens_per_s,
-        },  # fmt: skip
-        "retention": res_t.nll / res_s.nll,
-        "speedup": speed["student"].tokens_per_s / speed["teacher"].tokens_per_s,
-        "size_ratio": count_parameters(s.model) / count_parameters(t.model),
-        "throughput_rounds": {k: v.rounds for k, v in speed.items()},
-    }
+    metrics = {role: {"perplexity": r.ppl, "nll": r.nll} for role, r in res.items()}
+    out = {"split": split, "tokens": res["student"].tokens, "block_size": int(blocks.shape[1])}
+    out.update(_side_by_side(t.model, s.model, metrics, speed, "tokens"))
+    out["teacher"]["name"], out["student"]["path"] = teacher, str(student_dir)
+    out["retention"] = res["teacher"].nll / res["student"].nll
+    return out
+
+
+def document_blocks(tokenizer, text: str, block_size: int):
+    """``text`` as one token stream (see :func:`attnkd.data.lm.tokenize_stream`) cut into
+    ``len // block_size`` consecutive blocks (num_blocks, block_size); the tail is dropped."""
+    import torch
+
+    from attnkd.data.lm import tokenize_stream
+
+    ids = tokenize_stream(tokenizer, [text])
+    n = len(ids) // block_size
+    if n < 1:
+        raise AttnkdError(f"the split gives {len(ids)} tokens, fewer than one block of "
+                          f"{block_size}")  # fmt: skip
+    return torch.from_numpy(ids[: n * block_size].reshape(n, block_size))
 
 
 def _write(path: Path, obj: dict) -> None:

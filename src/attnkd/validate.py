@@ -59,6 +59,8 @@ def validate_static(cfg: DistillConfig) -> None:
     _check(d.bad_rows in ("error", "skip"), "data.bad_rows", "expected 'error' or 'skip'")
     _check(d.eval_task in EVAL_TASKS, "data.eval_task", f"expected one of {EVAL_TASKS}")
     _check(d.select_task in EVAL_TASKS, "data.select_task", f"expected one of {EVAL_TASKS}")
+    _check(d.select_task != d.eval_task, "data.select_task",
+           f"'{d.select_task}' is also data.eval_task; select on 'stsb:val'")  # fmt: skip
     _check(bool(d.train_sources), "data.train_sources", "needs at least one source")
     _check(cfg.teacher.attn_implementation in ATTN_IMPLS, "teacher.attn_implementation",
            f"expected one of {ATTN_IMPLS}")  # fmt: skip
@@ -106,6 +108,10 @@ def validate_data(cfg: DistillConfig) -> None:
             read_stsb("dev" if task == "stsb:dev" else "train", cfg.data.data_dir)
         except DataError as err:
             raise ConfigError(f"data.{key}", str(err)) from err
+    from attnkd.tasks.sentence import eval_splits, held_out_files
+
+    eval_splits(cfg)  # the selection split shares no sentence with the evaluation split
+    held_out_files(cfg)  # every data.exclude_files item is readable
 
 
 def validate_models(cfg: DistillConfig) -> Geometries:

@@ -79,6 +79,11 @@ class DataConfig:
     select_task: str = "stsb:val"
     """Split evaluated every train.eval_every steps to pick the best checkpoint; keeping it apart
     from eval_task means the reported figure is not tuned on."""
+    exclude_files: list[str] = field(default_factory=list)
+    """Sentence task: files whose sentences must never be trained on (e.g. a test set you will
+    score on later). Each is a plain path, read like 'file:PATH', or a source spec
+    'file:PATH[#COLUMNS]' (the train_sources syntax; a named source such as 'rte:dev' works too).
+    Matching ignores case, punctuation, spacing and tokenisation, as for the evaluation splits."""
     val_fraction: float = 0.1
     """Share held out for checkpoint selection (of STS-B train, or of the LM token blocks)."""
     eval_fraction: float = 0.1

@@ -32,10 +32,27 @@ from attnkd.data.corpus import (
     normalize_sentence,
     split_validation,
 )
-from attnkd.data.lm import LMBatches, LMSplits, lm_texts, split_blocks, tokenize_stream
+from attnkd.data.lm import (
+    HeldOutCopies,
+    LMBatches,
+    LMSplits,
+    TokenStream,
+    drop_held_out_copies,
+    lm_texts,
+    split_blocks,
+    tokenize_lines,
+    tokenize_stream,
+)
+from attnkd.data.overlap import ExclusionCount, Exclusions, sentence_key, shared_keys
 from attnkd.data.readers import read_header, read_jsonl, read_table, read_text
 from attnkd.data.rows import JsonRow, ReadResult, ReadStats, TableRow, TextRow, map_rows
-from attnkd.data.sources import SOURCES, known_sources, load_source, source_sentences
+from attnkd.data.sources import (
+    SOURCES,
+    held_out_sentences,
+    known_sources,
+    load_source,
+    source_sentences,
+)
 from attnkd.data.text import (
     detokenize_wikitext,
     read_tinyshakespeare,
@@ -44,6 +61,15 @@ from attnkd.data.text import (
 )
 
 __all__ = [
+    "held_out_sentences",
+    "shared_keys",
+    "sentence_key",
+    "Exclusions",
+    "ExclusionCount",
+    "tokenize_lines",
+    "drop_held_out_copies",
+    "TokenStream",
+    "HeldOutCopies",
     "RTE_LABELS",
     "SOURCES",
     "Corpus",

@@ -29,6 +29,8 @@ PathLike = str | os.PathLike
 
 _STSB_FILES = {"train": "sts-train.csv", "dev": "sts-dev.csv", "test": "sts-test.csv"}
 _GLUE_FILES = {"train": "train.tsv", "dev": "dev.tsv"}
+_MRPC_FILES = {**_GLUE_FILES, "test": "msr_paraphrase_test.txt"}
+"""MRPC test pairs are labelled in Microsoft's release (same columns as GLUE's train.tsv)."""
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,9 @@ def read_sst2(
 def read_mrpc(
     split: str = "train", data_dir: PathLike | None = None, *, bad_rows: str = "error"
 ) -> ReadResult[LabeledPair]:
-    """GLUE MRPC pairs with labels (1 paraphrase, 0 not) from ``mrpc/{train,dev}.tsv``."""
-    path = benchmark_file("mrpc", _split_name(split, _GLUE_FILES, "MRPC"), data_dir)
+    """MRPC pairs with labels (1 paraphrase, 0 not) from GLUE's ``mrpc/{train,dev}.tsv`` or,
+    for ``test``, Microsoft's ``mrpc/msr_paraphrase_test.txt``."""
+    path = benchmark_file("mrpc", _split_name(split, _MRPC_FILES, "MRPC"), data_dir)
     convert = _pair_converter(BINARY_LABELS, "Quality")
     columns = ["Quality", "#1 String", "#2 String"]
     return read_table(path, columns, bad_rows=bad_rows, convert=convert)

@@ -1,20 +1,23 @@
 """Build a training corpus of sentences from several sources; seeded validation splits.
 
-The corpus is filtered (``min_chars``), de-duplicated after whitespace/case normalisation
-(the first occurrence, in source order, is kept), cleaned of sentences that appear in an
-evaluation split (``exclude``), then shuffled by ``seed`` with a local NumPy generator and cut
-to ``max_sentences``. The same inputs always give the same corpus.
+The corpus is filtered (``min_chars``), cleaned of sentences that appear in a held-out split
+(``exclude``: evaluation and selection splits, user files), de-duplicated (the first occurrence,
+in source order, is kept), then shuffled by ``seed`` with a local NumPy generator and cut to
+``max_sentences``. Exclusion and de-dup compare :func:`~attnkd.data.overlap.sentence_key`
+keys (letters and digits, case-folded), so tokenised and raw spellings of one sentence match.
+The same inputs always give the same corpus.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import numpy as np
 
 from attnkd.data.benchmarks import PathLike
+from attnkd.data.overlap import ExclusionCount, Exclusions, sentence_key
 from attnkd.data.rows import check_bad_rows
 from attnkd.data.sources import load_source
 from attnkd.errors import ConfigError
@@ -23,8 +26,8 @@ T = TypeVar("T")
 
 
 def normalize_sentence(text: str) -> str:
-    """The de-dup key: case-folded, whitespace runs collapsed to one space, ends stripped."""
-    return " ".join(text.casefold().split())
+    """The de-dup and exclusion key (:func:`attnkd.data.overlap.sentence_key`)."""
+    return sentence_key(text)
 
 
 @dataclass
@@ -37,7 +40,7 @@ class SourceCount:
     """Malformed rows skipped while reading (``bad_rows="skip"``)."""
     too_short: int = 0
     excluded: int = 0
-    """Dropped because they appear in ``exclude`` (an evaluation split)."""
+    """Dropped because they appear in ``exclude`` (a held-out split or file)."""
     duplicates: int = 0
     """Dropped as a repeat of an earlier sentence (this or an earlier source)."""
     kept: int = 0
@@ -56,6 +59,8 @@ class Corpus:
     excluded: int
     seed: int
     skipped_rows: int = 0
+    exclusions: dict[str, ExclusionCount] = field(default_factory=dict)
+    """Per held-out split (or file): its size and what it removed from the sources."""
 
     def __len__(self) -> int:
         return len(self.sentences)
@@ -74,9 +79,14 @@ class Corpus:
             + (f", malformed rows skipped {c.skipped_rows}" if c.skipped_rows else "")
             for name, c in self.counts.items()
         ]
+        lines += [
+            f"held out {name}: {c.split_sentences} distinct sentences, {c.found} found in the "
+            f"sources, {c.removed} training sentences removed"
+            for name, c in self.exclusions.items()
+        ]
         lines.append(
             f"corpus: {len(self.sentences)} sentences (seed {self.seed}); "
-            f"{self.duplicates_removed} duplicates and {self.excluded} evaluation sentences removed"
+            f"{self.duplicates_removed} duplicates and {self.excluded} held-out sentences removed"
         )
         return "\n".join(lines)
 
@@ -89,20 +99,23 @@ def build_corpus(
     min_chars: int = 8,
     max_sentences: int | None = None,
     seed: int = 0,
-    exclude: Iterable[str] | None = None,
+    exclude: Mapping[str, Iterable[str]] | Iterable[str] | None = None,
     bad_rows: str = "error",
 ) -> Corpus:
     """Read, filter, de-duplicate, shuffle and cap sentences from ``sources`` (see sources.py).
 
-    ``min_chars`` counts characters after stripping; ``exclude`` holds sentences (compared
-    after normalisation) that must not be trained on, e.g. those of ``stsb:dev``.
+    ``min_chars`` counts characters after stripping; ``exclude`` holds sentences that must not
+    be trained on, e.g. those of ``stsb:dev``: a mapping ``split name -> sentences`` (counted
+    per name in ``Corpus.exclusions``) or one plain collection (counted as ``"exclude"``).
     """
     check_bad_rows(bad_rows)
     if not sources:
         raise ConfigError("data.train_sources", "no sources given")
     if max_sentences is not None and max_sentences < 1:
         raise ConfigError("data.max_sentences", f"must be positive or null, got {max_sentences}")
-    banned = {normalize_sentence(s) for s in exclude} if exclude is not None else set()
+    if exclude is not None and not isinstance(exclude, Mapping):
+        exclude = {"exclude": exclude}
+    banned = Exclusions(exclude)
     seen: set[str] = set()
     counts: dict[str, SourceCount] = {}
     pool: list[str] = []
@@ -118,8 +131,8 @@ def build_corpus(
             if len(text) < min_chars:
                 count.too_short += 1
                 continue
-            key = normalize_sentence(text)
-            if key in banned:
+            key = sentence_key(text)
+            if banned.hit(key):
                 count.excluded += 1
                 continue
             if dedup and key in seen:
@@ -145,6 +158,7 @@ def build_corpus(
         excluded=sum(c.excluded for c in counts.values()),
         seed=seed,
         skipped_rows=sum(c.skipped_rows for c in counts.values()),
+        exclusions=banned.counts,
     )
 
 

@@ -26,6 +26,9 @@ from attnkd.errors import AttnkdError, ConfigError
 
 _LINES_PER_CALL = 4096
 """Lines handed to the tokenizer per call (bounds peak memory, keeps the fast batch path)."""
+MIN_LINE_KEY = 24
+"""Shortest normalised line (letters and digits) whose repeat in training counts as a copy of
+held-out text."""
 
 
 def lm_texts(
@@ -52,6 +55,17 @@ def lm_texts(
     return docs
 
 
+@dataclass
+class TokenStream:
+    """Token ids of several documents and where each of their lines sits in the stream."""
+
+    ids: np.ndarray
+    lines: list[str]
+    """Every line of every document, in stream order."""
+    spans: np.ndarray
+    """(num_lines, 2) int64: token ``[start, end)`` of each line in ``ids``."""
+
+
 def tokenize_stream(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
     """Token ids of ``texts`` as one int64 stream: ``doc_0 <eos> doc_1 <eos> ... doc_n``.
 
@@ -62,21 +76,43 @@ def tokenize_stream(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
     lines' ids; with byte-level BPE this can differ from tokenising the whole document at once
     only where a merge would cross a line end.
     """
+    return tokenize_lines(tokenizer, texts).ids
+
+
+def tokenize_lines(tokenizer: Any, texts: Sequence[str]) -> TokenStream:
+    """:func:`tokenize_stream` that also records each line's token span."""
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is None:
         raise AttnkdError("the tokenizer has no eos token to separate documents with")
     parts: list[np.ndarray] = []
+    all_lines: list[str] = []
+    spans: list[tuple[int, int]] = []
+    pos = 0
     for d, text in enumerate(texts):
         if d:
             parts.append(np.asarray([eos], dtype=np.int64))
+            pos += 1
         lines = text.splitlines(keepends=True)
         for start in range(0, len(lines), _LINES_PER_CALL):
             chunk = lines[start : start + _LINES_PER_CALL]
             enc = tokenizer(chunk, add_special_tokens=False, verbose=False)
-            parts.extend(np.asarray(ids, dtype=np.int64) for ids in enc["input_ids"])
-    if not parts:
-        return np.zeros(0, dtype=np.int64)
-    return np.concatenate(parts)
+            for line, ids in zip(chunk, enc["input_ids"], strict=True):
+                parts.append(np.asarray(ids, dtype=np.int64))
+                all_lines.append(line)
+                spans.append((pos, pos + len(ids)))
+                pos += len(ids)
+    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return TokenStream(ids, all_lines, np.asarray(spans, dtype=np.int64).reshape(-1, 2))
+
+
+@dataclass
+class HeldOutCopies:
+    """Training blocks dropped because they repeat a line of the select / eval blocks."""
+
+    lines: int
+    """Training lines whose normalised text is also a held-out line."""
+    blocks: int
+    """Training blocks holding any such line (dropped)."""
 
 
 @dataclass
@@ -94,6 +130,8 @@ class LMSplits:
     block_size: int
     dropped_tokens: int
     """Tokens at the end of the stream that did not fill a whole block."""
+    copies: HeldOutCopies | None = None
+    """Set by :func:`drop_held_out_copies`: training blocks dropped for repeating held-out text."""
 
 
 def _count(fraction: float, n: int) -> int:
@@ -133,6 +171,44 @@ def split_blocks(
         eval=blocks[n_train + n_select :],
         block_size=block_size,
         dropped_tokens=len(ids) - n * block_size,
+    )
+
+
+def drop_held_out_copies(
+    splits: LMSplits, stream: TokenStream, min_key: int = MIN_LINE_KEY
+) -> LMSplits:
+    """``splits`` without the training blocks that hold a copy of a held-out line (counted in
+    the result's ``copies``).
+
+    The select and eval blocks are the end of the stream; when a training source repeats text
+    that lands there (the same file listed under two specs, a document that quotes another),
+    the model would train on evaluation text. Lines are compared by
+    :func:`attnkd.data.overlap.sentence_key` (case, punctuation and spacing ignored); keys
+    shorter than ``min_key`` characters (a speaker's name, "Amen.") are too common to count.
+    A line crossing the train/held-out boundary counts as held out.
+    """
+    from attnkd.data.overlap import sentence_key
+
+    size = splits.block_size
+    held_start = len(splits.train) * size
+    keys = [sentence_key(line) for line in stream.lines]
+    held = {k for k, (_, end) in zip(keys, stream.spans, strict=True)
+            if end > held_start and len(k) >= min_key}  # fmt: skip
+    bad: set[int] = set()
+    lines = 0
+    for k, (start, end) in zip(keys, stream.spans, strict=True):
+        if end <= held_start and k in held and end > start:
+            lines += 1
+            bad.update(range(int(start) // size, (int(end) - 1) // size + 1))
+    if len(bad) >= len(splits.train):
+        raise AttnkdError(
+            f"every training block repeats text of the select/eval blocks ({lines} lines): "
+            "the training sources hold the held-out text twice; list each file once"
+        )
+    keep = torch.tensor([i for i in range(len(splits.train)) if i not in bad], dtype=torch.long)
+    copies = HeldOutCopies(lines=lines, blocks=len(bad))
+    return LMSplits(
+        splits.train[keep], splits.select, splits.eval, size, splits.dropped_tokens, copies
     )
 
 

@@ -153,6 +153,16 @@ def load_source(
     return SOURCES.get(key)(argument, data_dir, bad_rows)
 
 
+def held_out_sentences(
+    spec: str, data_dir: PathLike | None = None, *, bad_rows: str = "error"
+) -> ReadResult[str]:
+    """Sentences of one ``data.exclude_files`` item: a source spec (``file:PATH[#COLUMNS]``, or a
+    named source such as ``rte:dev``) or a plain ``PATH[#COLUMNS]``, read as ``file:PATH``."""
+    if spec.partition(":")[0] not in _PREFIXED and spec not in SOURCES:
+        spec = f"file:{spec}"
+    return load_source(spec, data_dir, bad_rows=bad_rows)
+
+
 def source_sentences(
     spec: str, data_dir: PathLike | None = None, *, bad_rows: str = "error"
 ) -> list[str]:

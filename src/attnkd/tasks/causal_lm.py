@@ -3,7 +3,9 @@
 The training text (``data.train_sources``) is tokenised into one stream and cut into disjoint
 blocks of ``data.max_length`` tokens, split by position: the last ``data.eval_fraction`` of the
 blocks are the evaluation split, the ``data.val_fraction`` before them the selection split (the
-best checkpoint is picked there, by lowest perplexity), the rest is trained on.
+best checkpoint is picked there, by lowest perplexity), the rest is trained on, less any
+training block that repeats a line of the held-out blocks (a source listed twice under two
+specs, a document quoting another; see :func:`attnkd.data.lm.drop_held_out_copies`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ from pathlib import Path
 from torch import nn
 
 from attnkd.config.schema import DistillConfig
-from attnkd.data.lm import LMBatches, LMSplits, lm_texts, split_blocks, tokenize_stream
+from attnkd.data.lm import (
+    HeldOutCopies,
+    LMBatches,
+    LMSplits,
+    drop_held_out_copies,
+    lm_texts,
+    split_blocks,
+    tokenize_lines,
+)
 from attnkd.eval.perplexity import perplexity
 from attnkd.export import export_student
 from attnkd.models.load import load_causal_lm
@@ -26,21 +36,29 @@ EVAL_BATCH = 8
 
 
 def lm_splits(cfg: DistillConfig, tok) -> LMSplits:
-    """The run's token blocks (train / select / eval) from ``cfg.data`` and the tokenizer."""
+    """The run's token blocks (train / select / eval) from ``cfg.data`` and the tokenizer;
+    training blocks repeating held-out text are dropped (counted in ``.copies``)."""
     d = cfg.data
-    ids = tokenize_stream(tok, lm_texts(d.train_sources, d.data_dir, bad_rows=d.bad_rows))
-    return split_blocks(ids, d.max_length, d.val_fraction, d.eval_fraction)
+    stream = tokenize_lines(tok, lm_texts(d.train_sources, d.data_dir, bad_rows=d.bad_rows))
+    splits = split_blocks(stream.ids, d.max_length, d.val_fraction, d.eval_fraction)
+    return drop_held_out_copies(splits, stream)
 
 
 def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> TaskSetup:
     d = cfg.data
     splits = lm_splits(cfg, tok)
-    blocks = len(splits.train) + len(splits.select) + len(splits.eval)
+    copies = splits.copies or HeldOutCopies(0, 0)
+    blocks = len(splits.train) + len(splits.select) + len(splits.eval) + copies.blocks
     log.info(
         "token stream: %d tokens -> %d train / %d select / %d eval blocks of %d",
         blocks * d.max_length + splits.dropped_tokens, len(splits.train), len(splits.select),
         len(splits.eval), d.max_length,
     )  # fmt: skip
+    if copies.blocks:
+        log.warning(
+            "%d training blocks dropped: they repeat %d lines of the select/eval blocks "
+            "(is a source listed twice?)", copies.blocks, copies.lines,
+        )  # fmt: skip
     batches = LMBatches(splits.train, cfg.train.batch_size, cfg.train.seed)
 
     def evaluate() -> dict[str, float]:
@@ -63,7 +81,11 @@ def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> Ta
     def export(folder: Path) -> Path:
         return export_student(student, tok, folder, sentence_transformers=False)
 
-    info = {"train_blocks": len(splits.train), "train_tokens": len(splits.train) * d.max_length}
+    info = {
+        "train_blocks": len(splits.train),
+        "train_tokens": len(splits.train) * d.max_length,
+        "held_out_copies": {"lines": copies.lines, "blocks_dropped": copies.blocks},
+    }
     return TaskSetup(batches, evaluate, "perplexity", "min", final, export, train_info=info)
 
 
