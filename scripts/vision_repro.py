@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -99,7 +100,9 @@ def tables(out: Path) -> None:
             "train_seconds": [teacher["train"]["seconds_this_session"]],
         }  # fmt: skip
     for s in STUDENTS:
-        folders = sorted((int(p.name.rsplit("-s", 1)[1]), p) for p in RUNS.glob(f"fmnist-{s}-s*"))
+        pattern = re.compile(rf"fmnist-{re.escape(s)}-s(\d+)")  # not fmnist-vit-deit-soft-s0
+        matches = ((pattern.fullmatch(p.name), p) for p in RUNS.glob(f"fmnist-{s}-s*"))
+        folders = sorted((int(m.group(1)), p) for m, p in matches if m)
         found = [(seed, _read(p / "results.json")) for seed, p in folders]
         found = [(seed, r) for seed, r in found if r]
         acc = [r["student"]["accuracy"] for _, r in found]
