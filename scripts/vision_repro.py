@@ -77,6 +77,15 @@ def run(seeds: list[int], parallel: int, condense_iterations: int, parts: list[s
             _cli([*args, "--no-progress", "--overwrite"], logs / f"{name}.log")
 
 
+def _wall(run: Path) -> float | None:
+    """Training wall time over all sessions of a run: the last 'stop' event's elapsed_s."""
+    f = run / "metrics.jsonl"
+    if not f.is_file():
+        return None
+    stops = [json.loads(x) for x in f.read_text().splitlines() if '"event": "stop"' in x]
+    return stops[-1]["elapsed_s"] if stops else None
+
+
 def _read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -98,6 +107,7 @@ def tables(out: Path) -> None:
             "accuracy": [teacher["student"]["accuracy"]],
             **_stats([teacher["student"]["accuracy"]]), "params": teacher["student"]["params"],
             "train_seconds": [teacher["train"]["seconds_this_session"]],
+            "train_wall_seconds_all_sessions": [_wall(RUNS / "fmnist-teacher")],
         }  # fmt: skip
     for s in STUDENTS:
         pattern = re.compile(rf"fmnist-{re.escape(s)}-s(\d+)")  # not fmnist-vit-deit-soft-s0
@@ -111,6 +121,8 @@ def tables(out: Path) -> None:
             "accuracy": acc, **_stats(acc),
             "params": found[0][1]["student"]["params"] if found else None,
             "train_seconds": [r["train"]["seconds_this_session"] for _, r in found],
+            "train_wall_seconds_all_sessions": [_wall(p) for _, p in folders if _read(
+                p / "results.json")],
         }  # fmt: skip
     _write(out / "vision_fmnist.json", {
         "what": "Fashion-MNIST test accuracy (10k), mean/std over seeds; only runs that finished",
