@@ -96,7 +96,7 @@ def run_distill(
     validate(cfg)
     task = get_task(cfg.task)
     if task.prepare is not None:  # e.g. the image task's teacher stage
-        task.prepare(cfg)
+        task.prepare(cfg, run_distill)
     run_dir = Path(cfg.output_dir) / cfg.name
     if run_dir.exists() and (run_dir / "checkpoints").exists() and not (resume or overwrite):
         raise AttnkdError(

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from attnkd.capture import Capture, Tap
+from attnkd.capture.images import FeatureCapture, VisionTap
 from attnkd.errors import AttnkdError
-from attnkd.vision.capture import FeatureCapture, VisionTap
 from attnkd.vision.io import is_image_model, load_image_model, save_image_model
 from attnkd.vision.models import build_model
 

@@ -44,5 +44,6 @@ class Task:
     make_step: Callable | None = None
     """``make_step(teacher, distiller) -> step_fn`` when the task's batches are not token
     batches (image classification); None uses :func:`attnkd.distill.make_step`."""
-    prepare: Callable[[DistillConfig], None] | None = None
-    """Runs before the models load (image classification: the teacher stage)."""
+    prepare: Callable[[DistillConfig, Callable], None] | None = None
+    """``prepare(cfg, run_recipe)`` runs before the models load (image classification: the
+    teacher stage, run with ``run_recipe(cfg, resume)``, the recipe runner)."""

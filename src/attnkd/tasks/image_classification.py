@@ -18,40 +18,19 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from attnkd.capture.images import FeatureCapture
 from attnkd.config.schema import DistillConfig
 from attnkd.engine.loop import StepOutput
 from attnkd.errors import AttnkdError
 from attnkd.models.adapters import geometry
 from attnkd.models.load import LoadedModel
 from attnkd.tasks.base import Task, TaskSetup
-from attnkd.vision.capture import FeatureCapture
 from attnkd.vision.data import ImageBatches, accuracy, split_train
 from attnkd.vision.idx import load_fashion_mnist
 from attnkd.vision.io import load_image_model, save_image_model
+from attnkd.vision.models import NO_TEACHER, NoTeacher
 
 log = logging.getLogger("attnkd")
-
-NO_TEACHER = "none"
-
-
-class _NoTeacherConfig:
-    num_hidden_layers = 1
-    hidden_size = 1
-    num_attention_heads = 1
-    model_type = "none"
-
-
-class NoTeacher(nn.Module):
-    """Stands in for the teacher when a run trains from labels only (``teacher.name: none``)."""
-
-    config = _NoTeacherConfig()
-
-    def __init__(self):
-        super().__init__()
-        self.none = nn.Parameter(torch.zeros(0), requires_grad=False)  # has a device and dtype
-
-    def forward(self, pixel_values: Tensor, **_: object) -> Tensor:
-        raise AttnkdError("a loss term needs the teacher, but teacher.name is 'none'")
 
 
 def load(name: str, attn_implementation: str = "sdpa", tokenizer: bool = True) -> LoadedModel:
@@ -60,13 +39,15 @@ def load(name: str, attn_implementation: str = "sdpa", tokenizer: bool = True) -
     return LoadedModel(model, None, name, "local", geometry(model.config))
 
 
-def prepare(cfg: DistillConfig) -> None:
-    """The teacher stage: run ``teacher.recipe`` when ``teacher.name`` is not there yet."""
+def prepare(cfg: DistillConfig, run_recipe) -> None:
+    """The teacher stage: run ``teacher.recipe`` when ``teacher.name`` is not there yet.
+
+    ``run_recipe(cfg, resume)`` is the recipe runner (:func:`attnkd.distill.run_distill`).
+    """
     name, recipe = cfg.teacher.name, cfg.teacher.recipe
     if name == NO_TEACHER or not recipe or Path(name).exists() or ":" in name:
         return
     from attnkd.config.io import load_config
-    from attnkd.distill import run_distill
     from attnkd.recipes import find_recipe
 
     path = recipe if Path(recipe).is_file() else (find_recipe(recipe) or recipe)
@@ -74,7 +55,7 @@ def prepare(cfg: DistillConfig) -> None:
     tcfg = load_config(path)
     tcfg.output_dir = cfg.output_dir
     last = Path(tcfg.output_dir) / tcfg.name / "checkpoints" / "last"
-    run_distill(tcfg, resume=last.is_dir())  # an interrupted teacher stage continues
+    run_recipe(tcfg, resume=last.is_dir())  # an interrupted teacher stage continues
     if not Path(name).exists():
         raise AttnkdError(
             f"teacher.recipe {recipe} ran but did not produce teacher.name {name} (its student "

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from attnkd.capture.images import FeatureCapture, VisionTap
 from attnkd.losses.spatial import attention_map
-from attnkd.vision.capture import FeatureCapture, VisionTap
 from attnkd.vision.data import MEAN, STD, to_float
 from attnkd.vision.idx import ImageSet
 from attnkd.vision.models import build_model

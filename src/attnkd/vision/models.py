@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnkd.errors import AttnkdError
 from attnkd.registry import Registry
 
 
@@ -186,6 +187,29 @@ class ImageViT(nn.Module):
         x = self.norm(x)
         cls, dist = self.head(x[:, 0]), self.head_dist(x[:, 1])
         return cls if self.training else (cls + dist) / 2
+
+
+NO_TEACHER = "none"
+
+
+class _NoTeacherConfig:
+    num_hidden_layers = 1
+    hidden_size = 1
+    num_attention_heads = 1
+    model_type = "none"
+
+
+class NoTeacher(nn.Module):
+    """Stands in for the teacher when a run trains from labels only (``teacher.name: none``)."""
+
+    config = _NoTeacherConfig()
+
+    def __init__(self):
+        super().__init__()
+        self.none = nn.Parameter(torch.zeros(0), requires_grad=False)  # has a device and dtype
+
+    def forward(self, pixel_values: Tensor, **_: object) -> Tensor:
+        raise AttnkdError("a loss term needs the teacher, but teacher.name is 'none'")
 
 
 def build_model(config: ImageModelConfig | str) -> nn.Module:

@@ -35,7 +35,7 @@ def validate_image(cfg: DistillConfig, check_data: bool = True, check_models: bo
     """Train settings, loss names and layers, models and the idx files; ConfigError on the first
     problem."""
     from attnkd.losses.terms import TERMS, TermError, VisionTerm
-    from attnkd.tasks.image_classification import NO_TEACHER, NoTeacher
+    from attnkd.vision.models import NO_TEACHER, NoTeacher
 
     t = cfg.train
     _check(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")

@@ -1,6 +1,6 @@
 """Loss terms of the image-classification task: CE, KD, attention transfer, relational KD.
 
-They read :class:`attnkd.vision.capture.VisionTaps` (feature maps ``fmap@i`` of CNN stages or ViT
+They read :class:`attnkd.capture.images.VisionTaps` (feature maps ``fmap@i`` of CNN stages or ViT
 blocks, pooled ``embedding``, ``logits``, ``dist_logits``) and call the pure functions in
 :mod:`attnkd.losses.spatial`. Their ``forward(t, s, labels)`` takes the batch's class labels
 (B,) where the transformer terms take an attention mask.
@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnkd.capture.images import VisionTap
 from attnkd.losses import spatial
 from attnkd.losses.logits import hinton_kd
 from attnkd.losses.terms.base import LossTerm, register
-from attnkd.vision.capture import VisionTap
 
 
 class VisionTerm(LossTerm):
