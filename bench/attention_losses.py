@@ -9,6 +9,10 @@ RAM is skipped; a subprocess killed by the kernel (OOM) is reported as OOM. The 
 processes run with OMP_WAIT_POLICY=PASSIVE by default (see ``--omp-wait-policy``).
 
     python bench/attention_losses.py --sizes 512,1024,2048 --repeats 3 --json out.json
+
+``--position-bias``: the attention losses (not the relation ones) also add MPNet's
+relative-position bias to both models' scores (a 32 x 12 table each, the student's trained),
+so the chunked form gathers each block's bias slab from 2*seq - 1 values per head.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import subprocess
 import sys
 import time
 
+from attnkd.atomic import write_json
 from attnkd.eval.memory import available_bytes as _available_bytes
 from attnkd.eval.memory import reset_peak as _reset_peak
 from attnkd.eval.memory import status_kb as _status_kb
@@ -38,9 +43,10 @@ NAIVE_BYTES_PER_SCORE = 28.0
 """Predicted naive peak per (head, query, key) score, float32 (measured ~26 for attention_kl),
 used until a smaller naive case of the same run gives a measured figure."""
 HEADS, HEAD_DIM = 12, 32
+BIASED = ("attention_kl", "attention_ce", "attention_score_mse", "attention_output_mse")
 
 
-def _inputs(loss: str, seq: int):
+def _inputs(loss: str, seq: int, position_bias: bool = False):
     """(callable(impl) -> loss tensor, student leaves) for one case."""
     import torch
 
@@ -59,18 +65,27 @@ def _inputs(loss: str, seq: int):
         return (lambda impl: att.relation_kl(tx, tx, sx, sx, HEADS, impl=impl)), [sx]
     if loss == "value_relation_kl":
         return (lambda impl: att.value_relation_kl(tv, sv, impl=impl)), [sv]
+    kw, extra = {}, []
+    if position_bias and loss in BIASED:
+        from attnkd.losses.position_bias import RelativePositionBias
+        from attnkd.models.adapters import mpnet_position_bucket
+
+        table = t(32, HEADS, grad=True)
+        kw["teacher_bias"] = RelativePositionBias(t(32, HEADS), mpnet_position_bucket)
+        kw["student_bias"] = RelativePositionBias(table, mpnet_position_bucket)
+        extra = [table]
     if loss == "attention_output_mse":
         fn = att.attention_output_mse
-        return (lambda impl: fn(tq, tk, tv, sq, sk, sv, impl=impl)), [sq, sk, sv]
+        return (lambda impl: fn(tq, tk, tv, sq, sk, sv, impl=impl, **kw)), [sq, sk, sv, *extra]
     fn = getattr(att, loss)
-    return (lambda impl: fn(tq, tk, sq, sk, impl=impl)), [sq, sk]
+    return (lambda impl: fn(tq, tk, sq, sk, impl=impl, **kw)), [sq, sk, *extra]
 
 
-def run_case(loss: str, impl: str, seq: int, repeats: int) -> dict:
+def run_case(loss: str, impl: str, seq: int, repeats: int, position_bias: bool = False) -> dict:
     """Measure one case in this process (meant for a fresh subprocess)."""
     import torch
 
-    compute, leaves = _inputs(loss, seq)
+    compute, leaves = _inputs(loss, seq, position_bias)
     base_kb = _reset_peak()
 
     def step():
@@ -97,6 +112,7 @@ def run_case(loss: str, impl: str, seq: int, repeats: int) -> dict:
         "loss": loss,
         "impl": impl,
         "seq": seq,
+        "position_bias": position_bias and loss in BIASED,
         "threads": torch.get_num_threads(),
         "peak_extra_mb": peak_kb / 1024,
         "median_ms": 1e3 * statistics.median(times),
@@ -111,6 +127,8 @@ def _spawn(loss: str, impl: str, seq: int, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", loss, impl, str(seq), str(args.repeats)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.position_bias:
+        cmd += ["--position-bias"]
     env = dict(os.environ)
     if args.omp_wait_policy:
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy
@@ -147,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", default=None, help="write all measurements here")
     ap.add_argument(
+        "--position-bias", action="store_true", help="attention losses add MPNet's position bias"
+    )
+    ap.add_argument(
         "--worker", nargs=4, metavar=("LOSS", "IMPL", "SEQ", "REPEATS"), help=argparse.SUPPRESS
     )
     args = ap.parse_args(argv)
@@ -156,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.worker:
         loss, impl, seq, repeats = args.worker
-        print(json.dumps(run_case(loss, impl, int(seq), int(repeats))))
+        print(json.dumps(run_case(loss, impl, int(seq), int(repeats), args.position_bias)))
         return 0
 
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -189,18 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(_table(rows))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(
-                {
-                    "heads": HEADS,
-                    "head_dim": HEAD_DIM,
-                    "batch": 1,
-                    "dtype": "float32",
-                    "cases": records,
-                },
-                fh,
-                indent=1,
-            )
+        meta = {"heads": HEADS, "head_dim": HEAD_DIM, "batch": 1, "dtype": "float32"}
+        meta["position_bias"] = args.position_bias
+        write_json(args.json, {**meta, "cases": records}, indent=1)
     return 0
 
 

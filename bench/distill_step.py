@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 from transformers import BertConfig, BertForSequenceClassification
 
+from attnkd.atomic import write_json
 from attnkd.capture import Capture, Tap
 from attnkd.eval.memory import reset_peak as _reset_peak
 from attnkd.eval.memory import status_kb as _status_kb
@@ -450,8 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(f"  {o['op']:28s} {o['self_ms']:9.1f}  x{o['calls']}" for o in ops))
     print(f"\nloadavg before {load_before[0]:.1f}, after {result['loadavg']['after'][0]:.1f}")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=1)
+        write_json(args.json, result, indent=1)
     return 0
 
 

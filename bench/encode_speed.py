@@ -10,10 +10,11 @@ per model (median of rounds) and each student's speed-up over the teacher.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
+
+from attnkd.atomic import write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             "speedup": r.sentences_per_s / base,
         }
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+        write_json(args.json, out)
     return 0
 
 

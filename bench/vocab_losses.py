@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 
+from attnkd.atomic import write_json
 from attnkd.eval.memory import available_bytes as _available_bytes
 from attnkd.eval.memory import status_kb as _status_kb
 
@@ -163,10 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                 line += " " + _format_reuse(naive, reuse)
             print(line, flush=True)
     if args.json:
-        with open(args.json, "w") as fh:
-            meta = {"vocab": args.vocab, "batch": 1, "dtype": "float32"}
-            meta["from_hidden"] = args.from_hidden
-            json.dump({**meta, "rows": rows}, fh, indent=1)
+        meta = {"vocab": args.vocab, "batch": 1, "dtype": "float32"}
+        meta["from_hidden"] = args.from_hidden
+        write_json(args.json, {**meta, "rows": rows}, indent=1)
     return 0
 
 

@@ -135,3 +135,23 @@ def test_every_json_and_yaml_writer_is_atomic_on_disk_full(tmp_path, monkeypatch
         with pytest.raises(OSError):
             write()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_atomic_files_replace_each_file_and_keep_the_others(tmp_path):
+    from attnkd.atomic import atomic_files
+
+    (tmp_path / "mine.txt").write_text("user file")
+    (tmp_path / "config.json").write_text("old")
+    with pytest.raises(OSError), atomic_files(tmp_path) as tmp:
+        (tmp / "config.json").write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert (tmp_path / "config.json").read_text() == "old"
+    with atomic_files(tmp_path) as tmp:
+        (tmp / "config.json").write_text("new")
+        (tmp / "model.safetensors").write_bytes(b"w")
+    assert (tmp_path / "config.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json",
+        "mine.txt",
+        "model.safetensors",
+    ]

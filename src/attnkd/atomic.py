@@ -25,6 +25,7 @@ from typing import Any
 __all__ = [
     "atomic_dir",
     "atomic_file",
+    "atomic_files",
     "fsync_dir",
     "manifest",
     "sha256",
@@ -119,7 +120,9 @@ def atomic_dir(target: str | os.PathLike, *, keep_existing: bool = False) -> Ite
     Every file in it (recursively) is fsynced before the swap. On an exception the temporary
     directory is removed and ``target`` is untouched. An existing ``target`` is first renamed to
     ``.{name}.old-XXXX`` and removed after the swap; if a crash falls between the two renames
-    both complete copies remain on disk (:func:`siblings` finds them). ``keep_existing``: if
+    both complete copies remain on disk (:func:`siblings` finds them; the next successful write
+    removes such ``.old-*`` copies, while ``.tmp-*`` ones may be another writer's work in
+    progress and are left to their owner). ``keep_existing``: if
     ``target`` appeared meanwhile (another process built the same cache entry), keep it and
     discard the new copy.
     """
@@ -148,8 +151,29 @@ def atomic_dir(target: str | os.PathLike, *, keep_existing: bool = False) -> Ite
     else:
         os.replace(tmp, target)
         fsync_dir(target.parent)
-    for p in siblings(target, "tmp") + siblings(target, "old"):
+    for p in siblings(target, "old"):  # copies a crash left between two renames
         shutil.rmtree(p, ignore_errors=True)
+
+
+@contextmanager
+def atomic_files(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory inside ``folder``; on success each file written there (top
+    level) is fsynced and moved over its namesake in ``folder`` with ``os.replace``. Other files
+    in ``folder`` are left alone (for writing into a folder the user already has). On an
+    exception nothing in ``folder`` changes and the temporary directory is removed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".attnkd.tmp-", dir=folder))
+    try:
+        yield tmp
+        files = [f for f in sorted(tmp.iterdir()) if f.is_file()]
+        for f in files:
+            _fsync_file(f)
+        for f in files:
+            os.replace(f, folder / f.name)
+        fsync_dir(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def siblings(target: str | os.PathLike, kind: str) -> list[Path]:

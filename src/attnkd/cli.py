@@ -47,11 +47,15 @@ def cmd_distill(args) -> int:
     results = run_distill(
         cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite
     )
+    if results is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
     t, s = results["teacher"], results["student"]
     if results.get("task", "sentence") == "causal_lm":
         quality = (
             f"perplexity on {results['eval_split']} ({results['eval_tokens']} tokens): "
-            f"teacher {t['perplexity']:.2f}, student {s['perplexity']:.2f}"
+            f"teacher {t['perplexity']:.2f}, student {s['perplexity']:.2f} "
+            f"(student/teacher perplexity x{results['perplexity_ratio']:.2f}, "
+            f"NLL retention {100 * results['retention']:.1f}%)"
         )
     elif results.get("task") == "image_classification":
         t_acc = f"teacher {100 * t['accuracy']:.2f}%, " if "accuracy" in t else ""
@@ -150,11 +154,57 @@ def cmd_ls(args) -> int:
 
 
 def cmd_convert(args) -> int:
+    if args.items and args.items[0].endswith(".onnx"):
+        return _convert_onnx(args)
+    from attnkd.convert.run import run_convert
+
+    if args.tokenizer:
+        raise AttnkdError("--tokenizer belongs to ONNX conversion (attnkd convert MODEL.onnx OUT)")
+    config, overrides = _split_args(args)
+    cfg = _load(config, overrides)
+    res = run_convert(
+        cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite
+    )
+    t, s = res["teacher"], res["student"]
+    key = "perplexity" if res["task"] == "causal_lm" else "spearman"
+    print(
+        f"\n{res['conversion']['kind']} attention, {res['eval_split']} {key}: teacher "
+        f"{t[key]:.2f}, converted {s[key]:.2f} (retention {100 * res['retention']:.1f}%); "
+        f"{s['new_params']} new parameters"
+    )
+    print(f"run folder: {Path(cfg.output_dir) / cfg.name} (student/, results.json)")
+    return 0
+
+
+def cmd_similarity(args) -> int:
+    from attnkd.convert.run import run_similarity
+
+    config, overrides = _split_args(args)
+    res = run_similarity(_load(config, overrides), batches=args.batches, max_js=args.max_js)
+    print(res["table"])
+    sharing = res["suggested_sharing"]
+    pairs = ", ".join(f"{j}<-{i}" for j, i in sharing.items()) or "none"
+    print(f"layers that could reuse an earlier layer's attention (JS <= {args.max_js}): {pairs}")
+    if args.json:
+        out = {k: v for k, v in res.items() if k != "table"}
+        out["command"] = " ".join(
+            ["attnkd similarity", *args.items, f"--batches {args.batches} --max-js {args.max_js}"]
+        )
+        from attnkd.atomic import write_json
+
+        write_json(args.json, out)
+    return 0
+
+
+def _convert_onnx(args) -> int:
     from attnkd.models.onnx_bert import convert_onnx_bert, verify_against_onnxruntime
 
-    out = convert_onnx_bert(args.onnx, args.out, tokenizer_source=args.tokenizer)
+    if len(args.items) != 2:
+        raise AttnkdError("ONNX conversion takes two arguments: attnkd convert MODEL.onnx OUT")
+    onnx, out_dir = args.items
+    out = convert_onnx_bert(onnx, out_dir, tokenizer_source=args.tokenizer)
     if args.tokenizer:
-        diff = verify_against_onnxruntime(args.onnx, out)
+        diff = verify_against_onnxruntime(onnx, out)
         print(f"max |diff| vs onnxruntime: {diff:.2e}")
     print(f"converted: {out}")
     return 0
@@ -278,11 +328,32 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--criterion", default="bn", choices=["bn", "l1"])
     pr.set_defaults(fn=cmd_prune)
 
-    c = sub.add_parser("convert", help="convert an ONNX BERT export to a Hugging Face folder")
-    c.add_argument("onnx", help="path to the .onnx file")
-    c.add_argument("out", help="output folder")
-    c.add_argument("--tokenizer", default=None, help="folder to copy tokenizer files from")
+    c = sub.add_parser(
+        "convert",
+        help="convert attention (linear / window / hybrid) by a recipe with a convert: section; "
+        "or an ONNX BERT export to a Hugging Face folder (MODEL.onnx OUT)",
+    )
+    c.add_argument(
+        "items",
+        nargs="*",
+        metavar="CONFIG|key=value",
+        help="YAML recipe then key=value overrides (e.g. convert.kind=hybrid); or MODEL.onnx OUT",
+    )
+    c.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    c.add_argument("--overwrite", action="store_true", help="start again in an existing run folder")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--tokenizer", default=None, help="ONNX only: tokenizer folder to copy")
     c.set_defaults(fn=cmd_convert)
+
+    sim = sub.add_parser(
+        "similarity",
+        help="EchoAtt analysis: how alike the teacher's layers attend (layer x layer table)",
+    )
+    sim.add_argument("items", nargs="*", metavar="CONFIG|key=value", help="recipe and overrides")
+    sim.add_argument("--batches", type=int, default=8, help="calibration batches")
+    sim.add_argument("--max-js", type=float, default=0.05, help="sharing threshold (nats)")
+    sim.add_argument("--json", default=None, help="write the table and suggestion here")
+    sim.set_defaults(fn=cmd_similarity)
     return p
 
 

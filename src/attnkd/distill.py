@@ -12,22 +12,23 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from attnkd.atomic import write_json
-from attnkd.capture import Capture, Taps
+from attnkd.capture import Capture, Tap, Taps
 from attnkd.config.io import dump_yaml
 from attnkd.config.schema import DistillConfig
+from attnkd.engine import distributed
 from attnkd.engine.checkpoint import load_checkpoint
 from attnkd.engine.device import resolve_device, teacher_dtype_of
 from attnkd.engine.loop import FitResult, StepOutput, fit
 from attnkd.errors import AttnkdError, ConfigError
 from attnkd.losses.terms import build_terms, collect_taps
-from attnkd.models.adapters import geometry
+from attnkd.models.adapters import adapter_for, geometry
 from attnkd.models.load import count_parameters, freeze
 from attnkd.students.build import build_student, select_layers
 from attnkd.tasks import Task, get_task
@@ -39,43 +40,74 @@ __all__ = ["Distiller", "make_step", "run_distill"]
 
 
 class Distiller(nn.Module):
-    """Student plus loss terms (with their projectors): exactly what the optimizer trains."""
+    """Student plus loss terms (with their projectors): exactly what the optimizer trains.
+
+    Its ``forward`` is the student half of a step, so DDP/FSDP2 can wrap this module alone while
+    the teacher stays outside (no gradients, no optimizer state).
+    """
 
     def __init__(self, student: nn.Module, terms: nn.ModuleList):
         super().__init__()
         self.student = student
         self.terms = terms
+        taps = collect_taps(terms)[1]
+        self._capture: Capture | None = None
+        # image models and terms (VisionTap): their task's own step captures (tasks/)
+        if has_adapter(student) and all(isinstance(t, Tap) for t in taps):
+            self._capture = Capture(student, taps)
+
+    def forward(self, batch: dict[str, Tensor], teacher_taps: Taps) -> dict[str, Tensor]:
+        """Student forward on ``batch``, then every term against ``teacher_taps``.
+
+        Returns ``{"loss": weighted total (scalar), "<term label>/<part>": each part}``. The
+        terms run outside autocast on float32 copies of half-precision taps, so every loss (and
+        its projectors) is computed in float32.
+        """
+        mask = batch["attention_mask"].bool()
+        assert self._capture is not None, "Distiller.forward needs a transformer-family student"
+        with self._capture:
+            self.student(**batch)
+        out: dict[str, Tensor] = {}
+        total: Tensor | None = None
+        with torch.autocast(mask.device.type, enabled=False):
+            t, s = float32_taps(teacher_taps), float32_taps(self._capture.taps)
+            for term in self.terms:
+                for name, v in term(t, s, mask).items():
+                    out[f"{term.label}/{name}"] = v
+                    total = term.weight * v if total is None else total + term.weight * v
+        self._capture.taps.clear()
+        assert total is not None, "a distillation needs at least one loss term"
+        return {"loss": total, **out}
 
 
-def make_step(teacher: nn.Module, distiller: Distiller):
-    """The per-batch function: teacher forward (no grad), student forward, weighted terms.
+def has_adapter(model: nn.Module) -> bool:
+    """True when ``model`` belongs to a registered transformer family (q/k/v capture works)."""
+    try:
+        adapter_for(model)
+    except ValueError:
+        return False
+    return True
 
-    The engine places the batch on the models' device and runs this under autocast when
-    ``train.precision`` asks for it; the loss terms run outside autocast on float32 copies of
-    half-precision taps, so every loss (and its projectors) is computed in float32.
+
+def make_step(teacher: nn.Module, distiller: Distiller, model: nn.Module | None = None):
+    """The per-batch function: teacher forward (no grad), then ``model(batch, teacher_taps)``.
+
+    ``model`` runs the student half: ``distiller`` itself (default) or its DDP wrapper
+    (:func:`attnkd.engine.distributed.wrap`), which must be the one called for gradients to be
+    synced. The engine places the batch on the models' device and runs this under autocast when
+    ``train.precision`` asks for it.
     """
-    t_taps, s_taps = collect_taps(distiller.terms)
-    t_cap = Capture(teacher, t_taps)
-    s_cap = Capture(distiller.student, s_taps)
+    model = distiller if model is None else model
+    t_cap = Capture(teacher, collect_taps(distiller.terms)[0])
 
     def step(batch: dict[str, Tensor]) -> StepOutput:
-        mask = batch["attention_mask"].bool()
         with torch.no_grad(), t_cap:
             teacher(**batch)
-        with s_cap:
-            distiller.student(**batch)
-        total: Tensor | None = None
-        values: dict[str, float] = {}
-        with torch.autocast(mask.device.type, enabled=False):
-            t, s = float32_taps(t_cap.taps), float32_taps(s_cap.taps)
-            for term in distiller.terms:
-                for name, v in term(t, s, mask).items():
-                    values[f"{term.label}/{name}"] = float(v.detach())
-                    total = term.weight * v if total is None else total + term.weight * v
+        out = model(batch, t_cap.taps)
         t_cap.taps.clear()
-        s_cap.taps.clear()
-        assert total is not None, "a distillation needs at least one loss term"
-        return StepOutput(loss=total, terms=values, num_items=int(mask.shape[0]))
+        total = out.pop("loss")
+        values = {k: float(v.detach()) for k, v in out.items()}
+        return StepOutput(loss=total, terms=values, num_items=int(batch["input_ids"].shape[0]))
 
     return step
 
@@ -91,9 +123,13 @@ def float32_taps(taps: Taps) -> Taps:
 
 def run_distill(
     cfg: DistillConfig, resume: bool = False, progress: bool = True, overwrite: bool = False
-) -> dict:
-    """Run one distillation recipe; returns (and writes) ``results.json``'s content."""
-    validate(cfg)
+) -> dict | None:
+    """Run one distillation recipe; returns (and writes) ``results.json``'s content.
+
+    Under torchrun (WORLD_SIZE > 1) every rank trains; rank 0 alone evaluates the final student,
+    exports and writes, and returns the results; the other ranks return None.
+    """
+    validate(cfg)  # includes train.distributed
     task = get_task(cfg.task)
     if task.prepare is not None:  # e.g. the image task's teacher stage
         task.prepare(cfg, run_distill)
@@ -109,12 +145,32 @@ def run_distill(
             f"--resume: there is no run at {run_dir} (no config.yaml); check name= "
             "and output_dir=, or drop --resume to start it",
         )
-    device = resolve_device(cfg.train.device)
-    teacher_dtype = teacher_dtype_of(cfg.train)
-    if overwrite and not resume:
-        _clear_previous_run(run_dir)  # a run reports and exports only what it trained
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, run_dir / "config.yaml")
+    owns_group = not distributed.current().is_distributed
+    # dist: joins torchrun's process group when WORLD_SIZE > 1; CUDA ranks use cuda:LOCAL_RANK
+    ctx = distributed.init(resolve_device(cfg.train.device))
+    try:
+        return _run(cfg, task, run_dir, ctx, resume, progress, overwrite)
+    finally:
+        if owns_group:
+            distributed.teardown()
+
+
+def _run(
+    cfg: DistillConfig,
+    task: Task,
+    run_dir: Path,
+    ctx: distributed.DistContext,
+    resume: bool,
+    progress: bool,
+    overwrite: bool,
+) -> dict | None:
+    device, teacher_dtype = ctx.device, teacher_dtype_of(cfg.train)
+    distributed.barrier()  # dist: every rank has checked the run folder before rank 0 writes
+    if ctx.is_main:
+        if overwrite and not resume:
+            _clear_previous_run(run_dir)  # a run reports and exports only what it trained
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, run_dir / "config.yaml")
     torch.manual_seed(cfg.train.seed)
 
     teacher_m = task.load(cfg.teacher.name, cfg.teacher.attn_implementation)
@@ -128,19 +184,37 @@ def run_distill(
     teacher.to(device=device, dtype=teacher_dtype)  # dtype None: as loaded
     distiller.to(device)
     log.info("training on %s (teacher %s)", device, next(teacher.parameters()).dtype)
-    setup = task.setup(cfg, teacher, student, tok)
+    # dist: train.batch_size is per rank; the task builds global batches, each rank its rows
+    world_cfg = replace(
+        cfg, train=replace(cfg.train, batch_size=ctx.world_size * cfg.train.batch_size)
+    )
+    setup = task.setup(world_cfg, teacher, student, tok)
+    batches = distributed.RankShard(setup.batches, ctx.rank, ctx.world_size)
+    if cfg.train.max_steps > 0:  # DDP wrapper or FSDP2 shards; the teacher stays outside
+        model = distributed.wrap(distiller, cfg.train.distributed)
 
     t0 = time.time()
     if cfg.train.max_steps == 0:  # evaluate and export the student as built (baselines)
         result = FitResult(0, None, None, {}, False, run_dir)
     else:
         result = fit(
-            cfg.train, distiller, (task.make_step or make_step)(teacher, distiller),
-            setup.batches, run_dir,
+            cfg.train, distiller, (task.make_step or make_step)(teacher, distiller, model),
+            batches, run_dir,
             evaluate=setup.evaluate, select_metric=setup.select_metric, resume=resume,
             progress=progress, select_mode=setup.select_mode,
         )  # fmt: skip
     train_s = time.time() - t0
+    # dist: rank 0 alone evaluates the final student and writes (no collectives from here on);
+    # the other ranks are done (torchrun waits for rank 0 without a timeout)
+    if not ctx.is_main:
+        return None
+    if distributed.is_sharded(distiller):  # FSDP2: rebuild the student whole from a checkpoint
+        student = _make_student(cfg, teacher, task)
+        distiller = Distiller(student, build_terms(cfg.losses, teacher_m.geometry, sg))
+        distiller.to(device)
+        if result.best_step is None:
+            load_checkpoint(run_dir / "checkpoints" / "last", distiller)
+        setup = task.setup(world_cfg, teacher, student, tok)
     if result.best_step is not None:  # this run's best (a fresh run cleared older ones)
         best = load_checkpoint(run_dir / "checkpoints" / "best", distiller)
         if best.state.best_step != result.best_step:
@@ -167,6 +241,8 @@ def run_distill(
         "steps": result.steps_done,
         "seconds_this_session": train_s,
         "stopped_early": result.stopped_early,
+        "skipped_steps": result.skipped_steps,
+        "resumed_from": None if result.resumed_from is None else result.resumed_from.name,
         **setup.train_info,
     }
     _write_json(run_dir / "results.json", results)
@@ -174,10 +250,11 @@ def run_distill(
 
 
 def _clear_previous_run(run_dir: Path) -> None:
-    """``--overwrite``: remove what an earlier run left (checkpoints, metrics, export, results),
-    so nothing stale can be reported or exported, even with ``max_steps: 0``."""
-    stale = ["checkpoints", "tb", "student", "metrics.jsonl", "results.json"]
-    for name in stale:
+    """``--overwrite``: remove what an earlier run left (checkpoints, metrics, export, results,
+    evaluations, report), so nothing stale is reported or exported, even with ``max_steps: 0``."""
+    stale = ["checkpoints", "tb", "student", "report", "metrics.jsonl", "results.json"]
+    evals = [p.name for p in run_dir.glob("eval-*.json")] if run_dir.is_dir() else []
+    for name in stale + evals:
         p = run_dir / name
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)

@@ -104,7 +104,7 @@ def evaluate_sentence(
 
     pairs = _sts_pairs(cfg, split, known)
     t = load_encoder(teacher)
-    s = load_encoder(str(student_dir), tokenizer=False)
+    s = _student(student_dir, load_encoder)
     freeze(t.model)
     freeze(s.model)
     tok = t.tokenizer
@@ -134,7 +134,7 @@ def evaluate_lm(cfg, student_dir: Path, teacher: str, split: str = "eval", known
         raise ConfigError("--split", f"causal_lm runs score 'eval', 'select' or a text split, "
                           f"not '{split}'")  # fmt: skip
     t = load_causal_lm(teacher)
-    s = load_causal_lm(str(student_dir), tokenizer=False)
+    s = _student(student_dir, load_causal_lm)
     freeze(t.model)
     freeze(s.model)
     if known is None:
@@ -147,7 +147,8 @@ def evaluate_lm(cfg, student_dir: Path, teacher: str, split: str = "eval", known
     out = {"split": split, "tokens": res["student"].tokens, "block_size": int(blocks.shape[1])}
     out.update(_side_by_side(t.model, s.model, metrics, speed, "tokens"))
     out["teacher"]["name"], out["student"]["path"] = teacher, str(student_dir)
-    out["retention"] = res["teacher"].nll / res["student"].nll
+    out["retention"] = res["teacher"].nll / res["student"].nll  # NLL ratio, teacher / student
+    out["perplexity_ratio"] = res["student"].ppl / res["teacher"].ppl  # student / teacher
     return out
 
 
@@ -164,6 +165,18 @@ def document_blocks(tokenizer, text: str, block_size: int):
         raise AttnkdError(f"the split gives {len(ids)} tokens, fewer than one block of "
                           f"{block_size}")  # fmt: skip
     return torch.from_numpy(ids[: n * block_size].reshape(n, block_size))
+
+
+def _student(folder: Path, loader):
+    """The student of a run: a converted model (``conversion.json``, attnkd.convert) or a
+    standard Hugging Face folder read by ``loader``."""
+    if (folder / "conversion.json").exists():
+        from types import SimpleNamespace
+
+        from attnkd.convert.io import load_converted
+
+        return SimpleNamespace(model=load_converted(folder))
+    return loader(str(folder), tokenizer=False)
 
 
 def _write(path: Path, obj: dict) -> None:

@@ -23,6 +23,8 @@ ATTN_IMPLS = ("sdpa", "eager")
 EVAL_TASKS = ("stsb:dev", "stsb:val")
 TASKS = ("sentence", "causal_lm", "image_classification")
 VOCAB_KINDS = ("fkl", "rkl", "jsd", "tvd")
+CONVERT_KINDS = ("linear", "window", "hybrid")
+CONVERT_LOSSES = ("mse", "ce", "ce+mse")
 
 
 @dataclass
@@ -66,7 +68,8 @@ def validate_static(cfg: DistillConfig) -> None:
            f"expected one of {ATTN_IMPLS}")  # fmt: skip
     _check(s.attn_implementation in ATTN_IMPLS, "student.attn_implementation",
            f"expected one of {ATTN_IMPLS}")  # fmt: skip
-    _check(bool(cfg.losses), "losses", "needs at least one loss term")
+    _check(bool(cfg.losses) or bool(cfg.convert.kind), "losses", "needs at least one loss term")
+    _validate_convert(cfg)
     from attnkd.losses.terms import TERMS
 
     for i, term in enumerate(cfg.losses):
@@ -81,7 +84,7 @@ def validate_static(cfg: DistillConfig) -> None:
         _check(term.kind in VOCAB_KINDS, f"{key}.kind", f"expected one of {VOCAB_KINDS}")
         _check(0 <= term.beta <= 1, f"{key}.beta", f"must be in [0, 1], got {term.beta}")
         _check(term.top_k is None or term.top_k >= 1, f"{key}.top_k", "must be >= 1")
-    if s.init == "teacher" and not s.layers and not s.layer_rule:
+    if s.init == "teacher" and not s.layers and not s.layer_rule and not cfg.convert.kind:
         raise ConfigError("student.layers", "give a list of teacher layers or student.layer_rule")
     if s.layers and s.layer_rule:
         raise ConfigError(
@@ -134,7 +137,14 @@ def validate_models(cfg: DistillConfig) -> Geometries:
     tg = geometry(tcfg)
     s = cfg.student
     layers = None
-    if s.init == "teacher":
+    if cfg.convert.kind:  # the student is the teacher with converted attention
+        _check(family.family in ("bert", "llama"), "teacher.name",
+               f"conversion supports BERT and Llama families, not {family.family}")  # fmt: skip
+        for i in cfg.convert.layers or []:
+            _check(-tg.num_layers <= i < tg.num_layers, "convert.layers",
+                   f"layer {i} out of range for a teacher with {tg.num_layers} layers")  # fmt: skip
+        sg = tg
+    elif s.init == "teacher":
         try:
             layers = select_layers(tg.num_layers, s.layers, s.layer_rule)
         except (ValueError, IndexError) as err:
@@ -169,6 +179,21 @@ def validate_models(cfg: DistillConfig) -> Geometries:
         except TermError as err:
             raise ConfigError(f"{key}.{err.field}", str(err)) from err
     return Geometries(tg, sg, layers)
+
+
+def _validate_convert(cfg: DistillConfig) -> None:
+    """The ``convert`` section (attention conversion, ``attnkd convert``)."""
+    c = cfg.convert
+    if not c.kind:
+        return
+    _check(c.kind in CONVERT_KINDS, "convert.kind", f"expected one of {CONVERT_KINDS}")
+    _check(c.loss in CONVERT_LOSSES, "convert.loss", f"expected one of {CONVERT_LOSSES}")
+    if c.kind == "window" and cfg.train.max_steps:
+        raise ConfigError("convert.kind", "'window' has no parameters to train: train.max_steps=0")
+    if "ce" in c.loss and c.kind != "linear":
+        raise ConfigError("convert.loss", "'ce' needs a purely linear student (kind: linear)")
+    _check(c.kind == "linear" or c.window >= 1, "convert.window", f"must be >= 1, got {c.window}")
+    _check(c.chunk is None or c.chunk >= 1, "convert.chunk", f"must be >= 1, got {c.chunk}")
 
 
 def validate(cfg: DistillConfig, check_data: bool = True, check_models: bool = True) -> None:

@@ -207,6 +207,10 @@ def test_resume_without_any_valid_checkpoint_names_each(tmp_path):
 
 def test_resume_before_the_first_save_starts_at_step_zero(tmp_path):
     full, _ = _run(tmp_path / "full", cfg(max_steps=4))
+    with pytest.raises(CheckpointError, match="no checkpoint to resume .this run never started"):
+        _run(tmp_path / "cut", cfg(max_steps=4), resume=True)
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "metrics.jsonl").write_text('{"event": "start", "step": 0}\n')
     leftover = tmp_path / "cut" / "checkpoints" / ".step-00000001.tmp-abc"
     leftover.mkdir(parents=True)  # killed inside the first save
     (leftover / "model.safetensors").write_bytes(b"partial")

@@ -176,7 +176,7 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(finished, 
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no "changed settings" warning
         results = run_distill(cfg, progress=False, resume=True)
-    assert results["train"]["steps"] == 6
+    assert results["train"]["steps"] == 6 and results["train"]["resumed_from"] == "step-00000003"
     assert resumed_calls == [(0, 3), (0, 4), (0, 5)]  # only steps 4-6 ran, at their batches
     kinds = [(e["event"], e["step"]) for e in read_metrics(run) if e["event"] != "train"]
     assert ("interrupted", 3) in kinds and ("resume", 3) in kinds

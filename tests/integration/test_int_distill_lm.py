@@ -67,6 +67,7 @@ def test_results_hold_perplexities(finished):
         assert math.isfinite(d["perplexity"]) and d["perplexity"] > 1
         assert d["perplexity"] == pytest.approx(math.exp(d["nll"]), rel=1e-9)
     assert results["retention"] == pytest.approx(t["nll"] / s["nll"])
+    assert results["perplexity_ratio"] == pytest.approx(s["perplexity"] / t["perplexity"])
     assert s["layers"] == 2 and results["train"]["steps"] == 6
     assert s["best_step"] in (3, 6)
     # every logged step has both terms
@@ -115,3 +116,4 @@ def test_exported_student_and_attnkd_eval(finished, capsys):
     assert out["student"]["perplexity"] == pytest.approx(results["student"]["perplexity"], 1e-5)
     assert out["teacher"]["perplexity"] == pytest.approx(results["teacher"]["perplexity"], 1e-5)
     assert out["speedup"] > 0 and (run / "eval-lm-eval.json").exists()
+    assert out["perplexity_ratio"] == pytest.approx(results["perplexity_ratio"], 1e-5)

@@ -4,6 +4,7 @@ run; and --overwrite reporting only what the new run trained (D2)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,7 @@ def test_short_bf16_run_with_a_bf16_teacher(make_cfg):
     results = run_distill(cfg, progress=False)
     assert results["train"]["steps"] == 4
     s, t = results["student"]["spearman"], results["teacher"]["spearman"]
-    assert all(v == v for v in (s, t))  # not NaN
+    assert math.isfinite(s) and math.isfinite(t)
     run = Path(cfg.output_dir) / cfg.name
     weights = load_file(run / "student" / "model.safetensors")
     assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values())
@@ -130,6 +131,8 @@ def test_overwrite_with_zero_steps_reports_and_exports_the_student_as_built(make
     want = run_distill(baseline, progress=False)
     built = load_file(Path(baseline.output_dir) / "baseline-d2" / "student" / "model.safetensors")
 
+    (run / "eval-stsb_dev.json").write_text("{}")  # what `attnkd eval` / `report` left
+    (run / "report").mkdir()
     again = make_cfg("name=d2", "train.max_steps=0")
     got = run_distill(again, progress=False, overwrite=True)
     exported = load_file(run / "student" / "model.safetensors")
@@ -138,6 +141,7 @@ def test_overwrite_with_zero_steps_reports_and_exports_the_student_as_built(make
     assert got["student"]["spearman"] == want["student"]["spearman"]
     assert got["student"]["best_step"] is None and got["train"]["steps"] == 0
     assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
+    assert not (run / "eval-stsb_dev.json").exists() and not (run / "report").exists()
 
 
 @pytest.mark.gpu
@@ -162,7 +166,5 @@ def test_cuda_step_under_autocast_gives_float32_losses(batch, dtype):
 def test_short_cuda_run(make_cfg):
     cfg = make_cfg("name=cuda", "train.device=cuda", "train.precision=bf16", "train.max_steps=4")
     results = run_distill(cfg, progress=False)
-    assert (
-        results["train"]["steps"] == 4
-        and results["student"]["spearman"] == results["student"]["spearman"]
-    )
+    assert results["train"]["steps"] == 4
+    assert math.isfinite(results["student"]["spearman"])

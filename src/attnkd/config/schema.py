@@ -131,6 +131,26 @@ class TrainConfig:
     float32; fp16 uses a gradient scaler). Replaces the deprecated ``bf16: true``."""
     teacher_dtype: str | None = None
     """Hold the frozen teacher in 'bf16' or 'fp16' (half the memory); null keeps float32."""
+    distributed: str = "ddp"
+    """Under torchrun with WORLD_SIZE > 1: 'ddp' (replicated student, averaged gradients) or
+    'fsdp' (FSDP2 fully_shard: student, gradients and optimizer state sharded). batch_size is
+    then per rank: each optimizer step sees world_size * batch_size * grad_accum items."""
+
+
+@dataclass
+class ConvertConfig:
+    """Attention conversion (``attnkd convert``, METHODS.md section 5); ``kind`` '' = none."""
+
+    kind: str = ""
+    """'linear' (Hedgehog), 'window' (sliding window) or 'hybrid' (LoLCATs window + linear)."""
+    layers: list[int] | None = None
+    """Layers whose attention is converted; None = all."""
+    window: int = 64
+    chunk: int | None = None
+    """Rows per chunk of the parallel form; None = the window (64 for linear)."""
+    loss: str = "mse"
+    """Stage 1 (attention transfer): 'mse' (attention outputs), 'ce' (attention weights,
+    linear only) or 'ce+mse'."""
 
 
 @dataclass
@@ -147,12 +167,13 @@ class DistillConfig:
     losses: list[LossTermConfig] = field(default_factory=lambda: [LossTermConfig()])
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
 
 
 def default_recipe() -> DistillConfig:
     """The default recipe (``attnkd distill`` with no file; same as recipes/minilm-sentence.yaml):
     all-MiniLM-L6-v2 -> 3-layer cut {0, 2, 5}; MiniLMv2 relations + last-layer hidden MSE +
-    sentence-embedding MSE; 16 minutes of training on 2 CPU cores."""
+    sentence-embedding MSE; 900 steps (about 16 minutes of training on 2 quiet CPU cores)."""
     return DistillConfig(
         name="minilm-sentence",
         student=StudentConfig(layers=[0, 2, 5]),
@@ -164,11 +185,10 @@ def default_recipe() -> DistillConfig:
         train=TrainConfig(
             lr=1e-4,
             batch_size=32,
-            max_steps=4000,
-            max_minutes=16,
+            max_steps=900,
             warmup_ratio=0.02,
-            eval_every=250,
-            save_every=250,
+            eval_every=150,
+            save_every=150,
             log_every=20,
             freeze_embeddings=True,
             seed=0,

@@ -5,6 +5,7 @@ clean stop on SIGTERM, warmup + decay schedule, JSONL/TensorBoard metrics.
 >>> from attnkd.engine import fit, StepOutput, ShuffledBatches
 """
 
+from attnkd.engine import distributed
 from attnkd.engine.batches import ResumableBatches, ShuffledBatches
 from attnkd.engine.checkpoint import (
     Checkpoint,
@@ -16,8 +17,9 @@ from attnkd.engine.checkpoint import (
     verify_checkpoint,
 )
 from attnkd.engine.device import resolve_device, to_device
-from attnkd.engine.loop import FitResult, NonFiniteError, StepOutput, fit
+from attnkd.engine.loop import FitResult, StepOutput, fit
 from attnkd.engine.metrics import MetricsWriter, read_metrics
+from attnkd.engine.nonfinite import NonFiniteError
 from attnkd.engine.optim import build_optimizer, split_parameters
 from attnkd.engine.resume import ResumePoint, find_resumable
 from attnkd.engine.rng import capture_rng, fork_rng, restore_rng, seed_everything
@@ -38,6 +40,7 @@ __all__ = [
     "Terminated",
     "TrainState",
     "build_optimizer",
+    "distributed",
     "capture_rng",
     "find_resumable",
     "fit",

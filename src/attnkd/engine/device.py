@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from attnkd.config.schema import TrainConfig
+from attnkd.engine.distributed import check_strategy
 from attnkd.errors import ConfigError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -120,7 +121,8 @@ def module_device(module: torch.nn.Module) -> torch.device:
 
 def check_train_settings(cfg: TrainConfig) -> None:
     """The engine's own ``train.*`` checks (device available, precision, teacher dtype,
-    non-finite policy, checkpoints kept); called by config validation before anything loads."""
+    non-finite policy, checkpoints kept, distributed strategy); called by config validation
+    before anything loads."""
     resolve_device(cfg.device)
     if cfg.precision not in PRECISIONS:
         raise ConfigError(
@@ -137,3 +139,4 @@ def check_train_settings(cfg: TrainConfig) -> None:
         )
     if not isinstance(cfg.keep_checkpoints, int) or cfg.keep_checkpoints < 1:
         raise ConfigError("train.keep_checkpoints", f"must be >= 1, got {cfg.keep_checkpoints}")
+    check_strategy(cfg.distributed)  # 'ddp' or 'fsdp' (used under torchrun only)

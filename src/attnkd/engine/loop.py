@@ -21,6 +21,12 @@ Resume is exact: weights, optimizer, gradient scaler, every RNG and the batch po
 function of the step count, see :mod:`attnkd.engine.batches`) are restored, so a resumed run ends
 with bitwise the same weights as an uninterrupted one (same device and library versions).
 Evaluation runs with forked RNGs and never perturbs training.
+
+Many processes (torchrun): the same loop runs on every rank; the lines marked ``# dist:`` call
+:mod:`attnkd.engine.distributed` (rank 0 writes, logged values are averaged over ranks,
+checkpoints are gathered to the single-process format, ranks take every stop/skip decision
+together). ``module`` is the unwrapped module under DDP (``step_fn`` calls the DDP wrapper) or
+the module FSDP2 sharded in place; ``batches`` yields this rank's rows.
 """
 
 from __future__ import annotations
@@ -38,9 +44,10 @@ import torch
 from torch import nn
 
 from attnkd.config.schema import TrainConfig
+from attnkd.engine import distributed
 from attnkd.engine import resume as store
 from attnkd.engine.batches import ResumableBatches, position
-from attnkd.engine.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from attnkd.engine.checkpoint import CheckpointError, TrainState
 from attnkd.engine.device import (
     NONFINITE_MODES,
     autocast_dtype,
@@ -48,7 +55,9 @@ from attnkd.engine.device import (
     precision_of,
     to_device,
 )
-from attnkd.engine.metrics import MetricsWriter, ProgressBar
+from attnkd.engine.dist_checkpoint import load_checkpoint, save_checkpoint
+from attnkd.engine.metrics import METRICS_FILE, MetricsWriter, ProgressBar
+from attnkd.engine.nonfinite import MicroBatch, NonFiniteError, nonfinite_problem
 from attnkd.engine.optim import build_optimizer
 from attnkd.engine.rng import RngState, capture_rng, fork_rng, restore_rng, seed_everything
 from attnkd.engine.schedule import Schedule
@@ -88,10 +97,6 @@ class FitResult:
     """Steps whose update was dropped for a non-finite loss or gradient (over all sessions)."""
 
 
-class NonFiniteError(AttnkdError):
-    """The loss or gradient of a step was NaN or infinite (``train.nonfinite: abort``)."""
-
-
 @dataclass
 class _Window:
     """Running sums between two log events."""
@@ -112,16 +117,6 @@ class _Window:
         for micro in terms:
             for name, value in micro.items():
                 self.terms[name] = self.terms.get(name, 0.0) + float(value) / len(terms)
-
-
-@dataclass
-class _Micro:
-    """One micro-batch's outcome, kept until the step's finiteness check."""
-
-    epoch: int
-    index: int
-    loss_finite: torch.Tensor  # bool scalar on the device (read with the step's one sync)
-    terms: dict[str, float]
 
 
 def _validate(cfg: TrainConfig, select_mode: str) -> None:
@@ -183,13 +178,18 @@ def fit(
     optimizer = build_optimizer(module, cfg)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     extra = {"train": asdict(cfg), "num_batches": batches.num_batches}
+    ctx, sharded = distributed.current(), distributed.is_sharded(module)  # dist: who am I
 
     state = TrainState()
     resumed_from: Path | None = None
     point = store.find_resumable(ckpt_dir) if resume else None
-    if resume and point is None:  # stopped before its first save: the start is step 0
+    if resume and point is None:
+        if not (run_dir / METRICS_FILE).is_file():  # no run ever started here
+            raise CheckpointError(ckpt_dir, "no checkpoint to resume (this run never started)")
+        # it started but was stopped before its first save: its start is step 0
         warnings.warn(f"no checkpoint in {ckpt_dir} to resume; starting at step 0", stacklevel=2)
-        store.clear(ckpt_dir)  # leftovers of a save that was cut short
+        if ctx.is_main:  # dist: rank 0 alone touches the run folder
+            store.clear(ckpt_dir)  # leftovers of a save that was cut short
         resume = False
     if point is not None:
         ckpt = load_checkpoint(point.path, module, optimizer)
@@ -199,7 +199,9 @@ def fit(
         if scaler is not None and ckpt.scaler is not None:
             scaler.load_state_dict(ckpt.scaler)
         _warn_changes(ckpt.extra, extra)
-        store.remove_leftovers(ckpt_dir)
+        distributed.barrier()  # dist: every rank has read the checkpoint
+        if ctx.is_main:
+            store.remove_leftovers(ckpt_dir)
         log.info("resuming from %s (step %d)", point.path, state.step)
     else:
         if store.has_checkpoints(ckpt_dir):
@@ -208,11 +210,17 @@ def fit(
                 "them); they are removed and metrics.jsonl restarted",
                 stacklevel=2,
             )
-            store.clear(ckpt_dir)
+            if ctx.is_main:  # dist
+                store.clear(ckpt_dir)
         seed_everything(cfg.seed)
 
-    writer = MetricsWriter(run_dir, resume=resume, start_step=state.step)
-    bar = ProgressBar(cfg.max_steps, state.step, enabled=progress)
+    # dist: only rank 0 writes metrics and shows progress
+    writer = (
+        MetricsWriter(run_dir, resume=resume, start_step=state.step)
+        if ctx.is_main
+        else distributed.NullWriter()
+    )
+    bar = ProgressBar(cfg.max_steps, state.step, enabled=progress and ctx.is_main)
     begin: dict[str, Any] = {"event": "resume" if resume else "start", "step": state.step}
     if resumed_from is not None:
         begin["checkpoint"] = resumed_from.name
@@ -239,9 +247,11 @@ def fit(
         state.elapsed_s = elapsed()
         scaler_state = scaler.state_dict() if scaler is not None else None
         path = ckpt_dir / store.step_name(state.step)
+        # dist: every rank calls it (FSDP2 gathers); rank 0 writes
         save_checkpoint(path, module, optimizer, state, rng_at_step, extra, scaler_state)
-        store.point_last(ckpt_dir, path)
-        store.prune(ckpt_dir, cfg.keep_checkpoints)
+        if ctx.is_main:
+            store.point_last(ckpt_dir, path)
+            store.prune(ckpt_dir, cfg.keep_checkpoints)
         last_save_step = state.step
         return path
 
@@ -249,7 +259,7 @@ def fit(
         nonlocal last_eval_step, last_save_step
         module.eval()
         with fork_rng(), torch.no_grad():
-            metrics = {k: float(v) for k, v in evaluate().items()}
+            metrics = distributed.evaluate_on_ranks(evaluate, sharded)  # dist: same on all
         module.train()
         last_eval_step = state.step
         writer.log(
@@ -274,7 +284,7 @@ def fit(
             final_metrics = run_eval()
         while state.step < cfg.max_steps:
             # --- forward/backward over grad_accum micro-batches
-            micro: list[_Micro] = []
+            micro: list[MicroBatch] = []
             step_loss = torch.zeros((), device=device)
             for j in range(cfg.grad_accum):
                 epoch, index = position(state.step * cfg.grad_accum + j, batches.num_batches)
@@ -287,15 +297,17 @@ def fit(
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 loss = loss.detach().float()
                 step_loss += loss
-                micro.append(_Micro(epoch, index, torch.isfinite(loss), out.terms))
+                micro.append(MicroBatch(epoch, index, torch.isfinite(loss), out.terms))
                 window.items += out.num_items
 
             # --- check: one device sync per step
             if scaler is not None:
                 scaler.unscale_(optimizer)  # true gradients for the norm and the clip
             max_norm = cfg.clip_norm if cfg.clip_norm and cfg.clip_norm > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm).detach().float()
-            problem = _nonfinite(micro, grad_norm, state.step + 1, check_grad=scaler is None)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
+            grad_norm = distributed.local_value(grad_norm).detach().float()  # dist: FSDP2 DTensor
+            problem = nonfinite_problem(micro, grad_norm, state.step + 1, check_grad=scaler is None)
+            problem = distributed.same_problem(problem)  # dist: all skip or abort together
             if problem is not None and cfg.nonfinite == "abort":
                 writer.log({"event": "nonfinite", "step": state.step + 1, "action": "abort"})
                 raise NonFiniteError(
@@ -338,14 +350,16 @@ def fit(
                 final_metrics = run_eval()
             if cfg.save_every > 0 and state.step % cfg.save_every == 0:
                 save_last()
-            if sigterm.requested:
+            over_budget = cfg.max_minutes is not None and clock() - t_start >= 60 * cfg.max_minutes
+            # dist: every rank stops at the same step (one tiny all-reduce with many ranks)
+            terminate, over_budget = distributed.any_rank(sigterm.requested, over_budget)
+            if terminate:
                 saved = ckpt_dir / store.step_name(state.step)
                 if last_save_step != state.step:
                     save_last()
                 writer.log({"event": "terminated", "step": state.step, "saved": saved.name})
                 log.warning("SIGTERM: saved step %d to %s; stopping", state.step, saved)
                 raise Terminated(state.step, saved)
-            over_budget = cfg.max_minutes is not None and clock() - t_start >= 60 * cfg.max_minutes
             if over_budget and state.step < cfg.max_steps:
                 stopped_early = True
                 break
@@ -369,9 +383,10 @@ def fit(
         # Save the last completed step so --resume continues; weights are half-updated only
         # if the interrupt hit the update itself, and then the previous checkpoint stays.
         optimizer.zero_grad(set_to_none=True)
-        if not in_update and last_save_step != state.step:
+        saved = not in_update and not ctx.is_distributed  # dist: a save would need every rank
+        if saved and last_save_step != state.step:
             save_last()
-        writer.log({"event": "interrupted", "step": state.step, "saved": not in_update})
+        writer.log({"event": "interrupted", "step": state.step, "saved": saved})
         raise
     finally:
         sigterm.restore()
@@ -391,24 +406,6 @@ def fit(
     )
 
 
-def _nonfinite(
-    micro: list[_Micro], grad_norm: torch.Tensor, step: int, check_grad: bool
-) -> str | None:
-    """None if the step's losses (and, if ``check_grad``, gradient norm) are finite; otherwise
-    which loss terms (or the gradient) were not, in which batch of which step."""
-    flags = [m.loss_finite for m in micro] + ([torch.isfinite(grad_norm)] if check_grad else [])
-    ok = torch.stack([f.cpu() for f in flags]).tolist()  # the step's one device sync
-    if all(ok):
-        return None
-    for m, loss_ok in zip(micro, ok):
-        bad = [name for name, v in m.terms.items() if not math.isfinite(float(v))]
-        if not loss_ok or bad:
-            what = f"loss terms {bad}" if bad else "loss (its terms are all finite)"
-            return f"non-finite {what} at step {step} (epoch {m.epoch}, batch index {m.index})"
-    where = ", ".join(f"epoch {m.epoch} batch index {m.index}" for m in micro)
-    return f"non-finite gradient (norm {float(grad_norm)}) at step {step} ({where})"
-
-
 def _log_window(
     writer: MetricsWriter,
     bar: ProgressBar,
@@ -420,17 +417,23 @@ def _log_window(
     now: float,
     elapsed_s: float,
 ) -> None:
-    loss = float(w.loss) / w.steps
+    # dist: loss, terms and gradient norm averaged over ranks, items summed (identity in one
+    # process); every rank calls this at the same steps
+    names = sorted(w.terms)
+    values = [float(w.loss), float(w.grad_norm), *(w.terms[k] for k in names)]
+    loss, grad_norm, *terms = distributed.mean_over_ranks(values)
+    loss /= w.steps
+    items = distributed.sum_over_ranks(w.items)
     dt = now - w.t0
-    items_per_s = w.items / dt if dt > 0 else 0.0
+    items_per_s = items / dt if dt > 0 else 0.0
     event = {
         "event": "train",
         "step": step,
         "epoch": step * cfg.grad_accum / batches.num_batches,
         "lr": lr,
         "loss": loss,
-        "terms": {k: v / w.steps for k, v in w.terms.items()},
-        "grad_norm": float(w.grad_norm) / w.steps,
+        "terms": {k: v / w.steps for k, v in zip(names, terms, strict=True)},
+        "grad_norm": grad_norm / w.steps,
         "items_per_s": items_per_s,
         "elapsed_s": elapsed_s,
     }

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from attnkd.atomic import atomic_files
 from attnkd.errors import AttnkdError
 
 if TYPE_CHECKING:
@@ -287,15 +288,15 @@ def convert_onnx_bert(
     model = BertModel(onnx_bert.config, add_pooling_layer=False)
     model.load_state_dict(onnx_bert.state_dict, strict=True)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
-    if tokenizer_source is not None:
-        src = Path(tokenizer_source)
-        copied = [f for f in _TOKENIZER_FILES if (src / f).is_file()]
-        if "vocab.txt" not in copied and "tokenizer.json" not in copied:
-            raise AttnkdError(f"no tokenizer files (vocab.txt / tokenizer.json) in {src}")
-        for name in copied:
-            shutil.copyfile(src / name, out / name)
+    with atomic_files(out) as tmp:  # each file replaced whole; others in out_dir kept
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if tokenizer_source is not None:
+            src = Path(tokenizer_source)
+            copied = [f for f in _TOKENIZER_FILES if (src / f).is_file()]
+            if "vocab.txt" not in copied and "tokenizer.json" not in copied:
+                raise AttnkdError(f"no tokenizer files (vocab.txt / tokenizer.json) in {src}")
+            for name in copied:
+                shutil.copyfile(src / name, tmp / name)
     return out
 
 

@@ -141,12 +141,12 @@ def _headline(results: dict | None, evals: dict[str, dict]) -> list[tuple[str, s
         if _is_num(_get(d, "teacher", "perplexity")):  # causal LM: lower is better
             t, s = _get(d, "teacher", "perplexity"), _get(d, "student", "perplexity")
             tokens = d.get("eval_tokens") or d.get("tokens")
-            what = f"perplexity · NLL retention — {split}, " + (
+            what = f"perplexity · NLL retention, perplexity ratio — {split}, " + (
                 f"{tokens} tokens, " if _is_num(tokens) else ""
             )
-            rows.append(
-                (what + label, _fmt(t, ".3f"), _fmt(s, ".3f"), _fmt(d.get("retention"), ".1%"))
-            )
+            ratio = "perplexity " + _times(_ratio(d.get("perplexity_ratio"), s, t), ".2f")
+            cell = f"{_fmt(d.get('retention'), '.1%')}, {ratio}"
+            rows.append((what + label, _fmt(t, ".3f"), _fmt(s, ".3f"), cell))
             continue
         pairs = d.get("eval_pairs") or d.get("pairs")
         t, s = _get(d, "teacher", "spearman"), _get(d, "student", "spearman")

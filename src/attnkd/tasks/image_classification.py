@@ -63,8 +63,11 @@ def prepare(cfg: DistillConfig, run_recipe) -> None:
         )
 
 
-def make_step(teacher: nn.Module, distiller: nn.Module):
-    """Teacher forward (no grad, only when a term needs it), student forward, weighted terms."""
+def make_step(teacher: nn.Module, distiller: nn.Module, model: nn.Module | None = None):
+    """Teacher forward (no grad, only when a term needs it), student forward, weighted terms.
+
+    Single-process only: ``model`` (a DDP wrapper under torchrun) is not used by image runs.
+    """
     t_req, s_req = [], []
     for term in distiller.terms:
         t, s = term.taps()

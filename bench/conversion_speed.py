@@ -1,0 +1,227 @@
+"""Teacher (SDPA softmax attention) vs converted attention, side by side in one run.
+
+Decoder (SmolLM2-135M-Instruct, all 30 layers converted to hybrid window + linear):
+- ``forward``: one forward of the transformer body (no LM head, which is the same for both and
+  would dominate memory) at each ``--sizes`` length, batch 1: median time of ``--repeats`` runs
+  and peak extra resident memory of the first run;
+- ``decode``: after a prompt of each ``--contexts`` length, ``--steps`` greedy tokens one at a
+  time with the cache: tokens/s, and the cache's bytes after the prompt (teacher: its
+  DynamicCache keys/values; converted: window buffers + linear states).
+Encoder (all-MiniLM-L6-v2, linear and hybrid): its six attention modules alone and the whole
+model, batch ``--batch`` x 512.
+
+Measurements alternate teacher / converted case by case, so load from other processes falls on
+both. The feature maps are untrained (speed does not depend on their values).
+``--json PATH`` writes ``{"meta": ..., "records": [{"model", "kind", "context", "speedup",
+"memory_ratio", ...}]}``: speedup = teacher time / converted time (decode: converted tokens/s /
+teacher tokens/s), memory_ratio = converted / teacher (forward: peak extra memory; decode:
+cache bytes).
+
+    nice -n 10 python bench/conversion_speed.py --sizes 512,2048 --contexts 512,2048 \\
+        --json results/conversion_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import statistics
+import time
+
+# Many small kernels on a busy machine: busy-waiting OpenMP threads make every op pay for the
+# other processes (set before torch loads its OpenMP runtime; override from the environment).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from attnkd.convert import ConversionSpec, MixerState, convert_attention  # noqa: E402
+from attnkd.eval.memory import reset_peak, status_kb  # noqa: E402
+from attnkd.models.load import freeze, load_causal_lm, load_encoder  # noqa: E402
+
+DECODER = "HuggingFaceTB/SmolLM2-135M-Instruct"
+ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _exact_rss() -> None:
+    """Make resident memory follow tensor allocations: a fixed mmap threshold (glibc raises it
+    after frees, after which big tensors come from the heap and stay resident when freed) and
+    a trim of freed heap memory, so a peak reading is this call's own."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    libc.malloc_trim(0)
+
+
+def _peak(fn) -> int:
+    """Peak extra resident bytes of one call of ``fn``."""
+    _exact_rss()
+    base = reset_peak()
+    fn()
+    return max(0, status_kb("VmHWM") - base) * 1024
+
+
+def _pair(teacher_fn, converted_fn, repeats: int) -> tuple[float, float, int, int]:
+    """Median seconds of each, timed alternately (load falls on both), after one call each that
+    measures its peak memory: (teacher_s, converted_s, teacher_bytes, converted_bytes)."""
+    t_mem, c_mem = _peak(teacher_fn), _peak(converted_fn)
+    times: dict[str, list[float]] = {"t": [], "c": []}
+    for _ in range(repeats):
+        for key, fn in (("t", teacher_fn), ("c", converted_fn)):
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    return statistics.median(times["t"]), statistics.median(times["c"]), t_mem, c_mem
+
+
+def _cache_bytes(cache) -> int:
+    total = 0
+    for layer in cache.layers:
+        if isinstance(layer, MixerState):
+            total += layer.nbytes()
+        else:
+            total += sum(x.numel() * x.element_size() for x in (layer.keys, layer.values))
+    return total
+
+
+def _decode(model, ids: torch.Tensor, steps: int) -> tuple[float, int]:
+    """(tokens/s over ``steps`` greedy tokens after the prompt ``ids``, cache bytes after it)."""
+    out = model(ids, use_cache=True, logits_to_keep=1)
+    cache, nxt = out.cache, out.logits[:, -1:].argmax(-1)
+    nbytes = _cache_bytes(cache)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        out = model(nxt, cache=cache, use_cache=True)
+        cache, nxt = out.cache, out.logits[:, -1:].argmax(-1)
+    return steps / (time.perf_counter() - t0), nbytes
+
+
+def _record(model, kind, context, t_value, c_value, t_mem, c_mem, higher_is_better, **extra):
+    speedup = c_value / t_value if higher_is_better else t_value / c_value
+    rec = {"model": model, "kind": kind, "context": context, "speedup": speedup,
+           "memory_ratio": c_mem / t_mem if t_mem else None}  # fmt: skip
+    rec.update(extra)
+    print(json.dumps(rec))
+    return rec
+
+
+def bench_decoder(args) -> list[dict]:
+    teacher = freeze(load_causal_lm(DECODER, "sdpa", tokenizer=False).model)
+    spec = ConversionSpec(kind="hybrid", window=args.window)
+    converted = convert_attention(teacher, spec).eval()
+    name = f"SmolLM2-135M/hybrid-w{args.window}"
+    vocab = teacher.config.vocab_size
+    records = []
+    with torch.no_grad():
+        for seq in args.sizes:
+            ids = torch.randint(0, vocab, (1, seq), generator=torch.Generator().manual_seed(seq))
+            t_s, c_s, t_mem, c_mem = _pair(
+                lambda x=ids: teacher.model(x), lambda x=ids: converted.model(x), args.repeats
+            )
+            records.append(_record(name, "forward", seq, t_s, c_s, t_mem, c_mem, False,
+                                   teacher_s=t_s, converted_s=c_s, teacher_peak_bytes=t_mem,
+                                   converted_peak_bytes=c_mem))  # fmt: skip
+        for ctx in args.contexts:
+            ids = torch.randint(0, vocab, (1, ctx), generator=torch.Generator().manual_seed(ctx))
+            t_tps, t_bytes = _decode(teacher, ids, args.steps)
+            c_tps, c_bytes = _decode(converted, ids, args.steps)
+            records.append(_record(name, "decode", ctx, t_tps, c_tps, t_bytes, c_bytes, True,
+                                   teacher_tokens_per_s=t_tps, converted_tokens_per_s=c_tps,
+                                   teacher_cache_bytes=t_bytes, converted_cache_bytes=c_bytes,
+                                   steps=args.steps))  # fmt: skip
+    return records
+
+
+def bench_encoder(args) -> list[dict]:
+    teacher = freeze(load_encoder(ENCODER, "sdpa", tokenizer=False).model)
+    seq, batch = 512, args.batch
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, teacher.config.vocab_size, (batch, seq), generator=g)
+    mask = torch.ones_like(ids)
+    hidden = torch.randn(batch, seq, teacher.config.hidden_size, generator=g)
+    records = []
+    for kind in ("linear", "hybrid"):
+        converted = convert_attention(teacher, ConversionSpec(kind=kind, window=args.window)).eval()
+        name = f"all-MiniLM-L6-v2/{kind}" + ("" if kind == "linear" else f"-w{args.window}")
+
+        def attention_only(model):
+            mods = [layer.attention.self for layer in model.encoder.layer]
+            return lambda: [m(hidden)[0] for m in mods]
+
+        with torch.no_grad():
+            t_s, c_s, t_mem, c_mem = _pair(
+                attention_only(teacher), attention_only(converted), args.repeats
+            )
+            records.append(_record(name, "forward", seq, t_s, c_s, t_mem, c_mem, False,
+                                   scope="attention layers", batch=batch, teacher_s=t_s,
+                                   converted_s=c_s))  # fmt: skip
+            t_s, c_s, t_mem, c_mem = _pair(
+                lambda: teacher(ids, attention_mask=mask),
+                lambda m=converted: m(ids, attention_mask=mask),
+                args.repeats,
+            )
+            records.append(_record(name, "forward", seq, t_s, c_s, t_mem, c_mem, False,
+                                   scope="whole model", batch=batch, teacher_s=t_s,
+                                   converted_s=c_s))  # fmt: skip
+    return records
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", type=_ints, default=[512, 2048, 8192, 16384])
+    p.add_argument("--contexts", type=_ints, default=[512, 2048, 8192, 16384])
+    p.add_argument("--steps", type=int, default=16, help="decode steps per context")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--window", type=int, default=64)
+    p.add_argument("--batch", type=int, default=8, help="encoder batch")
+    p.add_argument("--skip-encoder", action="store_true")
+    p.add_argument("--skip-decoder", action="store_true")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads (0: torch's default); 1 avoids thread wake-ups on a busy box",
+    )
+    p.add_argument("--note", default="", help="free text stored in meta (e.g. 'under load')")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    records = []
+    if not args.skip_encoder:
+        records += bench_encoder(args)
+    if not args.skip_decoder:
+        records += bench_decoder(args)
+    meta = {
+        "command": "python bench/conversion_speed.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in vars(args).items()
+            if k != "json" and v not in (None, False, "")
+        ),  # fmt: skip
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "note": args.note,
+    }
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump({"meta": meta, "records": records}, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, args.json)
+
+
+if __name__ == "__main__":
+    main()

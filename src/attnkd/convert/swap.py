@@ -1,0 +1,228 @@
+"""Swap the attention of chosen layers of a copy of a model for a converted :class:`Mixer`.
+
+Everything is inherited: the q/k/v/o projections stay the very modules (same state-dict keys),
+MLPs, norms and embeddings are untouched; only ``softmax(q k^T) v`` is replaced. Supported:
+BERT (bidirectional; all-MiniLM-L6-v2) and the Llama family (causal, GQA, RoPE; SmolLM2),
+located through :mod:`attnkd.models.adapters`.
+
+The converted module is called exactly like the one it replaces (transformers 5.x): Llama
+passes ``position_embeddings=(cos, sin)``, a 4-D mask (or None) and a ``cache``; BERT passes
+the mask and returns the per-head context before its output projection. The key padding is
+read from the last row of the 4-D mask (bool: True = allowed; float: 0 = allowed), which is
+the padding row for both causal and bidirectional masks.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from attnkd.convert.hybrid import HybridAttention
+from attnkd.convert.linear import LinearAttention
+from attnkd.convert.mixer import Mixer
+from attnkd.convert.state import MixerState
+from attnkd.convert.window import WindowAttention
+from attnkd.errors import ConfigError
+from attnkd.models.adapters import adapter_for, base_model, geometry, resolve_layer
+
+KINDS: dict[str, type[Mixer]] = {
+    "linear": LinearAttention,
+    "window": WindowAttention,
+    "hybrid": HybridAttention,
+}
+SUPPORTED_FAMILIES = ("bert", "llama")
+
+
+@dataclass
+class ConversionSpec:
+    """What to convert: ``kind`` ('linear' | 'window' | 'hybrid'), which layers (None = all),
+    the window size (window/hybrid) and the chunk size of the parallel form (None = window,
+    or 64 for linear)."""
+
+    kind: str = "hybrid"
+    layers: list[int] | None = None
+    window: int = 64
+    chunk: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Family:
+    q: str
+    k: str
+    v: str
+    o: str | None
+    rope: bool
+    causal: bool
+
+
+def _family(model: nn.Module) -> _Family:
+    try:
+        adapter = adapter_for(model)
+    except ValueError as err:
+        raise ConfigError("convert.model", str(err)) from None
+    if adapter.family not in SUPPORTED_FAMILIES:
+        raise ConfigError(
+            "convert.model",
+            f"attention conversion supports the families {', '.join(SUPPORTED_FAMILIES)}; "
+            f"got '{adapter.family}'",
+        )
+    att = adapter.attention
+    out = adapter.attention_output
+    inner = out.startswith(att + ".")
+    last = lambda p: p.rsplit(".", 1)[1]  # noqa: E731
+    return _Family(
+        q=last(adapter.query),
+        k=last(adapter.key),
+        v=last(adapter.value),
+        o=last(out) if inner else None,
+        rope=adapter.rope,
+        causal=adapter.causal,
+    )
+
+
+def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x (B, H, S, D); cos/sin (B or 1, S, D) -> rotated x (Su et al. 2021, HF layout)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def key_padding(mask: Tensor | None, batch: int, new: int) -> Tensor | None:
+    """(B, new) bool key mask of the newest ``new`` keys from a HF 2-D or 4-D mask, or None."""
+    if mask is None:
+        return None
+    row = mask if mask.dim() == 2 else mask[:, 0, -1, :]
+    allowed = row if row.dtype == torch.bool else row == 0
+    return allowed[:, -new:].expand(batch, new)
+
+
+class ConvertedAttention(nn.Module):
+    """Drop-in replacement of a family's self-attention module with a :class:`Mixer` inside.
+
+    Holds the original module's children under their own names (so weights keep their keys)
+    plus ``mixer``. Returns ``(output, None)`` like the module it replaces (no attention
+    probabilities exist).
+    """
+
+    def __init__(self, original: nn.Module, mixer: Mixer, family: _Family, layer_idx: int):
+        super().__init__()
+        for name, child in original.named_children():
+            self.add_module(name, child)
+        self.mixer = mixer
+        self.family = family
+        self.layer_idx = layer_idx
+        self.config = getattr(original, "config", None)
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        attention_mask: Tensor | None = None,
+        position_embeddings: tuple[Tensor, Tensor] | None = None,
+        cache=None,
+        past_key_values=None,
+        **kwargs,
+    ) -> tuple[Tensor, None]:
+        b, s, _ = hidden_states.shape
+        q, k, v = self.project(hidden_states, position_embeddings)
+        f, m = self.family, self.mixer
+        real = key_padding(attention_mask, b, s)
+        cache = cache if cache is not None else past_key_values
+        if cache is not None and m.causal:
+            y = m.step(q, k, v, real, self._state(cache))
+        else:
+            y = m(q, k, v, real)
+        y = y.transpose(1, 2).reshape(b, s, -1)
+        if f.o is not None:
+            y = getattr(self, f.o)(y)
+        return y, None
+
+    def project(
+        self, hidden_states: Tensor, position_embeddings: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The inherited projections (and RoPE): q (B, H, S, D), k and v (B, H_kv, S, D)."""
+        f, m = self.family, self.mixer
+        b, s, _ = hidden_states.shape
+        q = getattr(self, f.q)(hidden_states).view(b, s, -1, m.head_dim).transpose(1, 2)
+        k = getattr(self, f.k)(hidden_states).view(b, s, -1, m.head_dim).transpose(1, 2)
+        v = getattr(self, f.v)(hidden_states).view(b, s, -1, m.head_dim).transpose(1, 2)
+        if f.rope:
+            if position_embeddings is None:
+                raise ValueError("a rotary family needs position_embeddings=(cos, sin)")
+            cos, sin = position_embeddings
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        return q, k, v
+
+    def _state(self, cache) -> MixerState:
+        """This layer's :class:`MixerState` in a HF cache, swapped in on first use."""
+        layers = getattr(cache, "layers", None)
+        if layers is None:
+            raise TypeError(f"unsupported cache object {type(cache).__name__} (needs .layers)")
+        while len(layers) <= self.layer_idx:  # lazily grown caches
+            layers.append(MixerState())
+        if not isinstance(layers[self.layer_idx], MixerState):
+            if layers[self.layer_idx].get_seq_length():
+                raise RuntimeError(f"layer {self.layer_idx}: cache holds keys of another attention")
+            layers[self.layer_idx] = MixerState()
+        return layers[self.layer_idx]
+
+
+def build_mixer(spec: ConversionSpec, model_config, causal: bool) -> Mixer:
+    """A fresh mixer of ``spec.kind`` for one layer of a model with ``model_config``."""
+    if spec.kind not in KINDS:
+        raise ConfigError("convert.kind", f"'{spec.kind}' is not one of {', '.join(KINDS)}")
+    geo = geometry(model_config)
+    heads = (geo.num_heads, geo.num_kv_heads, geo.head_dim, causal)
+    if spec.kind == "linear":
+        return LinearAttention(*heads, chunk=spec.chunk or 64)
+    if spec.window < 1:
+        raise ConfigError("convert.window", f"must be >= 1 for '{spec.kind}', got {spec.window}")
+    return KINDS[spec.kind](*heads, window=spec.window, chunk=spec.chunk)
+
+
+def convert_attention(model: nn.Module, spec: ConversionSpec, inplace: bool = False) -> nn.Module:
+    """A copy of ``model`` (or ``model`` itself when ``inplace``) with the attention of
+    ``spec.layers`` replaced by ``spec.kind``; every weight is inherited.
+
+    Works on the bare model or a task model (``LlamaForCausalLM``, ``BertModel``).
+    """
+    target = model if inplace else copy.deepcopy(model)
+    family = _family(target)
+    adapter = adapter_for(target)
+    base = base_model(target)
+    n = geometry(target.config).num_layers
+    layers = range(n) if spec.layers is None else spec.layers
+    try:
+        chosen = sorted({resolve_layer(i, n) for i in layers})
+    except IndexError as err:
+        raise ConfigError("convert.layers", str(err)) from None
+    for i in chosen:
+        path = adapter.attention.format(i=i)
+        parent_path, name = path.rsplit(".", 1)
+        parent = base.get_submodule(parent_path)
+        original = getattr(parent, name)
+        if isinstance(original, ConvertedAttention):
+            raise ConfigError("convert.layers", f"layer {i} is already converted")
+        mixer = build_mixer(spec, target.config, family.causal)
+        ref = next(original.parameters())
+        mixer.to(device=ref.device)
+        setattr(parent, name, ConvertedAttention(original, mixer, family, i))
+    target.attnkd_conversion = {**spec.to_dict(), "layers": chosen}
+    return target
+
+
+def converted_modules(model: nn.Module) -> dict[int, ConvertedAttention]:
+    """Layer index -> converted attention module, in layer order."""
+    found = {m.layer_idx: m for m in model.modules() if isinstance(m, ConvertedAttention)}
+    return dict(sorted(found.items()))
+
+
+def mixer_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters a conversion added (feature maps, gamma): what stage 1 trains."""
+    return [p for m in converted_modules(model).values() for p in m.mixer.parameters()]
