@@ -31,19 +31,34 @@ def _load(config: str | None, overrides: list[str]):
 
 
 def _split_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
-    """The first positional is a config file unless it looks like key=value."""
+    """The first positional is a config file if it exists as a file (even with a '=' in its
+    name, e.g. ``lr=3e-4.yaml``) or does not look like key=value."""
     items = list(args.items)
     config = None
-    if items and "=" not in items[0]:
+    if items and ("=" not in items[0] or Path(items[0]).is_file()):
         config = items.pop(0)
     return config, items
+
+
+def _memory_estimate(cfg):
+    """The predicted peak memory of a training step, or None when it cannot be formed (the
+    config is then refused by validation, which says why)."""
+    from attnkd.estimate import estimate_memory
+
+    try:
+        return estimate_memory(cfg)
+    except (AttnkdError, ValueError, IndexError, KeyError, OSError):
+        return None
 
 
 def cmd_distill(args) -> int:
     from attnkd.distill import run_distill
 
     config, overrides = _split_args(args)
-    cfg = _load(config, overrides)
+    cfg = args.cfg = _load(config, overrides)
+    estimate = _memory_estimate(cfg)
+    if estimate is not None and estimate.warning():
+        logging.getLogger("attnkd").warning("%s", estimate.warning())
     results = run_distill(
         cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite
     )
@@ -74,8 +89,14 @@ def cmd_validate(args) -> int:
     from attnkd.validate import validate
 
     config, overrides = _split_args(args)
-    cfg = _load(config, overrides)
+    cfg = args.cfg = _load(config, overrides)
     validate(cfg, check_data=not args.no_data, check_models=not args.no_models)
+    if not args.no_models:
+        estimate = _memory_estimate(cfg)
+        if estimate is not None:
+            print(estimate.table())
+            if estimate.warning():
+                print(f"warning: {estimate.warning()}", file=sys.stderr)
     print(f"{config or '(default recipe)'}: OK")
     return 0
 
@@ -374,6 +395,54 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - only the kinds below; anything else is a bug
+        message = boundary_message(err, getattr(args, "cfg", None))
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def boundary_message(err: BaseException, cfg=None) -> str | None:
+    """A clear one-line message for the failures a user can fix that surface from deep inside
+    (a full disk, a read-only folder, memory running out, a corrupt weights file), or None.
+
+    Checkpoints and the run's files are written atomically (temporary name, then rename), so a
+    failed write leaves the previous complete file or none."""
+    import errno
+
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {err.filename}" if err.filename else ""
+        return (f"no space left on the device{where} ({err.strerror or err}); nothing was left "
+                "half-written: free space, then continue with --resume")  # fmt: skip
+    if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        where = f" {err.filename}" if err.filename else ""
+        return f"cannot write{where}: {err.strerror or err} (choose another output_dir)"
+    if _out_of_memory(err):
+        text = "out of memory during the run"
+        estimate = _memory_estimate(cfg) if cfg is not None else None
+        if estimate is not None:
+            text += f"; the predicted peak of a training step is {_size(estimate.peak)}"
+            if estimate.available:
+                text += f" of {_size(estimate.available)} available"
+            text += " (attnkd validate prints the breakdown)"
+        return text + ": lower train.batch_size or data.max_length, or use train.grad_accum"
+    if type(err).__name__ == "SafetensorError":
+        return f"cannot read a safetensors weights file: {err} (the file is corrupt or truncated)"
+    return None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text.lower()
+    )
 
 
 if __name__ == "__main__":

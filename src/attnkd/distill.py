@@ -29,7 +29,7 @@ from attnkd.engine.loop import FitResult, StepOutput, fit
 from attnkd.errors import AttnkdError, ConfigError
 from attnkd.losses.terms import build_terms, collect_taps
 from attnkd.models.adapters import adapter_for, geometry
-from attnkd.models.load import count_parameters, freeze
+from attnkd.models.load import count_parameters, freeze, freeze_input_embeddings
 from attnkd.students.build import build_student, select_layers
 from attnkd.tasks import Task, get_task
 from attnkd.validate import validate
@@ -180,7 +180,7 @@ def _run(
     terms = build_terms(cfg.losses, teacher_m.geometry, sg)
     distiller = Distiller(student, terms)
     if cfg.train.freeze_embeddings:
-        student.get_input_embeddings().weight.requires_grad_(False)
+        freeze_input_embeddings(student)  # says so when a tied LM head is frozen with them
     teacher.to(device=device, dtype=teacher_dtype)  # dtype None: as loaded
     distiller.to(device)
     log.info("training on %s (teacher %s)", device, next(teacher.parameters()).dtype)

@@ -6,10 +6,11 @@ from __future__ import annotations
 class AttnkdError(Exception):
     """Base class for user-facing errors (bad config, bad data, bad model path).
 
-    The CLI prints ``str(err)`` without a traceback and exits with ``exit_code``.
+    The CLI prints ``str(err)`` without a traceback and exits with ``exit_code`` (2: the
+    input was wrong, as for argument errors; 1 is left to failures that are not the user's).
     """
 
-    exit_code = 1
+    exit_code = 2
 
 
 class Terminated(Exception):  # noqa: N818 (a requested stop, not an error)

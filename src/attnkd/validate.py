@@ -98,13 +98,23 @@ def validate_data(cfg: DistillConfig) -> None:
     from attnkd.data.benchmarks import read_stsb
     from attnkd.data.sources import load_source
 
+    total = 0
     for i, spec in enumerate(cfg.data.train_sources):
         try:
-            load_source(spec, cfg.data.data_dir, bad_rows=cfg.data.bad_rows)
+            rows = load_source(spec, cfg.data.data_dir, bad_rows=cfg.data.bad_rows)
         except DataError as err:
             raise ConfigError(f"data.train_sources[{i}]", str(err)) from err
+        if not rows:
+            where = rows.stats.path or spec
+            raise ConfigError(f"data.train_sources[{i}]", f"{where}: no sentences in it (empty?)")
+        total += len(rows)
     if cfg.task != "sentence":  # the LM task holds out blocks of its own training text
         return
+    if cfg.data.max_sentences is not None:
+        total = min(total, cfg.data.max_sentences)
+    _check(total >= cfg.train.batch_size, "train.batch_size",
+           f"{cfg.train.batch_size} is more than the {total} training sentences of "
+           f"data.train_sources: lower train.batch_size or add data")  # fmt: skip
     for key in ("eval_task", "select_task"):
         task = getattr(cfg.data, key)
         try:
@@ -126,8 +136,10 @@ def validate_models(cfg: DistillConfig) -> Geometries:
     try:
         tcfg = load_config(cfg.teacher.name)
         family = adapter_for(tcfg.model_type)
+        _check_folder(cfg.teacher.name, tokenizer=True)
     except (AttnkdError, ValueError) as err:  # ValueError: no adapter for this model family
         raise ConfigError("teacher.name", str(err)) from err
+    _check_positions(cfg.data.max_length, tcfg, "teacher", cfg.teacher.name)
     if family.causal != (cfg.task == "causal_lm"):
         kind = "a decoder (causal LM)" if family.causal else "an encoder"
         fits = "causal_lm" if family.causal else "sentence"
@@ -161,14 +173,26 @@ def validate_models(cfg: DistillConfig) -> Geometries:
         msg = f"{heads} query heads do not divide into the teacher's {kv} key/value heads"
         _check(heads % kv == 0, "student.num_heads", msg)
         head_dim = width // heads if narrowed else tg.head_dim
-        sg = AttentionGeometry(len(layers), width, heads, kv, head_dim, causal=tg.causal)
+        sg = AttentionGeometry(
+            len(layers), width, heads, kv, head_dim, causal=tg.causal, vocab_size=tg.vocab_size
+        )
+        if cfg.train.freeze_embeddings and width != tg.hidden_size:
+            raise ConfigError(
+                "train.freeze_embeddings",
+                f"the student's width {width} differs from the teacher's {tg.hidden_size}, so its "
+                "embeddings are freshly initialised (not inherited); freezing them would keep "
+                "random vectors: set train.freeze_embeddings: false",
+            )
     else:
         try:
             scfg = load_config(s.init)
             adapter_for(scfg.model_type)
+            _check_folder(s.init, tokenizer=False)
         except (AttnkdError, ValueError) as err:
             raise ConfigError("student.init", str(err)) from err
         sg = geometry(scfg)
+        _check_positions(cfg.data.max_length, scfg, "student", s.init)
+        _check_same_tokens(cfg, tcfg, scfg)
     for i, term in enumerate(cfg.losses):
         key = f"losses[{i}]"
         try:
@@ -179,6 +203,78 @@ def validate_models(cfg: DistillConfig) -> Geometries:
         except TermError as err:
             raise ConfigError(f"{key}.{err.field}", str(err)) from err
     return Geometries(tg, sg, layers)
+
+
+def _check_folder(name: str, tokenizer: bool) -> None:
+    """A local (or cached packaged) model folder has weights (and a tokenizer) that load."""
+    from attnkd.models.hub import check_model_folder, resolve_model_path
+
+    resolved = resolve_model_path(name)
+    if resolved.source != "hub":
+        check_model_folder(resolved.path, name, tokenizer=tokenizer)
+
+
+def position_limit(config) -> int | None:
+    """Longest sequence a model's position embeddings allow (None if the config gives none).
+
+    RoBERTa-style families (MPNet, RoBERTa) start positions after the padding index, so
+    ``max_position_embeddings - (pad_token_id + 1)`` positions are usable."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if limit is None:
+        return None
+    if config.model_type in ("mpnet", "roberta", "xlm-roberta", "camembert"):
+        return int(limit) - (int(getattr(config, "pad_token_id", 1) or 0) + 1)
+    return int(limit)
+
+
+def _check_positions(max_length: int, config, who: str, name: str) -> None:
+    limit = position_limit(config)
+    if limit is not None and max_length > limit:
+        raise ConfigError(
+            "data.max_length",
+            f"{max_length} tokens is more than the {who} '{name}' allows ({limit} positions, "
+            f"{config.model_type}): set data.max_length <= {limit}",
+        )
+
+
+def _check_same_tokens(cfg: DistillConfig, tcfg, scfg) -> None:
+    """One batch of token ids feeds both models: the student must share the teacher's
+    vocabulary (size, and the token list itself where the student ships a tokenizer)."""
+    t_name, s_name = cfg.teacher.name, cfg.student.init
+    tv, sv = getattr(tcfg, "vocab_size", None), getattr(scfg, "vocab_size", None)
+    if tv is not None and sv is not None and tv != sv:
+        raise ConfigError(
+            "student.init",
+            f"vocabulary mismatch: teacher '{t_name}' has {tv} tokens, student '{s_name}' {sv}; "
+            "both models read the teacher's token ids, so the student must use its tokenizer",
+        )
+    from attnkd.models.hub import vocabulary_fingerprint
+
+    tf, sf = vocabulary_fingerprint(t_name), vocabulary_fingerprint(s_name)
+    if tf is not None and sf is not None and tf != sf:
+        raise ConfigError(
+            "student.init",
+            f"tokenizer mismatch: teacher '{t_name}' (vocab hash {tf[:12]}) and student "
+            f"'{s_name}' (vocab hash {sf[:12]}) have the same size but different tokens; both "
+            "models read the teacher's token ids, so the student must use its tokenizer",
+        )
+
+
+def validate_output(cfg: DistillConfig) -> None:
+    """The run folder can be created and written (checked before anything is loaded)."""
+    import os
+
+    run_dir = Path(cfg.output_dir) / cfg.name
+    probe = run_dir
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError("output_dir", f"{probe} is a file; expected a folder for runs")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError("output_dir", f"cannot write the run folder {run_dir}: {probe} is "
+                          "not writable (choose another output_dir)")  # fmt: skip
 
 
 def _validate_convert(cfg: DistillConfig) -> None:
@@ -203,6 +299,7 @@ def validate(cfg: DistillConfig, check_data: bool = True, check_models: bool = T
 
         return validate_image(cfg, check_data, check_models)
     validate_static(cfg)
+    validate_output(cfg)
     if cfg.data.data_dir is not None:
         _check(Path(cfg.data.data_dir).is_dir(), "data.data_dir",
                f"folder not found: {cfg.data.data_dir}")  # fmt: skip

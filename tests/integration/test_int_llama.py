@@ -99,14 +99,16 @@ def test_llama_family_adapter_paths_and_geometry():
     assert base.get_submodule(a.layers)[2] is base.get_submodule(a.layer_path(2))
     assert base.get_submodule(a.embeddings) is model.get_input_embeddings()
 
-    assert geometry(llama_config()) == AttentionGeometry(3, WIDTH, 4, 2, HEAD_DIM, causal=True)
+    expected = AttentionGeometry(3, WIDTH, 4, 2, HEAD_DIM, causal=True, vocab_size=DEC_VOCAB)
+    assert geometry(llama_config()) == expected
     assert geometry(llama_config(head_dim=16)).head_dim == 16  # decoupled from the width
     small = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2)
     assert geometry(MistralConfig(**small)).causal and geometry(Qwen2Config(**small)).causal
     assert geometry(Qwen2Config(**small)).head_dim == 8
     assert geometry(bert_config()).causal is False
     opt = OPTConfig(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, ffn_dim=32)
-    assert geometry(opt) == AttentionGeometry(2, 16, 2, 2, 8, causal=False)  # no adapter
+    no_adapter = AttentionGeometry(2, 16, 2, 2, 8, causal=False, vocab_size=opt.vocab_size)
+    assert geometry(opt) == no_adapter
 
 
 # ---------------------------------------------------------------- capture
@@ -380,7 +382,8 @@ def test_load_causal_lm_from_a_local_folder(llama_dir):
     assert isinstance(loaded.model, LlamaForCausalLM)
     assert loaded.source == "local" and loaded.path == str(llama_dir.resolve())
     assert loaded.model.config._attn_implementation == "sdpa"
-    assert loaded.geometry == AttentionGeometry(3, WIDTH, 4, 2, HEAD_DIM, causal=True)
+    expected = AttentionGeometry(3, WIDTH, 4, 2, HEAD_DIM, causal=True, vocab_size=DEC_VOCAB)
+    assert loaded.geometry == expected
     tok = loaded.tokenizer
     assert tok.pad_token == tok.eos_token == "</s>" and tok.pad_token_id == 2
     enc = tok(["w1 w2 w3", "w4"], padding=True, return_tensors="pt")
@@ -446,7 +449,7 @@ def test_smollm2_geometry_and_tokenizer(smollm2):
     from transformers import LlamaForCausalLM
 
     assert smollm2.source == "packaged" and isinstance(smollm2.model, LlamaForCausalLM)
-    assert smollm2.geometry == AttentionGeometry(30, 576, 9, 3, 64, causal=True)
+    assert smollm2.geometry == AttentionGeometry(30, 576, 9, 3, 64, causal=True, vocab_size=49152)
     assert smollm2.model.config.vocab_size == 49152
     assert smollm2.model.lm_head.weight is smollm2.model.model.embed_tokens.weight
     assert smollm2.tokenizer.pad_token is not None

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from int_helpers import HEADS, LAYERS, WIDTH, tiny_bert
+from int_helpers import HEADS, LAYERS, VOCAB, WIDTH, tiny_bert
 
 from attnkd.cli import main
 from attnkd.errors import AttnkdError
@@ -19,7 +19,8 @@ from attnkd.models.load import count_parameters, freeze, load_config, load_encod
 def test_load_local_bert_folder(teacher_dir):
     loaded = load_encoder(str(teacher_dir))
     assert loaded.source == "local" and loaded.path == str(teacher_dir.resolve())
-    assert loaded.geometry == AttentionGeometry(LAYERS, WIDTH, HEADS, HEADS, WIDTH // HEADS)
+    geometry = AttentionGeometry(LAYERS, WIDTH, HEADS, HEADS, WIDTH // HEADS, vocab_size=len(VOCAB))
+    assert loaded.geometry == geometry
     assert loaded.model.config._attn_implementation == "sdpa"
     assert getattr(loaded.model, "pooler", None) is None
     assert loaded.tokenizer.pad_token_id == 0
@@ -117,5 +118,5 @@ def test_eval_of_a_plain_model_folder_against_itself(teacher_dir, data_dir, caps
 
 
 def test_eval_of_a_folder_without_a_model_fails_cleanly(tmp_path, capsys):
-    assert main(["eval", str(tmp_path)]) == 1
+    assert main(["eval", str(tmp_path)]) == 2
     assert "expected a run folder with student/" in capsys.readouterr().err

@@ -4,7 +4,6 @@ causal masking in every attention/relation term, and relation widths under GQA."
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -25,13 +24,6 @@ SG = AttentionGeometry(num_layers=1, hidden_size=16, num_heads=4, num_kv_heads=2
 SMOL = AttentionGeometry(num_layers=30, hidden_size=576, num_heads=9, num_kv_heads=3, head_dim=64,
                          causal=True)  # fmt: skip
 """SmolLM2-135M's attention layout."""
-
-
-@dataclass(frozen=True)
-class VocabGeometry(AttentionGeometry):
-    """A geometry that also knows the output vocabulary (checked when the term is built)."""
-
-    vocab_size: int = 0
 
 
 def _mask() -> torch.Tensor:
@@ -127,11 +119,12 @@ def test_logits_term_needs_one_vocabulary():
     term = _term("logits")
     with pytest.raises(TermError, match="teacher has 50 tokens, student 40"):
         term(_logit_taps(50, 1), _logit_taps(40, 2), _mask())
-    tg, sg = VocabGeometry(**vars(TG), vocab_size=50), VocabGeometry(**vars(SG), vocab_size=40)
+    tg = AttentionGeometry(**{**vars(TG), "vocab_size": 50})
+    sg = AttentionGeometry(**{**vars(SG), "vocab_size": 40})
     with pytest.raises(TermError, match="teacher has 50 tokens, student 40") as info:
         _term("logits", tg, sg)
     assert info.value.field == "name"
-    _term("logits", tg, VocabGeometry(**vars(SG), vocab_size=50))
+    _term("logits", tg, AttentionGeometry(**{**vars(SG), "vocab_size": 50}))
 
 
 def test_logits_term_on_tiny_llamas_is_zero_on_itself_and_trains_the_student():

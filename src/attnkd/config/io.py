@@ -92,7 +92,9 @@ def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            raise ConfigError(key, f"override '{raw}': value is not valid YAML ({err})") from None
+            raise ConfigError(
+                key, f"override '{raw}': value is not valid YAML ({yaml_problem(err)})"
+            ) from None
         data = to_dict(cfg)
         try:
             _set_path(data, key.split("."), value)
@@ -256,6 +258,23 @@ def _set_path(data: dict[str, Any], parts: list[str], value: Any) -> None:
             )
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML error: the problem with its line and column, and what it was
+    parsing (PyYAML's own text spans several lines with a drawn caret)."""
+    problem = getattr(err, "problem", None)
+    if not problem:
+        return " ".join(str(err).split())
+    text = problem
+    mark = getattr(err, "problem_mark", None)
+    if mark is not None:
+        text += f" at line {mark.line + 1}, column {mark.column + 1}"
+    context, cmark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context:
+        text += f" ({context}"
+        text += f" started at line {cmark.line + 1}, column {cmark.column + 1})" if cmark else ")"
+    return text
+
+
 def _parse_yaml(text: str, source: str) -> tuple[Any, dict[str, int]]:
     """Safe-load one YAML document; also return the 1-based line of every dotted key."""
     loader = yaml.SafeLoader(text)
@@ -270,7 +289,7 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[str, int]]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
-        raise ConfigError(where, f"invalid YAML: {err}") from None
+        raise ConfigError(where, f"invalid YAML: {yaml_problem(err)}") from None
     finally:
         loader.dispose()
 

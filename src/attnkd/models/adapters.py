@@ -35,6 +35,8 @@ class AttentionGeometry:
     position_bucket: Callable[[Tensor], Tensor] | None = None
     """Families whose attention adds a relative-position bias (MPNet): maps offsets j - i to
     rows of the bias table (captured as the 'position_bias' tap)."""
+    vocab_size: int | None = None
+    """Token vocabulary size (the LM head's output size); None where unknown."""
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,7 @@ def geometry(config) -> AttentionGeometry:
         head_dim=head_dim,
         causal=bool(adapter and adapter.causal),
         position_bucket=adapter.position_bucket if adapter else None,
+        vocab_size=int(config.vocab_size) if getattr(config, "vocab_size", None) else None,
     )
 
 

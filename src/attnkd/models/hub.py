@@ -10,6 +10,7 @@ into place, so a half-built folder is never seen.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata as metadata
 import importlib.util
 import json
@@ -284,6 +285,101 @@ def list_packaged() -> list[PackagedModel]:
         )
         for key, spec in _ALIASES.items()
     ]
+
+
+WEIGHT_SUFFIX = ".safetensors"
+PICKLE_WEIGHTS = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "model.ckpt.index")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")  # fmt: skip
+
+
+def check_model_folder(folder: str | os.PathLike, name: str, tokenizer: bool = False) -> None:
+    """Refuse a local model folder that cannot load: no ``config.json``, no safetensors weights
+    (or only pickled ones), a truncated or corrupt ``.safetensors`` file, or (``tokenizer``)
+    no tokenizer files. Reads file headers only. Raises ``AttnkdError`` naming the file."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise AttnkdError(f"cannot load model '{name}': {folder} has no config.json")
+    weights = sorted(folder.glob(f"*{WEIGHT_SUFFIX}"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise AttnkdError(f"cannot load model '{name}': cannot read {index}: {err}") from None
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if missing:
+            raise AttnkdError(f"cannot load model '{name}': {index} lists missing shards {missing}")
+    if not weights:
+        pickled = [f for f in PICKLE_WEIGHTS if (folder / f).exists()]
+        if pickled:
+            raise AttnkdError(
+                f"cannot load model '{name}': {folder} holds only {', '.join(pickled)}; attnkd "
+                "loads safetensors weights only (it never unpickles files): save the model with "
+                "save_pretrained(safe_serialization=True)"
+            )
+        raise AttnkdError(
+            f"cannot load model '{name}': {folder} has config.json but no weights "
+            "(expected model.safetensors)"
+        )
+    for w in weights:
+        check_safetensors(w)
+    if tokenizer and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise AttnkdError(
+            f"cannot load model '{name}': {folder} has no tokenizer (expected one of "
+            f"{', '.join(TOKENIZER_FILES)}); the teacher's tokenizer feeds both models"
+        )
+
+
+def vocabulary_fingerprint(name: str) -> str | None:
+    """sha256 of a local model's token list (token -> id, sorted), or None when the folder has
+    no tokenizer or the model is a hub id (nothing is downloaded to compare)."""
+    resolved = resolve_model_path(name)
+    folder = Path(resolved.path)
+    if resolved.source == "hub" or not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        vocab = AutoTokenizer.from_pretrained(str(folder)).get_vocab()
+    except (OSError, ValueError, TypeError) as err:
+        raise AttnkdError(
+            f"cannot load model '{name}': cannot read its tokenizer in {folder}: {err}"
+        ) from None
+    text = "\n".join(f"{i}\t{t}" for t, i in sorted(vocab.items(), key=lambda kv: kv[1]))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a ``.safetensors`` file whose header is unreadable or whose size does not match
+    it (e.g. a copy cut short by a full disk). A file under the model cache gets a hint to
+    delete its folder, which is then rebuilt on next use."""
+    path = Path(path)
+    size = path.stat().st_size
+    problem = None
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or n > size - 8:
+            problem = f"header length {n} does not fit a file of {size} bytes"
+        else:
+            try:
+                header = json.loads(fh.read(n).decode("utf-8"))
+                end = max((int(v["data_offsets"][1]) for k, v in header.items()
+                           if k != "__metadata__"), default=0)  # fmt: skip
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+                problem = f"unreadable header ({err})"
+            else:
+                if 8 + n + end != size:
+                    problem = f"the header describes {8 + n + end} bytes, the file has {size}"
+    if problem is None:
+        return
+    hint = ""
+    cache = cache_dir() / "models"
+    if path.resolve().is_relative_to(cache.resolve()):
+        folder = cache / path.resolve().relative_to(cache.resolve()).parts[0]
+        hint = f"; it is a cached conversion: delete {folder} and it is rebuilt on next use"
+    raise AttnkdError(f"model weights {path} are corrupt or truncated: {problem}{hint}")
 
 
 def resolve_model_path(name: str) -> ResolvedModel:

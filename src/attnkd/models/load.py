@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 
 from torch import nn
@@ -14,7 +15,9 @@ from attnkd.models.adapters import (
     attn_implementation_for,
     geometry,
 )
-from attnkd.models.hub import resolve_model_path
+from attnkd.models.hub import check_model_folder, resolve_model_path
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,7 +37,7 @@ def load_config(name: str):
     resolved = resolve_model_path(name)
     try:
         return AutoConfig.from_pretrained(resolved.path)
-    except (OSError, ValueError) as err:  # ValueError: no config.json / unknown model_type
+    except (OSError, ValueError, TypeError) as err:  # no config.json, unknown type, bad field
         raise AttnkdError(
             f"cannot load the config of model '{name}' ({resolved.path}): {err}"
         ) from err
@@ -57,6 +60,8 @@ def load_encoder(
             adapter_for(config.model_type)
         except ValueError as err:
             raise AttnkdError(f"cannot use model '{name}': {err}") from None
+        if resolved.source != "hub":
+            check_model_folder(resolved.path, name, tokenizer=tokenizer)
         model_cls = MODEL_MAPPING[type(config)]
         kwargs = {}
         if "add_pooling_layer" in inspect.signature(model_cls.__init__).parameters:
@@ -69,7 +74,7 @@ def load_encoder(
             **kwargs,
         )
         tok = AutoTokenizer.from_pretrained(resolved.path) if tokenizer else None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, TypeError) as err:
         raise AttnkdError(f"cannot load model '{name}' from {resolved.path}: {err}") from err
     return LoadedModel(model, tok, resolved.path, resolved.source, geometry(model.config))
 
@@ -97,6 +102,8 @@ def load_causal_lm(
             adapter = adapter_for(config.model_type)
         except ValueError as err:
             raise AttnkdError(f"cannot use model '{name}': {err}") from None
+        if resolved.source != "hub":
+            check_model_folder(resolved.path, name, tokenizer=tokenizer)
         if not adapter.causal:
             raise AttnkdError(
                 f"cannot load model '{name}' as a causal LM: '{config.model_type}' is an encoder "
@@ -108,7 +115,7 @@ def load_causal_lm(
             resolved.path, attn_implementation=impl, use_safetensors=True
         )
         tok = AutoTokenizer.from_pretrained(resolved.path) if tokenizer else None
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise AttnkdError(f"cannot load model '{name}' from {resolved.path}: {err}") from err
     if tok is not None and tok.pad_token is None:
         if tok.eos_token is None:
@@ -123,6 +130,36 @@ def freeze(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+@dataclass
+class FrozenEmbeddings:
+    """What ``train.freeze_embeddings`` froze: the input embedding, and whether the LM head is
+    the same tensor (a tied head is then frozen with it)."""
+
+    names: list[str]
+    tied_head: bool
+
+
+def freeze_input_embeddings(model: nn.Module) -> FrozenEmbeddings:
+    """Freeze the token embedding matrix (``get_input_embeddings().weight``).
+
+    A decoder whose LM head is tied to it (``tie_word_embeddings``) has one tensor for both, so
+    the head is frozen too: this is said in the log and in the returned record, never silently.
+    Refusing freshly initialised (narrowed) embeddings is :mod:`attnkd.validate`'s job.
+    """
+    weight = model.get_input_embeddings().weight
+    weight.requires_grad_(False)
+    names = [n for n, p in model.named_parameters(remove_duplicate=False) if p is weight]
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    tied = head is not None and getattr(head, "weight", None) is weight
+    if tied:
+        log.warning(
+            "train.freeze_embeddings: the LM head is tied to the input embeddings, so it is "
+            "frozen too (%s)",
+            ", ".join(names) or "embeddings",
+        )
+    return FrozenEmbeddings(names, tied)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -1,5 +1,5 @@
 """Build students from teachers (layer choice, narrowing, weight inheritance)."""
 
-from attnkd.students.build import StudentReport, build_student, select_layers
+from attnkd.students.build import StudentReport, build_student, select_layers, student_config
 
-__all__ = ["StudentReport", "build_student", "select_layers"]
+__all__ = ["StudentReport", "build_student", "select_layers", "student_config"]

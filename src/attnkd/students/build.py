@@ -103,6 +103,17 @@ def build_student(
     return student, report
 
 
+def student_config(
+    teacher_cfg,
+    layers: list[int],
+    hidden_size: int | None = None,
+    num_heads: int | None = None,
+    intermediate_size: int | None = None,
+):
+    """The config :func:`build_student` gives the student (no weights; for estimates)."""
+    return _student_config(teacher_cfg, layers, hidden_size, num_heads, intermediate_size)
+
+
 _PER_LAYER_KEYS = ("layer_types",)
 """Config lists with one entry per layer (e.g. Qwen2's full/sliding attention per layer)."""
 
