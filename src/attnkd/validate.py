@@ -21,7 +21,7 @@ from attnkd.models.adapters import AttentionGeometry, adapter_for, geometry
 IMPLS = ("auto", "naive", "chunked")
 ATTN_IMPLS = ("sdpa", "eager")
 EVAL_TASKS = ("stsb:dev", "stsb:val")
-TASKS = ("sentence", "causal_lm")
+TASKS = ("sentence", "causal_lm", "image_classification")
 VOCAB_KINDS = ("fkl", "rkl", "jsd", "tvd")
 CONVERT_KINDS = ("linear", "window", "hybrid")
 CONVERT_LOSSES = ("mse", "ce", "ce+mse")
@@ -294,6 +294,10 @@ def _validate_convert(cfg: DistillConfig) -> None:
 
 def validate(cfg: DistillConfig, check_data: bool = True, check_models: bool = True) -> None:
     """All checks, in order of cost; raises the first :class:`ConfigError`."""
+    if cfg.task == "image_classification":  # its own models, losses and data
+        from attnkd.vision.validate import validate_image
+
+        return validate_image(cfg, check_data, check_models)
     validate_static(cfg)
     validate_output(cfg)
     if cfg.data.data_dir is not None:

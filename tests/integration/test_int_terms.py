@@ -11,7 +11,7 @@ from int_helpers import HEADS, LAYERS, WIDTH, tiny_bert
 
 from attnkd.capture import KINDS, Capture, Tap
 from attnkd.config.schema import LossTermConfig
-from attnkd.losses.terms import TERMS, build_terms, collect_taps
+from attnkd.losses.terms import TERMS, VisionTerm, build_terms, collect_taps
 from attnkd.models.adapters import geometry
 from attnkd.models.load import freeze
 from attnkd.students.build import build_student
@@ -48,8 +48,14 @@ def _term(name: str, teacher, student, **kw):
     return TERMS.get(name).cls(cfg, geometry(teacher.config), geometry(student.config))
 
 
-# Terms the tiny encoders can feed ('logits' needs an LM head: see test_int_terms_lm.py)
-ENCODER_TERMS = [n for n in TERMS if "logits" not in TERMS.get(n).cls.teacher_kinds]
+# Terms the tiny encoders can feed ('logits' needs an LM head: see test_int_terms_lm.py; the image
+# terms are tested on tiny CNNs and ViTs in tests/vision)
+ENCODER_TERMS = [
+    n
+    for n in TERMS
+    if "logits" not in TERMS.get(n).cls.teacher_kinds
+    and not issubclass(TERMS.get(n).cls, VisionTerm)
+]
 
 
 @pytest.mark.parametrize("name", ENCODER_TERMS)

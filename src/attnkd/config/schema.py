@@ -17,6 +17,9 @@ class TeacherConfig:
     """Hub id, local folder, or packaged alias (resolved offline first)."""
     attn_implementation: str = "sdpa"
     """'sdpa' (fused) or 'eager'. q/k/v capture works on both."""
+    recipe: str = ""
+    """image_classification: a recipe that trains this teacher, run first when ``name`` (the
+    folder it exports to) does not exist yet; '' means never."""
 
 
 @dataclass
@@ -87,6 +90,9 @@ class DataConfig:
     """causal_lm: share of the token blocks (the last ones) held out for the final evaluation."""
     max_length: int = 128
     """Longest tokenised sentence (sentence task), or the block length in tokens (causal_lm)."""
+    image_dir: str | None = None
+    """image_classification: the Fashion-MNIST idx folder; None means $ATTNKD_FMNIST_DIR, then
+    /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist)."""
     bad_rows: str = "error"
     """'error' stops at the first malformed row (naming file and line); 'skip' counts and skips."""
 
@@ -154,7 +160,8 @@ class DistillConfig:
     name: str = "minilm-sentence"
     output_dir: str = "runs"
     task: str = "sentence"
-    """'sentence' (embeddings, STS Spearman) or 'causal_lm' (next-token perplexity)."""
+    """'sentence' (embeddings, STS Spearman), 'causal_lm' (next-token perplexity) or
+    'image_classification' (Fashion-MNIST accuracy; CNN/ViT builders, see attnkd.vision)."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     losses: list[LossTermConfig] = field(default_factory=lambda: [LossTermConfig()])

@@ -171,6 +171,22 @@ GPT2 = _register(
 )
 
 
+IMAGE_VIT = _register(
+    FamilyAdapter(
+        family="attnkd_vit",
+        model_types=("attnkd_vit",),
+        layers="blocks",
+        query="blocks.{i}.attn.q",
+        key="blocks.{i}.attn.k",
+        value="blocks.{i}.attn.v",
+        attention="blocks.{i}.attn",
+        attention_output="blocks.{i}.attn.proj",
+        embeddings="patch_embed",
+    )
+)
+"""attnkd's own small ViT (:mod:`attnkd.vision.models`), so q/k/v capture works on it too."""
+
+
 def base_model(model: nn.Module) -> nn.Module:
     """The bare transformer inside a task model (``BertForX.bert`` -> ``BertModel``)."""
     prefix = getattr(model, "base_model_prefix", None)

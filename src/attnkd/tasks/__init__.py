@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from attnkd.tasks.base import Task, TaskSetup
 
-TASK_NAMES = ("sentence", "causal_lm")
+TASK_NAMES = ("sentence", "causal_lm", "image_classification")
 
 
 def get_task(name: str) -> Task:
-    """The task module for ``name`` ('sentence' or 'causal_lm')."""
+    """The task module for ``name`` ('sentence', 'causal_lm' or 'image_classification')."""
     if name == "sentence":
         from attnkd.tasks import sentence
 
@@ -22,6 +22,10 @@ def get_task(name: str) -> Task:
         from attnkd.tasks import causal_lm
 
         return causal_lm.TASK
+    if name == "image_classification":
+        from attnkd.tasks import image_classification
+
+        return image_classification.TASK
     raise ValueError(f"unknown task '{name}'; expected one of {TASK_NAMES}")
 
 

@@ -41,3 +41,9 @@ class Task:
     """``load(name, attn_implementation, tokenizer=True)``."""
     setup: Callable[[DistillConfig, nn.Module, nn.Module, object], TaskSetup]
     """``setup(cfg, teacher, student, tokenizer)``."""
+    make_step: Callable | None = None
+    """``make_step(teacher, distiller) -> step_fn`` when the task's batches are not token
+    batches (image classification); None uses :func:`attnkd.distill.make_step`."""
+    prepare: Callable[[DistillConfig, Callable], None] | None = None
+    """``prepare(cfg, run_recipe)`` runs before the models load (image classification: the
+    teacher stage, run with ``run_recipe(cfg, resume)``, the recipe runner)."""

@@ -1,7 +1,8 @@
 """Configurable loss terms: thin wrappers that pick captured tensors and call pure losses.
 
 ``TERMS`` maps each name a recipe can use to its class; importing this package registers them
-all (attention and relation terms, the vocabulary ``logits`` term, feature terms).
+all (attention and relation terms, the vocabulary ``logits`` term, feature terms, and the image
+terms of :mod:`attnkd.losses.terms.vision`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from attnkd.losses.terms.features import (
     SentenceMseTerm,
 )
 from attnkd.losses.terms.logits import LogitsTerm
+from attnkd.losses.terms.vision import VisionTerm
 
 __all__ = [
     "RELATION_PAIRS",
@@ -47,6 +49,7 @@ __all__ = [
     "TermError",
     "TermSpec",
     "ValueRelationTerm",
+    "VisionTerm",
     "build_terms",
     "collect_taps",
     "register",

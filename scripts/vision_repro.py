@@ -1,0 +1,203 @@
+"""Reproduce the Fashion-MNIST figures of the image_classification task and write the tables.
+
+    python scripts/vision_repro.py run  [--seeds 0 1 2] [--parallel 3] [--parts ...]  # skips done
+    python scripts/vision_repro.py tables                                  # results/vision_*.json
+
+``run`` calls the attnkd CLI under ``nice -n 10`` with one thread per process: the teacher
+recipe, the five CNN students and the two ViT variants for every seed, ``attnkd condense`` for
+three methods at 1/10/50 images per class, then pruning (``attnkd prune``) and AT recovery.
+``tables`` reads only results.json files the runs wrote (a cell without one is reported
+missing, never filled in): test accuracy mean ± std over the seeds found, parameters, and each
+run's training wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+STUDENTS = ["scratch", "kd", "at", "kd-at", "rkd", "vit-deit", "vit-deit-soft"]
+CONDENSE = {"methods": ["datadam", "dm", "random"], "ipc": [1, 10, 50]}
+RUNS = Path("runs")
+PARTS = ["teacher", "students", "vit", "condense", "prune"]
+
+
+def _cli(args: list[str], log: Path) -> int:
+    env = {**os.environ, "PYTHONPATH": "src", "OMP_NUM_THREADS": "1"}
+    cmd = ["nice", "-n", "10", sys.executable, "-m", "attnkd", *args]
+    with log.open("w") as f:
+        return subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+
+
+def _done(name: str) -> bool:
+    return (RUNS / name / "results.json").is_file()
+
+
+def run(seeds: list[int], parallel: int, condense_iterations: int, parts: list[str]) -> None:
+    logs = RUNS / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    if "teacher" in parts and not _done("fmnist-teacher"):
+        _cli(["distill", "recipes/fmnist-teacher.yaml", "--no-progress"], logs / "teacher.log")
+    jobs = []
+    for seed in seeds:
+        for s in STUDENTS:
+            name = f"fmnist-{s}-s{seed}"
+            if ("vit" if s.startswith("vit") else "students") in parts and not _done(name):
+                args = ["distill", f"recipes/fmnist-{s}.yaml", f"name={name}",
+                        f"train.seed={seed}", "--no-progress", "--overwrite"]  # fmt: skip
+                jobs.append((args, logs / f"{name}.log"))
+    for m in CONDENSE["methods"]:
+        for ipc in CONDENSE["ipc"]:
+            for seed in seeds:
+                folder = RUNS / "condense" / f"condense-{m}-ipc{ipc}-s{seed}"
+                if "condense" in parts and not folder.is_dir():
+                    args = ["condense", "--method", m, "--ipc", str(ipc), "--seeds", str(seed),
+                            "--iterations", str(condense_iterations), "--real-batch", "32",
+                            "--eval-steps", "200", "--out", str(RUNS / "condense")]  # fmt: skip
+                    jobs.append((args, logs / f"condense-{m}-{ipc}-{seed}.log"))
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(lambda j: _cli(*j), jobs))
+    if "prune" not in parts:
+        return
+    pruned = "runs/fmnist-teacher-pruned"
+    if not Path(pruned).is_dir():
+        _cli(["prune", "runs/fmnist-teacher/student", pruned, "--ratio", "0.5"], logs / "prune.log")
+    for name, extra in (("fmnist-prune-none", ["train.max_steps=0"]),
+                        ("fmnist-prune-ce", ["losses=[{name: ce}]"]),
+                        ("fmnist-prune-at", [])):  # fmt: skip
+        if not _done(name):
+            args = ["distill", "recipes/fmnist-prune-at.yaml", f"name={name}", *extra]
+            _cli([*args, "--no-progress", "--overwrite"], logs / f"{name}.log")
+
+
+def _wall(run: Path) -> float | None:
+    """Training wall time over all sessions of a run: the last 'stop' event's elapsed_s."""
+    f = run / "metrics.jsonl"
+    if not f.is_file():
+        return None
+    stops = [json.loads(x) for x in f.read_text().splitlines() if '"event": "stop"' in x]
+    return stops[-1]["elapsed_s"] if stops else None
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _stats(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0, "mean": None, "std": None}
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return {"n": len(values), "mean": statistics.fmean(values), "std": std}
+
+
+def tables(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    teacher = _read(RUNS / "fmnist-teacher" / "results.json")
+    if teacher:
+        rows["teacher"] = {
+            "recipe": "recipes/fmnist-teacher.yaml", "seeds": [0],
+            "accuracy": [teacher["student"]["accuracy"]],
+            **_stats([teacher["student"]["accuracy"]]), "params": teacher["student"]["params"],
+            "train_seconds": [teacher["train"]["seconds_this_session"]],
+            "train_wall_seconds_all_sessions": [_wall(RUNS / "fmnist-teacher")],
+        }  # fmt: skip
+    for s in STUDENTS:
+        pattern = re.compile(rf"fmnist-{re.escape(s)}-s(\d+)")  # not fmnist-vit-deit-soft-s0
+        matches = ((pattern.fullmatch(p.name), p) for p in RUNS.glob(f"fmnist-{s}-s*"))
+        folders = sorted((int(m.group(1)), p) for m, p in matches if m)
+        found = [(seed, _read(p / "results.json")) for seed, p in folders]
+        found = [(seed, r) for seed, r in found if r]
+        acc = [r["student"]["accuracy"] for _, r in found]
+        rows[s] = {
+            "recipe": f"recipes/fmnist-{s}.yaml", "seeds": [seed for seed, _ in found],
+            "accuracy": acc, **_stats(acc),
+            "params": found[0][1]["student"]["params"] if found else None,
+            "train_seconds": [r["train"]["seconds_this_session"] for _, r in found],
+            "train_wall_seconds_all_sessions": [_wall(p) for _, p in folders if _read(
+                p / "results.json")],
+        }  # fmt: skip
+    _write(out / "vision_fmnist.json", {
+        "what": "Fashion-MNIST test accuracy (10k), mean/std over seeds; only runs that finished",
+        "command": "python scripts/vision_repro.py run && python scripts/vision_repro.py tables",
+        "under_load": True, "rows": rows,
+    })  # fmt: skip
+    cells = {}
+    for m in CONDENSE["methods"]:
+        for ipc in CONDENSE["ipc"]:
+            rs = [_read(p / "results.json") for p in
+                  sorted((RUNS / "condense").glob(f"condense-{m}-ipc{ipc}-s*"))]  # fmt: skip
+            rs = [r for r in rs if r]
+            acc = [r["test_accuracy"] for r in rs]
+            moved = [_moved(m, ipc, r["config"]["seed"]) for r in rs]
+            cells[f"{m}/ipc{ipc}"] = {
+                "mean_abs_pixel_change_from_start": moved,
+                "accuracy": acc, **_stats(acc),
+                "seeds": [r["config"]["seed"] for r in rs],
+                "iterations": [r["config"]["iterations"] for r in rs],
+                "seconds": [r["total_seconds"] for r in rs],
+            }  # fmt: skip
+    _write(out / "vision_condense.json", {
+        "what": "test accuracy of a fresh cnn:condense trained only on N synthetic images/class",
+        "command": "python scripts/vision_repro.py run && python scripts/vision_repro.py tables",
+        "under_load": True, "cells": cells,
+    })  # fmt: skip
+    prune = {}
+    for name in ("fmnist-teacher", "fmnist-prune-none", "fmnist-prune-ce", "fmnist-prune-at"):
+        r = _read(RUNS / name / "results.json")
+        if r:
+            prune[name] = {"accuracy": r["student"]["accuracy"], "params": r["student"]["params"],
+                           "train_seconds": r["train"]["seconds_this_session"]}  # fmt: skip
+    _write(out / "vision_prune.json", {
+        "what": "unpruned teacher vs 50% channel-pruned (BN scale): no recovery, CE, CE+AT",
+        "command": "python scripts/vision_repro.py run && python scripts/vision_repro.py tables",
+        "under_load": True, "rows": prune,
+    })  # fmt: skip
+
+
+def _moved(method: str, ipc: int, seed: int) -> float | None:
+    """Mean |synthetic − starting real image|: every method starts from the images the 'random'
+    run of the same size and seed returns, so the two saved sets are compared."""
+    from safetensors.torch import load_file
+
+    base = RUNS / "condense"
+    a = base / f"condense-{method}-ipc{ipc}-s{seed}" / "synthetic.safetensors"
+    b = base / f"condense-random-ipc{ipc}-s{seed}" / "synthetic.safetensors"
+    if not (a.is_file() and b.is_file()):
+        return None
+    return float((load_file(str(a))["images"] - load_file(str(b))["images"]).abs().mean())
+
+
+def _write(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--parallel", type=int, default=2)
+    r.add_argument("--condense-iterations", type=int, default=60)
+    r.add_argument("--parts", nargs="+", default=PARTS, choices=PARTS)
+    t = sub.add_parser("tables")
+    t.add_argument("--out", default="results")
+    a = p.parse_args()
+    if a.cmd == "run":
+        run(a.seeds, a.parallel, a.condense_iterations, a.parts)
+    else:
+        tables(Path(a.out))
+
+
+if __name__ == "__main__":
+    main()
