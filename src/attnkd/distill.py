@@ -192,6 +192,9 @@ def _run(
     batches = distributed.RankShard(setup.batches, ctx.rank, ctx.world_size)
     if cfg.train.max_steps > 0:  # DDP wrapper or FSDP2 shards; the teacher stays outside
         model = distributed.wrap(distiller, cfg.train.distributed)
+        if cfg.train.shard_teacher:  # FSDP2 over the frozen teacher: one block whole at a time
+            distributed.shard_frozen(teacher)
+            log.info("teacher sharded by FSDP2: %s", distributed.is_sharded(teacher))
 
     t0 = time.time()
     if cfg.train.max_steps == 0:  # evaluate and export the student as built (baselines)
@@ -208,6 +211,10 @@ def _run(
     # the other ranks are done (torchrun waits for rank 0 without a timeout)
     if not ctx.is_main:
         return None
+    if distributed.is_sharded(teacher):  # rank 0 alone cannot run a sharded teacher
+        teacher = freeze(task.load(cfg.teacher.name, cfg.teacher.attn_implementation).model)
+        teacher.to(device=device, dtype=teacher_dtype)
+        setup = task.setup(world_cfg, teacher, student, tok)
     if distributed.is_sharded(distiller):  # FSDP2: rebuild the student whole from a checkpoint
         student = _make_student(cfg, teacher, task)
         distiller = Distiller(student, build_terms(cfg.losses, teacher_m.geometry, sg))

@@ -1,5 +1,6 @@
-"""Fixtures for the integration tests: tiny tokenizer, tiny local model folders (BERT teacher,
-MPNet), a tiny data folder, and configs for fast distillation runs (see int_helpers.py)."""
+"""Fixtures for the integration tests: the shared ones (int_fixtures.py: tiny tokenizer, tiny
+BERT teacher folder, tiny data folder, fast-run overrides) plus a tiny MPNet folder, a padded
+batch and configs for fast distillation runs (see int_helpers.py)."""
 
 from __future__ import annotations
 
@@ -9,45 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from int_helpers import (
-    VOCAB,
-    fast_overrides,
-    make_sentence,
-    make_tokenizer,
-    tiny_bert,
-    tiny_mpnet,
-    write_data_dir,
+from int_fixtures import (  # noqa: F401 (fixtures)
+    _one_thread,
+    base_overrides,
+    data_dir,
+    teacher_dir,
+    tokenizer,
+    vocab_file,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matmuls on a busy shared CPU run ~100x faster on one intra-op thread than on two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def vocab_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    path.write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="session")
-def tokenizer(vocab_file):
-    return make_tokenizer(vocab_file)
-
-
-@pytest.fixture(scope="session")
-def teacher_dir(tmp_path_factory, tokenizer) -> Path:
-    """A local model folder: tiny BERT teacher (safetensors) + tokenizer, read-only by tests."""
-    folder = tmp_path_factory.mktemp("models") / "tiny-bert"
-    tiny_bert(seed=0).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+from int_helpers import make_sentence, tiny_mpnet
 
 
 @pytest.fixture(scope="session")
@@ -58,13 +29,8 @@ def mpnet_dir(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory) -> Path:
-    return write_data_dir(tmp_path_factory.mktemp("data"))
-
-
 @pytest.fixture
-def batch(tokenizer) -> dict[str, torch.Tensor]:
+def batch(tokenizer) -> dict[str, torch.Tensor]:  # noqa: F811 (the imported fixture)
     """Three sentences of different lengths, padded (so the mask has zeros)."""
     rng = random.Random(3)
     sentences = [make_sentence(rng), "a dog .", make_sentence(rng) + " and the cat is sitting"]
@@ -74,13 +40,7 @@ def batch(tokenizer) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture
-def base_overrides(teacher_dir, data_dir, tmp_path) -> list[str]:
-    """``key=value`` overrides of a fast run on the tiny teacher and data (see int_helpers)."""
-    return fast_overrides(teacher_dir, data_dir, tmp_path / "runs")
-
-
-@pytest.fixture
-def make_cfg(base_overrides) -> Callable:
+def make_cfg(base_overrides) -> Callable:  # noqa: F811 (the imported fixture)
     """``make_cfg(*overrides)`` -> DistillConfig of the fast run with extra overrides."""
     from attnkd.config.io import apply_overrides
     from attnkd.config.schema import default_recipe

@@ -79,6 +79,39 @@ def test_two_ranks_match_one_process_with_the_doubled_batch(lm_setup, tmp_path):
     assert r2["teacher"] == r1["teacher"]
 
 
+def test_sharded_teacher_gives_the_losses_of_a_whole_one(lm_setup, tmp_path):  # noqa: F811
+    """train.shard_teacher: the frozen teacher split over 2 ranks by FSDP2 (one block gathered
+    at a time) gives the per-step losses of one process holding it whole, and rank 0's final
+    teacher score comes from an unsharded copy."""
+    one = _cfg(lm_setup, "name=whole-teacher", "train.batch_size=4", "train.log_every=1")
+    two = _cfg(lm_setup, "name=sharded-teacher", "train.batch_size=2", "train.log_every=1",
+               "train.shard_teacher=true")  # fmt: skip
+    from attnkd.distill import run_distill
+
+    r1 = run_distill(one, progress=False)
+    dump_yaml(two, tmp_path / "two.yaml")
+    out = torchrun_distill([str(tmp_path / "two.yaml"), "--no-progress"], tmp_path)
+    assert "teacher sharded by FSDP2: True" in out.stdout + out.stderr  # rank 0 logs it
+    run1, run2 = Path(one.output_dir) / one.name, Path(two.output_dir) / two.name
+    l1 = [e["loss"] for e in read_metrics(run1, "train")]
+    l2 = [e["loss"] for e in read_metrics(run2, "train")]
+    assert len(l2) == 6 and l2 == pytest.approx(l1, rel=LOSS_RTOL)
+    w1, w2 = _student_weights(run1), _student_weights(run2)
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], atol=WEIGHT_ATOL, rtol=0, msg=k)
+    r2 = json.loads((run2 / "results.json").read_text())
+    assert r2["teacher"] == r1["teacher"]
+
+
+def test_sharding_a_trainable_module_is_refused(monkeypatch):
+    from attnkd.engine import distributed
+
+    ctx = distributed.DistContext(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
+    monkeypatch.setattr(distributed, "current", lambda: ctx)
+    with pytest.raises(AttnkdError, match="train.shard_teacher"):
+        distributed.shard_frozen(torch.nn.Linear(2, 2))
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_sentence_run_on_two_ranks_writes_one_result(strategy, base_overrides, tmp_path):
     from transformers import AutoModel

@@ -135,6 +135,11 @@ class TrainConfig:
     """Under torchrun with WORLD_SIZE > 1: 'ddp' (replicated student, averaged gradients) or
     'fsdp' (FSDP2 fully_shard: student, gradients and optimizer state sharded). batch_size is
     then per rank: each optimizer step sees world_size * batch_size * grad_accum items."""
+    shard_teacher: bool = False
+    """Under torchrun: shard the frozen teacher with FSDP2 (``fully_shard`` per block, weights
+    gathered one block at a time for its forward), for teachers too large for one device. It
+    stays outside what the optimizer sees and gets no gradients; the final teacher score is
+    taken on rank 0 from an unsharded copy loaded afresh."""
 
 
 @dataclass

@@ -192,6 +192,30 @@ def wrap(module: nn.Module, strategy: str = "ddp") -> nn.Module:
     return module
 
 
+def shard_frozen(module: nn.Module) -> nn.Module:
+    """Shard a frozen model (the teacher) over the ranks with FSDP2, in place; one process: as is.
+
+    Each element of every ``nn.ModuleList`` (the blocks) and then the root become FSDP2 units
+    that gather their weights for their own forward and free them after it
+    (``reshard_after_forward=True``), so at most one block is whole on a rank at a time. The
+    module keeps its structure, so forward hooks on submodules (q/k/v capture) work as before.
+    Every rank must call its forward on the same step (the gathers are collectives).
+    """
+    ctx = current()
+    if not ctx.is_distributed:
+        return module
+    if _trainable(module):
+        raise ConfigError("train.shard_teacher", "the module to shard must be frozen")
+    from torch.distributed.fsdp import fully_shard
+
+    for sub in module.modules():
+        if isinstance(sub, nn.ModuleList):
+            for block in sub:
+                fully_shard(block, reshard_after_forward=True)
+    fully_shard(module, reshard_after_forward=True)
+    return module
+
+
 def _trainable(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
