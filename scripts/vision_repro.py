@@ -109,6 +109,8 @@ def tables(out: Path) -> None:
             "recipe": "recipes/fmnist-teacher.yaml", "seeds": [0],
             "accuracy": [teacher["student"]["accuracy"]],
             **_stats([teacher["student"]["accuracy"]]), "params": teacher["student"]["params"],
+            "val_accuracy": [teacher["student"].get("select_accuracy")],
+            "steps": [teacher["train"]["steps"]],
             "train_seconds": [teacher["train"]["seconds_this_session"]],
             "train_wall_seconds_all_sessions": [_wall(RUNS / "fmnist-teacher")],
         }  # fmt: skip
