@@ -78,3 +78,17 @@ def cfg(**kw) -> TrainConfig:
 def state_equal(a: nn.Module, b: nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def interrupt_after(inner, n_micro: int):
+    """``inner`` (a step function) that raises KeyboardInterrupt on its ``n_micro + 1``-th call:
+    a run cut short after ``n_micro`` micro-batches."""
+    calls = [0]
+
+    def step(batch):
+        calls[0] += 1
+        if calls[0] > n_micro:
+            raise KeyboardInterrupt
+        return inner(batch)
+
+    return step

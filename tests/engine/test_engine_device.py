@@ -8,7 +8,14 @@ from collections import namedtuple
 
 import pytest
 import torch
-from engine_helpers import cfg, make_batches, make_model, mse_step, state_equal
+from engine_helpers import (
+    cfg,
+    interrupt_after,
+    make_batches,
+    make_model,
+    mse_step,
+    state_equal,
+)
 
 from attnkd.engine import StepOutput, fit, load_checkpoint, resolve_device, to_device
 from attnkd.engine.device import check_train_settings, precision_of, teacher_dtype_of
@@ -129,14 +136,7 @@ def test_fp16_scaler_state_is_checkpointed_and_resume_is_exact(tmp_path):
     assert ck.scaler == doc["scaler"]
 
     model = make_model()
-    inner = mse_step(model)
-    calls = [0]
-
-    def step(batch):
-        calls[0] += 1
-        if calls[0] > 5:
-            raise KeyboardInterrupt
-        return inner(batch)
+    step = interrupt_after(mse_step(model), 5)
 
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "cut", c, step_fn=step, model=model)
@@ -192,14 +192,7 @@ def test_cuda_fit_moves_batches_and_resumes_exactly(tmp_path, precision):
     _run(tmp_path / "full", c, step_fn=step_on(full), model=full)
     assert set(seen) == {"cuda"}
     cut = make_model().cuda()
-    inner = step_on(cut)
-    calls = [0]
-
-    def step(batch):
-        calls[0] += 1
-        if calls[0] > 7:
-            raise KeyboardInterrupt
-        return inner(batch)
+    step = interrupt_after(step_on(cut), 7)
 
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "cut", c, step_fn=step, model=cut)

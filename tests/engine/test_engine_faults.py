@@ -9,7 +9,14 @@ import signal
 
 import pytest
 import torch
-from engine_helpers import cfg, make_batches, make_model, mse_step, state_equal
+from engine_helpers import (
+    cfg,
+    interrupt_after,
+    make_batches,
+    make_model,
+    mse_step,
+    state_equal,
+)
 
 from attnkd.engine import (
     CheckpointError,
@@ -119,14 +126,7 @@ def test_skipped_step_keeps_resume_exact(tmp_path):
     full = make_model()
     _run(tmp_path / "full", c, model=full, step_fn=_poisoned(full, {3}))
     cut = make_model()
-    inner = _poisoned(cut, {3})
-    calls = [0]
-
-    def step(batch):
-        calls[0] += 1
-        if calls[0] > 5:
-            raise KeyboardInterrupt
-        return inner(batch)
+    step = interrupt_after(_poisoned(cut, {3}), 5)
 
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "cut", c, model=cut, step_fn=step)
@@ -162,14 +162,7 @@ def test_resume_skips_a_corrupt_newest_checkpoint(tmp_path, damage):
     full, _ = _run(tmp_path / "full", c)
 
     model = make_model()
-    inner = mse_step(model)
-    calls = [0]
-
-    def stop_after_6(batch):
-        calls[0] += 1
-        if calls[0] > 6:
-            raise KeyboardInterrupt
-        return inner(batch)
+    stop_after_6 = interrupt_after(mse_step(model), 6)
 
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "cut", c, model=model, step_fn=stop_after_6)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_helpers import cfg, make_batches, make_model, mse_step, state_equal
+from engine_helpers import (
+    cfg,
+    interrupt_after,
+    make_batches,
+    make_model,
+    mse_step,
+    state_equal,
+)
 
 from attnkd.engine import Schedule, StepOutput, fit, load_checkpoint, read_metrics, read_state
 from attnkd.errors import AttnkdError, ConfigError
@@ -26,16 +33,7 @@ def _run(tmp, c, resume=False, step_fn=None, model=None, progress=False, **kw):
 
 
 def _interrupt_after(model, n_micro: int):
-    inner = mse_step(model)
-    calls = [0]
-
-    def step(batch):
-        calls[0] += 1
-        if calls[0] > n_micro:
-            raise KeyboardInterrupt
-        return inner(batch)
-
-    return step
+    return interrupt_after(mse_step(model), n_micro)
 
 
 class FakeClock:
@@ -336,14 +334,7 @@ def test_resume_exact_on_cuda_with_bf16(tmp_path):
     full = make_model().cuda()
     _run(tmp_path / "full", c, step_fn=cuda_step(full), model=full)
     cut = make_model().cuda()
-    inner = cuda_step(cut)
-    calls = [0]
-
-    def step(batch):
-        calls[0] += 1
-        if calls[0] > 7:
-            raise KeyboardInterrupt
-        return inner(batch)
+    step = interrupt_after(cuda_step(cut), 7)
 
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "cut", c, step_fn=step, model=cut)
