@@ -102,7 +102,7 @@ def _cache_bytes(cache) -> int:
     for layer in cache.layers:
         if isinstance(layer, MixerState):
             total += layer.nbytes()
-        else:
+        elif getattr(layer, "keys", None) is not None:
             total += sum(x.numel() * x.element_size() for x in (layer.keys, layer.values))
     return total
 
@@ -165,6 +165,79 @@ def bench_decoder(args) -> list[dict]:
     return records
 
 
+def bench_layer(args) -> list[dict]:
+    """One SmolLM2 decoder layer (attention + MLP + norms; layer 0 of the teacher and of the
+    converted model), batch 1: forward at each ``--sizes`` length, then ``--steps`` decoding
+    tokens after a prompt of that length. The body is 30 such layers, so these ratios are the
+    body's; the LM head (the same for both) is timed on one token so that whole-model decoding
+    can be bounded. The converted layer's state comes from its own prompt forward; the
+    teacher's cache holds random keys/values of the prompt's length (its cost per token depends
+    on the length only), which spares a quadratic prompt forward."""
+    from transformers import DynamicCache
+
+    teacher = freeze(load_causal_lm(DECODER, "sdpa", tokenizer=False).model)
+    spec = ConversionSpec(kind="hybrid", window=args.window, chunk=args.chunk, layers=[0])
+    converted = convert_attention(teacher, spec).eval()
+    name = f"SmolLM2-135M/hybrid-w{args.window}"
+    cfg = teacher.config
+    t_layer, c_layer = teacher.model.layers[0], converted.model.layers[0]
+    rotary = teacher.model.rotary_emb
+    records = []
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x1 = torch.randn(1, 1, cfg.hidden_size, generator=g)
+        with _Timer() as head:
+            for _ in range(args.steps):
+                teacher.lm_head(teacher.model.norm(x1))
+        for seq in args.sizes:
+            x = torch.randn(1, seq, cfg.hidden_size, generator=g)
+            pos = torch.arange(seq)[None]
+            pe = rotary(x, pos)
+
+            def fwd(layer, x=x, pos=pos, pe=pe):
+                return lambda _keep: layer(x, attention_mask=None, position_ids=pos,
+                                           use_cache=False, position_embeddings=pe)  # fmt: skip
+
+            r = _pair(fwd(t_layer), fwd(c_layer), args.repeats)
+            records.append(_record(name, "forward", seq, r["t_s"], r["c_s"], r["t_mem"],
+                                   r["c_mem"], False, scope="one decoder layer",
+                                   cpu_speedup=r["t_cpu_s"] / r["c_cpu_s"], teacher_s=r["t_s"],
+                                   converted_s=r["c_s"], teacher_cpu_s=r["t_cpu_s"],
+                                   converted_cpu_s=r["c_cpu_s"], teacher_peak_bytes=r["t_mem"],
+                                   converted_peak_bytes=r["c_mem"]))  # fmt: skip
+            # decoding: teacher cache of length seq, converted state from its prompt forward
+            t_cache, c_cache = DynamicCache(config=cfg), DynamicCache(config=cfg)
+            kv = (1, cfg.num_key_value_heads, seq, cfg.head_dim)
+            t_cache.update(torch.randn(kv, generator=g), torch.randn(kv, generator=g), 0)
+            c_layer(x, attention_mask=None, position_ids=pos,
+                    cache=c_cache, use_cache=True, position_embeddings=pe)  # fmt: skip
+            t_bytes, c_bytes = _cache_bytes(t_cache), _cache_bytes(c_cache)
+            per = {}
+            for key, layer, cache in (("t", t_layer, t_cache), ("c", c_layer, c_cache)):
+                with _Timer() as t:
+                    for i in range(args.steps):
+                        p1 = torch.tensor([[seq + i]])
+                        layer(x1, attention_mask=None, position_ids=p1,
+                              cache=cache, use_cache=True,
+                              position_embeddings=rotary(x1, p1))  # fmt: skip
+                per[key] = (args.steps / t.wall, args.steps / t.cpu)
+            layers = cfg.num_hidden_layers  # whole model: 30 layers + LM head, CPU time
+            whole = [1.0 / (layers / per[k][1] + head.cpu / args.steps) for k in ("t", "c")]
+            records.append(_record(name, "decode", seq, per["t"][0], per["c"][0], t_bytes,
+                                   c_bytes, True, scope="one decoder layer",
+                                   cpu_speedup=per["c"][1] / per["t"][1],
+                                   teacher_tokens_per_s=per["t"][0],
+                                   converted_tokens_per_s=per["c"][0],
+                                   teacher_cpu_tokens_per_s=per["t"][1],
+                                   converted_cpu_tokens_per_s=per["c"][1],
+                                   whole_model_cpu_tokens_per_s={"teacher": whole[0],
+                                                                 "converted": whole[1]},
+                                   whole_model_cpu_speedup=whole[1] / whole[0],
+                                   teacher_cache_bytes=t_bytes, converted_cache_bytes=c_bytes,
+                                   steps=args.steps))  # fmt: skip
+    return records
+
+
 def bench_encoder(args) -> list[dict]:
     teacher = freeze(load_encoder(ENCODER, "sdpa", tokenizer=False).model)
     seq, batch = 512, args.batch
@@ -211,6 +284,11 @@ def main() -> None:
     p.add_argument("--skip-encoder", action="store_true")
     p.add_argument("--skip-decoder", action="store_true")
     p.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="decoder: one layer instead of the whole body (a 30th of the time; see bench_layer)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -227,7 +305,7 @@ def main() -> None:
     if not args.skip_encoder:
         records += bench_encoder(args)
     if not args.skip_decoder:
-        records += bench_decoder(args)
+        records += bench_layer(args) if args.per_layer else bench_decoder(args)
     meta = {
         "command": "python bench/conversion_speed.py "
         + " ".join(

@@ -23,7 +23,7 @@ ATTN_IMPLS = ("sdpa", "eager")
 EVAL_TASKS = ("stsb:dev", "stsb:val")
 TASKS = ("sentence", "causal_lm", "image_classification")
 VOCAB_KINDS = ("fkl", "rkl", "jsd", "tvd")
-CONVERT_KINDS = ("linear", "window", "hybrid", "shared", "sparse")
+CONVERT_KINDS = ("linear", "window", "hybrid", "shared", "sparse", "mla")
 CONVERT_LOSSES = ("mse", "ce", "ce+mse", "kl")
 CONVERT_STAGES = ("transfer", "align", "e2e")
 
@@ -153,6 +153,8 @@ def validate_models(cfg: DistillConfig) -> Geometries:
     if cfg.convert.kind:  # the student is the teacher with converted attention
         _check(family.family in ("bert", "llama"), "teacher.name",
                f"conversion supports BERT and Llama families, not {family.family}")  # fmt: skip
+        _check(cfg.convert.kind != "mla" or family.family == "llama", "convert.kind",
+               "'mla' needs a Llama-family decoder (grouped keys and values)")  # fmt: skip
         for i in cfg.convert.layers or []:
             _check(-tg.num_layers <= i < tg.num_layers, "convert.layers",
                    f"layer {i} out of range for a teacher with {tg.num_layers} layers")  # fmt: skip
@@ -289,7 +291,7 @@ def _validate_convert(cfg: DistillConfig) -> None:
         _check(stage in CONVERT_STAGES, "convert.stages", f"expected items of {CONVERT_STAGES}")
     _check(c.e2e_params in ("attention", "mixer"), "convert.e2e_params",
            "expected 'attention' or 'mixer'")  # fmt: skip
-    if c.kind in ("window", "shared") and cfg.train.max_steps and "transfer" in c.stages:
+    if c.kind in ("window", "shared", "mla") and cfg.train.max_steps and "transfer" in c.stages:
         raise ConfigError(
             "convert.stages",
             f"'{c.kind}' has no new parameters for stage 1: drop 'transfer' or train.max_steps=0",

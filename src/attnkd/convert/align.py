@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from attnkd.convert.mla import LatentKVAttention
 from attnkd.convert.swap import converted_modules
 from attnkd.engine.loop import StepOutput
 from attnkd.losses import hidden_mse
@@ -26,8 +27,9 @@ PARAMS = ("attention", "mixer")
 
 
 def set_trainable(student: nn.Module, params: str) -> list[nn.Parameter]:
-    """Freeze ``student`` except the converted layers' mixers and, for ``params='attention'``,
-    their inherited projections (q/k/v/o). Returns the trainable parameters (an error if none)."""
+    """Freeze ``student`` except the converted layers' mixers (MLA: the latent projections)
+    and, for ``params='attention'``, their inherited projections (q/k/v/o). Returns the
+    trainable parameters (an error if none)."""
     if params not in PARAMS:
         raise ValueError(f"params must be one of {PARAMS}, got {params!r}")
     for p in student.parameters():
@@ -41,6 +43,11 @@ def set_trainable(student: nn.Module, params: str) -> list[nn.Parameter]:
             out = adapter.attention_output.format(i=i)
             if not out.startswith(adapter.attention.format(i=i) + "."):  # BERT: o outside
                 chosen += list(base.get_submodule(out).parameters())
+    for m in student.modules():  # MLA layers: their latent projections and q/o
+        if isinstance(m, LatentKVAttention):
+            chosen += list(m.kv_down.parameters()) + list(m.kv_up.parameters())
+            if params == "attention":
+                chosen += list(m.q_proj.parameters()) + list(m.o_proj.parameters())
     unique = list({id(p): p for p in chosen}.values())
     if not unique:
         raise ValueError(f"nothing to train with params={params!r} (no new parameters)")

@@ -12,6 +12,7 @@ converted model (``student/``: safetensors + ``conversion.json``, :func:`load_co
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from attnkd.config.schema import DistillConfig
 from attnkd.convert.align import make_align_step, set_trainable
 from attnkd.convert.e2e import make_e2e_step
 from attnkd.convert.io import save_converted
+from attnkd.convert.mla import convert_to_mla
 from attnkd.convert.swap import ConversionSpec, convert_attention, mixer_parameters
 from attnkd.convert.transfer import TransferModule, make_transfer_step
 from attnkd.engine.checkpoint import load_checkpoint
@@ -37,9 +39,12 @@ from attnkd.validate import validate
 log = logging.getLogger("attnkd")
 
 
-def run_similarity(cfg: DistillConfig, batches: int = 8, max_js: float = 0.05) -> dict:
+def run_similarity(
+    cfg: DistillConfig, batches: int = 8, max_js: float = 0.05, share: int = 0
+) -> dict:
     """EchoAtt analysis of ``cfg.teacher`` on ``batches`` batches of the recipe's training data
-    (``train.batch_size`` each): the layer x layer table and the suggested sharing."""
+    (``train.batch_size`` each): the layer x layer table, the sharing under ``max_js`` and the
+    ``share`` most alike sharing layers (:meth:`SimilarityTable.choose_sharing`)."""
     from attnkd.convert.similarity import attention_similarity
 
     task = get_task(cfg.task)
@@ -62,7 +67,8 @@ def run_similarity(cfg: DistillConfig, batches: int = 8, max_js: float = 0.05) -
     count = min(batches, source.num_batches)
     table = attention_similarity(model, (source.batch_at(0, i) for i in range(count)))
     return {"teacher": cfg.teacher.name, **table.to_dict(), "max_js": max_js,
-            "suggested_sharing": table.suggest(max_js), "table": table.format()}  # fmt: skip
+            "suggested_sharing": table.suggest(max_js), "table": table.format(),
+            "chosen_sharing": table.choose_sharing(share)}  # fmt: skip
 
 
 def spec_from_config(cfg: DistillConfig) -> ConversionSpec:
@@ -136,10 +142,16 @@ def run_convert(
 
     loaded = task.load(cfg.teacher.name, cfg.teacher.attn_implementation)
     teacher, tok = freeze(loaded.model), loaded.tokenizer
-    student = freeze(convert_attention(teacher, spec))
+    mla = spec.kind == "mla"
+    student = freeze(copy.deepcopy(teacher) if mla else convert_attention(teacher, spec))
     for p in mixer_parameters(student):
         p.requires_grad_(True)
     setup = task.setup(cfg, teacher, student, tok)
+    if mla:  # in place (the task's evaluation holds this student): activation PCA on 8 batches
+        calibration = [
+            setup.batches.batch_at(0, i) for i in range(min(8, setup.batches.num_batches))
+        ]
+        freeze(convert_to_mla(student, spec.rank, spec.layers, calibration, inplace=True))
 
     t0 = time.time()
     done = []
@@ -165,7 +177,8 @@ def run_convert(
     student.eval()
     final = setup.final()
     save_converted(student, run_dir / "student", tokenizer=tok)
-    results = {"name": cfg.name, "task": cfg.task, "conversion": spec.to_dict(), **final}
+    conversion = student.attnkd_conversion if mla else spec.to_dict()
+    results = {"name": cfg.name, "task": cfg.task, "conversion": conversion, **final}
     results["teacher"] = {"name": cfg.teacher.name, **final["teacher"],
                           "params": count_parameters(teacher)}  # fmt: skip
     results["student"] = {
