@@ -293,7 +293,14 @@ def _validate_convert(cfg: DistillConfig) -> None:
 
 
 def validate(cfg: DistillConfig, check_data: bool = True, check_models: bool = True) -> None:
-    """All checks, in order of cost; raises the first :class:`ConfigError`."""
+    """All checks, in order of cost; raises the first :class:`ConfigError`. A teacher set or
+    another teacher strategy is checked teacher by teacher (:mod:`attnkd.teachers.validate`)."""
+    from attnkd.config.schema import StrategyConfig
+
+    if cfg.teachers or cfg.strategy != StrategyConfig():
+        from attnkd.teachers.validate import validate_teaching
+
+        return validate_teaching(cfg, validate, check_data, check_models)
     if cfg.task == "image_classification":  # its own models, losses and data
         from attnkd.vision.validate import validate_image
 

@@ -103,6 +103,8 @@ class StrategyConfig:
     partitions: int = 1
     """Several students, each owning one of ``partitions`` disjoint parts of the training data
     (runs ``<name>-part<j>``); 1 = off."""
+    part: int | None = None
+    """The part this run trains on (set per run by the partitions loop); None = all data."""
 
 
 @dataclass

@@ -1,0 +1,32 @@
+"""Who teaches: teacher sets and ensembles, ground-truth mixing, self-distillation generations,
+mutual distillation, multi-exit self-distillation and data partitions (docs/teachers.md).
+
+The pure parts are importable from here; the runner pieces live in :mod:`attnkd.teachers.set`
+(a teacher set in a run), :mod:`attnkd.teachers.mutual` (two models trained together) and
+:mod:`attnkd.teachers.runs` (generations and partitions as chained runs).
+"""
+
+from attnkd.teachers.exits import ExitHead, ExitLoss, exit_kd
+from attnkd.teachers.mixing import MixedKD, mixed_kd, mixed_targets, soft_cross_entropy
+from attnkd.teachers.partition import partition_indices
+from attnkd.teachers.targets import (
+    ensemble_logits,
+    ensemble_mean,
+    ensemble_probs,
+    normalise_weights,
+)
+
+__all__ = [
+    "ExitHead",
+    "ExitLoss",
+    "MixedKD",
+    "ensemble_logits",
+    "ensemble_mean",
+    "ensemble_probs",
+    "exit_kd",
+    "mixed_kd",
+    "mixed_targets",
+    "normalise_weights",
+    "partition_indices",
+    "soft_cross_entropy",
+]
