@@ -115,7 +115,22 @@ def validate_teaching(
         except ConfigError as err:
             raise _rekey(err, i, len(e.losses), labels[i]) from None
     if check_models and cfg.task != IMAGE_ONLY:
+        _check_set_terms(cfg, plain)
         _check_tokenizers(cfg, labels)
+
+
+def _check_set_terms(cfg: DistillConfig, plain: DistillConfig) -> None:
+    """Build the set's routed terms against every teacher's geometry (``config.json`` only):
+    taps known only once a term is built (relations read q/k/v) and layer agreement."""
+    from attnkd.teachers.set import build_set_terms
+    from attnkd.validate import validate_models
+
+    geos = [
+        validate_models(replace(plain, teachers=[], losses=[], teacher=TeacherConfig(
+            e.name, e.attn_implementation, e.recipe)))
+        for e in cfg.teachers
+    ]  # fmt: skip
+    build_set_terms(cfg, [g.teacher for g in geos], geos[0].student)
 
 
 def _check_tokenizers(cfg: DistillConfig, labels: list[str]) -> None:
