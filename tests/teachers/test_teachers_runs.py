@@ -138,3 +138,22 @@ def test_partitions_are_disjoint_and_cover_the_training_data(tmp_path, teachers)
     assert [i["part"] for i in infos] == [0, 1, 2] and {i["of"] for i in infos} == {3}
     total = summary["partitions"][0]["results"]["train"]["train_images"]
     assert sum(i["items"] for i in infos) == total
+
+
+def test_cli_runs_generations_and_refuses_a_bad_teacher_set(tmp_path, teachers, capsys):
+    from attnkd.cli import main
+    from attnkd.config.io import dump_yaml
+
+    cfg = _cfg(tmp_path, "cli", teacher=teachers[0], losses=("ce", "image_kd"), steps=2,
+               strategy=StrategyConfig(generations=2))  # fmt: skip
+    dump_yaml(cfg, tmp_path / "g.yaml")
+    assert main(["distill", str(tmp_path / "g.yaml"), "--no-progress"]) == 0
+    assert (tmp_path / "runs" / "cli-gen1" / "student").is_dir()
+    capsys.readouterr()
+    bad = _cfg(tmp_path, "bad", losses=[LossTermConfig(name="mixed_kd", gt_weight=2.0)],
+               teachers=[TeacherEntry(name=teachers[0]), TeacherEntry(name=teachers[1])])  # fmt: skip
+    bad.teacher = TeacherConfig()
+    dump_yaml(bad, tmp_path / "bad.yaml")
+    assert main(["validate", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "losses[0].gt_weight" in err and "Traceback" not in err

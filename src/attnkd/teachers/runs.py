@@ -56,8 +56,9 @@ def run_chain(
     progress: bool = True,
     overwrite: bool = False,
 ) -> dict:
-    """Run ``configs`` in order with ``run_one`` (the recipe runner); write and return
-    ``{"name", kind: [{"run", "teacher", "results"}, ...]}``."""
+    """Run ``configs`` in order with ``run_one`` (the recipe runner); write
+    ``{"name", kind: [{"run", "teacher", "results"}, ...]}`` and return the last run's results
+    with that list under ``kind`` (so a caller reading one run's results still can)."""
     entries = []
     for c in configs:
         run_dir = Path(c.output_dir) / c.name
@@ -75,4 +76,4 @@ def run_chain(
     out = Path(cfg.output_dir) / cfg.name / f"{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, summary)
-    return summary
+    return {**(entries[-1]["results"] or {}), kind: entries}
