@@ -150,8 +150,9 @@ def test_cli_runs_generations_and_refuses_a_bad_teacher_set(tmp_path, teachers, 
     assert main(["distill", str(tmp_path / "g.yaml"), "--no-progress"]) == 0
     assert (tmp_path / "runs" / "cli-gen1" / "student").is_dir()
     capsys.readouterr()
+    pair = [TeacherEntry(name=teachers[0]), TeacherEntry(name=teachers[1])]
     bad = _cfg(tmp_path, "bad", losses=[LossTermConfig(name="mixed_kd", gt_weight=2.0)],
-               teachers=[TeacherEntry(name=teachers[0]), TeacherEntry(name=teachers[1])])  # fmt: skip
+               teachers=pair)  # fmt: skip
     bad.teacher = TeacherConfig()
     dump_yaml(bad, tmp_path / "bad.yaml")
     assert main(["validate", str(tmp_path / "bad.yaml")]) == 2

@@ -176,3 +176,28 @@ def test_mutual_each_model_learns_from_the_others_detached_output():
     la2 = F.cross_entropy(a(x), y) + hinton_kd(a(x), b(x).detach(), temperature=2.0).kd
     la2.backward()
     torch.testing.assert_close(got["student.head.weight"], a.head.weight.grad)
+
+
+def test_ensemble_vocabulary_term_sees_the_mean_of_probabilities():
+    from attnkd.capture import Tap, Taps
+    from attnkd.losses import token_divergence
+    from attnkd.models.adapters import AttentionGeometry
+    from attnkd.teachers import ensemble_logits
+    from attnkd.teachers.set import TeacherTaps
+
+    g = AttentionGeometry(2, 8, 2, 2, 4, causal=True, vocab_size=11)
+    term = LossTermConfig(name="logits", temperature=2.0)
+    cfg = DistillConfig(teachers=[TeacherEntry(name="a"), TeacherEntry(name="b", weight=2.0)],
+                        losses=[term])  # fmt: skip
+    (routed,) = build_set_terms(cfg, [g, g], g)
+    gen = torch.Generator().manual_seed(0)
+    zt = [torch.randn(2, 5, 11, generator=gen) for _ in range(2)]
+    zs = torch.randn(2, 5, 11, generator=gen)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    t = TeacherTaps({"t0": Taps({Tap("logits", 0): zt[0]}), "t1": Taps({Tap("logits", 0): zt[1]})})
+    got = routed(t, Taps({Tap("logits", 0): zs}), mask)["fkl"]
+    p = (torch.softmax(zt[0] / 2, -1) + 2 * torch.softmax(zt[1] / 2, -1)) / 3
+    naive = (p * (p.log() - torch.log_softmax(zs / 2, -1))).sum(-1).mean() * 4
+    torch.testing.assert_close(got, naive)
+    want = token_divergence(zs, ensemble_logits(zt, [1, 2], 2.0), temperature=2.0, mask=mask)
+    torch.testing.assert_close(got, want)
