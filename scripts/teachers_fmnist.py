@@ -25,6 +25,7 @@ RECIPES = {
     "ensemble": "recipes/fmnist-ensemble.yaml",
     "selfdistill": "recipes/fmnist-selfdistill.yaml",
     "mutual": "recipes/fmnist-mutual.yaml",
+    "multiexit": "recipes/fmnist-multiexit.yaml",
 }
 
 
