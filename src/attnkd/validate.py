@@ -300,7 +300,7 @@ def validate(cfg: DistillConfig, check_data: bool = True, check_models: bool = T
     if cfg.teachers or cfg.strategy != StrategyConfig():
         from attnkd.teachers.validate import validate_teaching
 
-        return validate_teaching(cfg, validate, check_data, check_models)
+        return validate_teaching(cfg, validate, validate_models, check_data, check_models)
     if cfg.task == "image_classification":  # its own models, losses and data
         from attnkd.vision.validate import validate_image
 

@@ -1,13 +1,23 @@
 """Who teaches: teacher sets and ensembles, ground-truth mixing, self-distillation generations,
 mutual distillation, multi-exit self-distillation and data partitions (docs/teachers.md).
 
-The pure parts are importable from here; the runner pieces live in :mod:`attnkd.teachers.set`
-(a teacher set in a run), :mod:`attnkd.teachers.mutual` (two models trained together) and
-:mod:`attnkd.teachers.runs` (generations and partitions as chained runs).
+The pure parts are importable from here (the self-distillation losses live with the other pure
+losses in :mod:`attnkd.losses.selfdistill`, since loss terms build on them). The runner pieces:
+:mod:`attnkd.teachers.set` (a teacher set in a run), :mod:`attnkd.teachers.steps` (its step
+functions and mutual distillation), :mod:`attnkd.teachers.runs` (generations and partitions as
+chained runs), :mod:`attnkd.teachers.validate` and :mod:`attnkd.teachers.compat` (what is
+refused).
 """
 
-from attnkd.teachers.exits import ExitHead, ExitLoss, exit_kd
-from attnkd.teachers.mixing import MixedKD, mixed_kd, mixed_targets, soft_cross_entropy
+from attnkd.losses.selfdistill import (
+    ExitHead,
+    ExitLoss,
+    MixedKD,
+    exit_kd,
+    mixed_kd,
+    mixed_targets,
+    soft_cross_entropy,
+)
 from attnkd.teachers.partition import partition_indices
 from attnkd.teachers.targets import (
     ensemble_logits,

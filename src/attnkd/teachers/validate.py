@@ -72,10 +72,16 @@ def _check_strategy(cfg: DistillConfig) -> None:
 
 
 def validate_teaching(
-    cfg: DistillConfig, validate_one: Callable[..., None], check_data: bool, check_models: bool
+    cfg: DistillConfig,
+    validate_one: Callable[..., None],
+    validate_models: Callable,
+    check_data: bool,
+    check_models: bool,
 ) -> None:
     """Check ``cfg``'s teacher strategies; ``validate_one(cfg, check_data, check_models)`` is
-    the single-teacher validation it runs per teacher (or on the recipe as written)."""
+    the single-teacher validation it runs per teacher (or on the recipe as written), and
+    ``validate_models(cfg) -> Geometries`` the model check of a transformer recipe
+    (:mod:`attnkd.validate`, which sits above this package)."""
     _check_strategy(cfg)
     plain = replace(cfg, strategy=StrategyConfig())
     if cfg.strategy.peer:  # validated as if the peer were the (frozen) teacher
@@ -115,15 +121,14 @@ def validate_teaching(
         except ConfigError as err:
             raise _rekey(err, i, len(e.losses), labels[i]) from None
     if check_models and cfg.task != IMAGE_ONLY:
-        _check_set_terms(cfg, plain)
+        _check_set_terms(cfg, plain, validate_models)
         _check_tokenizers(cfg, labels)
 
 
-def _check_set_terms(cfg: DistillConfig, plain: DistillConfig) -> None:
+def _check_set_terms(cfg: DistillConfig, plain: DistillConfig, validate_models) -> None:
     """Build the set's routed terms against every teacher's geometry (``config.json`` only):
     taps known only once a term is built (relations read q/k/v) and layer agreement."""
     from attnkd.teachers.set import build_set_terms
-    from attnkd.validate import validate_models
 
     geos = [
         validate_models(replace(plain, teachers=[], losses=[], teacher=TeacherConfig(

@@ -1,5 +1,5 @@
-"""Image terms of the teacher strategies (:mod:`attnkd.teachers`): ground-truth mixing for
-self-distillation and multi-exit self-distillation."""
+"""Image terms of the teacher strategies (docs/teachers.md): ground-truth mixing for
+self-distillation and multi-exit self-distillation (:mod:`attnkd.losses.selfdistill`)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import torch
 from torch import nn
 
 from attnkd.capture.images import FeatureCapture, VisionTap
+from attnkd.losses.selfdistill import ExitHead, exit_kd, mixed_kd
 from attnkd.losses.terms.base import TermError, register
 from attnkd.losses.terms.vision import VisionTerm
-from attnkd.teachers.exits import ExitHead, exit_kd
-from attnkd.teachers.mixing import mixed_kd
 
 
 @register(
