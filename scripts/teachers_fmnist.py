@@ -63,7 +63,12 @@ def main() -> None:
     rows = doc.setdefault("rows", {})
     for key in args.only.split(","):
         t0 = time.time()
-        res = run_distill(load_config(RECIPES[key]), progress=False)
+        cfg = load_config(RECIPES[key])
+        done = Path(cfg.output_dir) / cfg.name / "results.json"  # a finished single run
+        if done.is_file():
+            res = json.loads(done.read_text())
+        else:  # generations skip their finished runs themselves
+            res = run_distill(cfg, progress=False)
         if "generations" in res:
             gens = [_row(g["results"]) for g in res["generations"]]
             rows[key] = {"recipe": RECIPES[key], "generations": gens}
