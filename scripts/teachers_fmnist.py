@@ -65,10 +65,8 @@ def main() -> None:
         t0 = time.time()
         cfg = load_config(RECIPES[key])
         done = Path(cfg.output_dir) / cfg.name / "results.json"  # a finished single run
-        if done.is_file():
-            res = json.loads(done.read_text())
-        else:  # generations skip their finished runs themselves
-            res = run_distill(cfg, progress=False)
+        # (generations skip their finished runs themselves)
+        res = json.loads(done.read_text()) if done.is_file() else run_distill(cfg, progress=False)
         if "generations" in res:
             gens = [_row(g["results"]) for g in res["generations"]]
             rows[key] = {"recipe": RECIPES[key], "generations": gens}
