@@ -4,7 +4,9 @@ One function, :func:`run_distill`, reads top to bottom: validate, load the teach
 student and the loss terms, let the task (``cfg.task``: sentence embeddings or causal LM, see
 :mod:`attnkd.tasks`) build the data and its evaluation, train with the engine, evaluate teacher
 and student side by side, export. The teacher is frozen, runs under ``torch.no_grad()`` and stays
-outside the module the optimizer sees.
+outside the module the optimizer sees. A teacher set (``teachers:``), a peer trained alongside
+(``strategy.peer``) and chained runs (``strategy.generations`` / ``partitions``) take the single
+teacher's place through :mod:`attnkd.teachers` (docs/teachers.md).
 """
 
 from __future__ import annotations
