@@ -44,6 +44,7 @@ from attnkd.teachers.steps import (
     make_image_set_step,
     make_mutual_step,
     make_set_step,
+    make_token_mutual_step,
 )
 from attnkd.validate import validate
 
@@ -196,18 +197,23 @@ def _run(
     torch.manual_seed(cfg.train.seed)
 
     members: list[Member] = []
+    peer = None
     if cfg.teachers:  # a teacher set (attnkd.teachers): the first stands where `teacher` did
         members, tok = load_members(cfg, task)
         teacher, t_geometry = members[0].model, members[0].geometry
+    elif cfg.strategy.peer and task.make_step is None:  # token mutual: the peer's tokenizer
+        peer_m = task.load(cfg.strategy.peer, cfg.student.attn_implementation)
+        peer, tok, t_geometry = peer_m.model.train(), peer_m.tokenizer, peer_m.geometry
+        teacher = peer  # no frozen teacher: the peer trains alongside (inside the distiller)
     else:
         teacher_m = task.load(cfg.teacher.name, cfg.teacher.attn_implementation)
         teacher, tok, t_geometry = freeze(teacher_m.model), teacher_m.tokenizer, teacher_m.geometry
     student = _make_student(cfg, teacher, task)
     sg = geometry(student.config)
-    distiller = _make_distiller(cfg, task, student, t_geometry, sg, members)
+    distiller = _make_distiller(cfg, task, student, t_geometry, sg, members, peer)
     if cfg.train.freeze_embeddings:
         freeze_input_embeddings(student)  # says so when a tied LM head is frozen with them
-    for t in [m.model for m in members] or [teacher]:
+    for t in [m.model for m in members] or [teacher]:  # (a token peer: moved with the distiller)
         t.to(device=device, dtype=teacher_dtype)  # dtype None: as loaded
     distiller.to(device)
     log.info("training on %s (teacher %s)", device, next(teacher.parameters()).dtype)
@@ -235,7 +241,8 @@ def _run(
         result = FitResult(0, None, None, {}, False, run_dir)
     else:
         if isinstance(distiller, MutualPair):
-            step = make_mutual_step(distiller)
+            mutual = make_mutual_step if task.make_step is not None else make_token_mutual_step
+            step = mutual(distiller)
         elif members:
             set_step = make_image_set_step if task.make_step is not None else make_set_step
             step = set_step(members, distiller, model)
@@ -258,7 +265,7 @@ def _run(
         setup = task.setup(world_cfg, teacher, student, tok)
     if distributed.is_sharded(distiller):  # FSDP2: rebuild the student whole from a checkpoint
         student = _make_student(cfg, teacher, task)
-        distiller = _make_distiller(cfg, task, student, t_geometry, sg, members)
+        distiller = _make_distiller(cfg, task, student, t_geometry, sg, members, peer)
         distiller.to(device)
         if result.best_step is None:
             load_checkpoint(run_dir / "checkpoints" / "last", distiller)
@@ -304,12 +311,14 @@ def _run(
     return results
 
 
-def _make_distiller(cfg, task, student, t_geometry, sg, members) -> nn.Module:
+def _make_distiller(cfg, task, student, t_geometry, sg, members, peer=None) -> nn.Module:
     """The trained module: student + terms (a teacher set's routed terms), or, with
-    ``strategy.peer``, the student and its peer trained together (:class:`MutualPair`)."""
+    ``strategy.peer``, the student and its peer (loaded here unless given) trained together
+    (:class:`MutualPair`)."""
     if cfg.strategy.peer:
-        peer = task.load(cfg.strategy.peer, cfg.student.attn_implementation).model
-        peer.train()
+        if peer is None:
+            peer = task.load(cfg.strategy.peer, cfg.student.attn_implementation).model
+            peer.train()
         pg = geometry(peer.config)
         terms, peer_terms = build_terms(cfg.losses, pg, sg), build_terms(cfg.losses, sg, pg)
         bind_terms(terms, student)

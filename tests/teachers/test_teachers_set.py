@@ -142,7 +142,7 @@ def test_teacher_set_validation_names_the_key(base_overrides, teacher_dir):
         validate(cfg, check_data=False)
     cfg.teachers = [entry]
     cfg.strategy = StrategyConfig(peer="cnn:tiny")
-    with pytest.raises(ConfigError, match=r"strategy\.peer.*image_classification only"):
+    with pytest.raises(ConfigError, match=r"strategy\.peer.*leave teachers empty"):
         validate(cfg, check_data=False)
     cfg.strategy = StrategyConfig(partitions=2)
     with pytest.raises(ConfigError, match=r"strategy\.partitions"):
@@ -201,3 +201,39 @@ def test_ensemble_vocabulary_term_sees_the_mean_of_probabilities():
     torch.testing.assert_close(got, naive)
     want = token_divergence(zs, ensemble_logits(zt, [1, 2], 2.0), temperature=2.0, mask=mask)
     torch.testing.assert_close(got, want)
+
+
+def test_token_mutual_each_model_learns_from_the_others_detached_output(batch):
+    from attnkd.teachers.steps import MutualPair, make_token_mutual_step
+
+    a, b = tiny_bert(seed=0).train(), tiny_bert(seed=1).train()
+    for m in (a, b):  # no dropout: the reference repeats the forwards
+        m.config.hidden_dropout_prob = m.config.attention_probs_dropout_prob = 0.0
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
+    cfgs = [RELATION, SENTENCE]
+    ga, gb = geometry(a.config), geometry(b.config)
+    pair = MutualPair(a, b, build_terms(cfgs, gb, ga), build_terms(cfgs, ga, gb))
+    out = make_token_mutual_step(pair)(batch)
+    assert {"student/relation@3>3/qq", "peer/sentence_mse@3>3/mse"} <= set(out.terms)
+    out.loss.backward()
+    got = {n: p.grad.clone() for n, p in pair.named_parameters() if p.grad is not None}
+    assert any(n.startswith("student.") for n in got) and any(n.startswith("peer.") for n in got)
+    pair.zero_grad()
+    ref = Distiller(a, pair.terms)  # the student's loss alone, the peer as a frozen teacher
+    la = make_step(b, ref)(batch).loss
+    la.backward()
+    for n, p in a.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(got[f"student.{n}"], p.grad, msg=n)
+    assert all(p.grad is None or not p.grad.any() for p in b.parameters())
+
+
+def test_token_mutual_run_on_the_sentence_task(base_overrides, teacher_dir, tmp_path):
+    cfg = apply_overrides(DistillConfig(), [*base_overrides, "teacher.name=none",
+                                            f"strategy.peer={teacher_dir}"])  # fmt: skip
+    cfg.losses = [RELATION, SENTENCE]
+    res = run_distill(cfg, progress=False)
+    assert "spearman" in res["peer"] and res["teacher"] == {"name": "none"}
+    assert (tmp_path / "runs" / "tiny" / "peer" / "config.json").is_file()

@@ -8,11 +8,18 @@ import torch
 from torch import Tensor, nn
 
 from attnkd.capture import Capture
-from attnkd.capture.images import FeatureCapture, VisionTaps
+from attnkd.capture.images import FeatureCapture
 from attnkd.engine.loop import StepOutput
 from attnkd.teachers.set import Member, TeacherTaps, teacher_taps_for
 
-__all__ = ["MutualPair", "make_image_set_step", "make_mutual_step", "make_set_step"]
+__all__ = [
+    "MutualPair",
+    "detached",
+    "make_image_set_step",
+    "make_mutual_step",
+    "make_set_step",
+    "make_token_mutual_step",
+]
 
 
 def _members_with_taps(members: list[Member], terms: nn.ModuleList, capture_cls):
@@ -94,19 +101,30 @@ class MutualPair(nn.Module):
         self.terms, self.peer_terms = terms, peer_terms
 
 
-def detached(taps: VisionTaps) -> VisionTaps:
-    """The same taps cut from the graph: a target, never a path for gradients."""
-    return VisionTaps({k: v.detach() for k, v in taps.tensors.items()})
+def detached(taps):
+    """The same taps (``Taps`` or ``VisionTaps``) cut from the graph: a target, never a path
+    for gradients."""
+    return type(taps)({k: v.detach() for k, v in taps.tensors.items()})
+
+
+def _float32(taps):
+    half = (torch.float16, torch.bfloat16)
+    return type(taps)({k: v.float() if v.dtype in half else v for k, v in taps.tensors.items()})
+
+
+def _mutual_taps(pair: MutualPair) -> tuple[list, list]:
+    s_taps = [x for t in pair.terms for x in t.taps()[1]]
+    s_taps += [x for t in pair.peer_terms for x in t.taps()[0]]
+    p_taps = [x for t in pair.peer_terms for x in t.taps()[1]]
+    p_taps += [x for t in pair.terms for x in t.taps()[0]]
+    return s_taps, p_taps
 
 
 def make_mutual_step(pair: MutualPair, model: nn.Module | None = None):
     """One step of mutual distillation: both models see the batch; the student's terms read the
     peer's detached taps as the teacher's and the peer's terms the student's, so each model's
     gradient comes from its own outputs only."""
-    s_taps = [x for t in pair.terms for x in t.taps()[1]]
-    s_taps += [x for t in pair.peer_terms for x in t.taps()[0]]
-    p_taps = [x for t in pair.peer_terms for x in t.taps()[1]]
-    p_taps += [x for t in pair.terms for x in t.taps()[0]]
+    s_taps, p_taps = _mutual_taps(pair)
     s_cap, p_cap = FeatureCapture(pair.student, s_taps), FeatureCapture(pair.peer, p_taps)
 
     def step(batch: dict[str, Tensor]) -> StepOutput:
@@ -120,5 +138,31 @@ def make_mutual_step(pair: MutualPair, model: nn.Module | None = None):
         s_cap.taps.clear()
         p_cap.taps.clear()
         return StepOutput(loss=a + b, terms={**va, **vb}, num_items=int(x.shape[0]))
+
+    return step
+
+
+def make_token_mutual_step(pair: MutualPair, model: nn.Module | None = None):
+    """Mutual distillation on token batches (sentence, causal LM; Trans-Encoder, CoMD): as
+    :func:`make_mutual_step`, with q/k/v/hidden capture by family adapter; the terms run in
+    float32 outside autocast, as in :class:`attnkd.distill.Distiller`. Single process."""
+    s_taps, p_taps = _mutual_taps(pair)
+    s_cap, p_cap = Capture(pair.student, s_taps), Capture(pair.peer, p_taps)
+
+    def step(batch: dict[str, Tensor]) -> StepOutput:
+        mask = batch["attention_mask"].bool()
+        with s_cap:
+            pair.student(**batch)
+        with p_cap:
+            pair.peer(**batch)
+        with torch.autocast(mask.device.type, enabled=False):
+            st, pt = _float32(s_cap.taps), _float32(p_cap.taps)
+            a, va = _weighted_terms(pair.terms, detached(pt), st, mask, "student/")
+            b, vb = _weighted_terms(pair.peer_terms, detached(st), pt, mask, "peer/")
+        s_cap.taps.clear()
+        p_cap.taps.clear()
+        return StepOutput(
+            loss=a + b, terms={**va, **vb}, num_items=int(batch["input_ids"].shape[0])
+        )
 
     return step

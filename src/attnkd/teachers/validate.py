@@ -56,8 +56,6 @@ def _check_strategy(cfg: DistillConfig) -> None:
         _check(cfg.task == IMAGE_ONLY, "strategy.partitions",
                f"data partitions are supported for {IMAGE_ONLY} only")  # fmt: skip
     if s.peer:
-        _check(cfg.task == IMAGE_ONLY, "strategy.peer",
-               f"mutual distillation is supported for {IMAGE_ONLY} only")  # fmt: skip
         _check(
             not cfg.teachers,
             "strategy.peer",
@@ -65,6 +63,8 @@ def _check_strategy(cfg: DistillConfig) -> None:
         )
         _check(cfg.teacher.name == "none", "teacher.name",
                "with strategy.peer the peer is the teacher: set teacher.name: none")  # fmt: skip
+        _check(cfg.train.teacher_dtype is None, "train.teacher_dtype",
+               "the peer is trained, not a frozen teacher: leave teacher_dtype null")  # fmt: skip
         _check(s.generations == 1, "strategy.generations", "not combined with strategy.peer")
     if cfg.teachers or s.peer:
         _check(not cfg.train.shard_teacher, "train.shard_teacher",
