@@ -147,6 +147,14 @@ def test_teacher_set_validation_names_the_key(base_overrides, teacher_dir):
     cfg.strategy = StrategyConfig(partitions=2)
     with pytest.raises(ConfigError, match=r"strategy\.partitions"):
         validate(cfg, check_data=False)
+    cfg.teachers = []
+    cfg.teacher = TeacherConfig(name=str(teacher_dir))
+    cfg.strategy = StrategyConfig(generations=2, partitions=2)
+    with pytest.raises(ConfigError, match=r"strategy\.partitions.*one or the other"):
+        validate(cfg, check_data=False)
+    cfg.strategy = StrategyConfig(generations=0)
+    with pytest.raises(ConfigError, match=r"strategy\.generations.*>= 1"):
+        validate(cfg, check_data=False)
 
 
 def test_mutual_each_model_learns_from_the_others_detached_output():

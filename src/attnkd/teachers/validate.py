@@ -52,6 +52,8 @@ def _check_strategy(cfg: DistillConfig) -> None:
     _check(s.partitions >= 1, "strategy.partitions", f"must be >= 1, got {s.partitions}")
     _check(s.part is None or 0 <= s.part < s.partitions, "strategy.part",
            f"must be in [0, {s.partitions}) or null, got {s.part}")  # fmt: skip
+    _check(s.generations == 1 or s.partitions == 1, "strategy.partitions",
+           "generations of partitioned students: use one or the other")  # fmt: skip
     if s.partitions > 1:
         _check(cfg.task == IMAGE_ONLY, "strategy.partitions",
                f"data partitions are supported for {IMAGE_ONLY} only")  # fmt: skip
