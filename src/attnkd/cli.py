@@ -67,7 +67,8 @@ def cmd_distill(args) -> int:
     for st in results.get("stages", []):
         print(f"stage {st['stage']} ({st['kind']}): {_quality(st['results'])}")
     print(f"\n{_quality(results)}")
-    print(f"run folder: {Path(cfg.output_dir) / cfg.name} (student/, results.json, metrics.jsonl)")
+    files = "stages/, stages.json" if "stages" in results else "metrics.jsonl"
+    print(f"run folder: {Path(cfg.output_dir) / cfg.name} (student/, results.json, {files})")
     return 0
 
 

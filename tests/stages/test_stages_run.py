@@ -112,7 +112,7 @@ def test_a_finished_staged_run_is_refused_without_resume(switched):
     assert (run / "results.json").read_text() == before
 
 
-def test_resume_skips_finished_stages(switched, monkeypatch):
+def test_resume_skips_finished_stages(switched, monkeypatch, caplog):
     cfg, results, _ = switched
 
     def no_run(*args):
@@ -121,6 +121,11 @@ def test_resume_skips_finished_stages(switched, monkeypatch):
     monkeypatch.setitem(stage_kinds.KINDS._items, "distill",
                         stage_kinds.StageKind("distill", no_run, ""))  # fmt: skip
     assert run_recipe(cfg, progress=False, resume=True) == results
+    changed = apply_overrides(cfg, ["stages.0.train.lr=0.5"])
+    with caplog.at_level("WARNING", logger="attnkd"):
+        assert run_recipe(changed, progress=False, resume=True)["stages"] == results["stages"]
+    assert "stage 'general' finished with other settings" in caplog.text
+    assert "stage 'task'" not in caplog.text
 
 
 def test_resume_inside_stage_two_equals_the_uninterrupted_run(switched, make, monkeypatch):

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from attnkd.atomic import atomic_dir, write_json
-from attnkd.config.io import dump_yaml
+from attnkd.config.io import dump_yaml, load_config
 from attnkd.config.schema import DistillConfig
 from attnkd.config.stages import Stage, is_staged, stage_plan
 from attnkd.engine import distributed
@@ -88,6 +88,7 @@ def run_stages(
         finished = st.folder in done and (st.run_dir / "results.json").is_file()
         if finished:
             log.info("stage %d/%d '%s': done, skipped", st.index + 1, len(plan), st.name)
+            _warn_if_changed(st)
             res = json.loads((st.run_dir / "results.json").read_text(encoding="utf-8"))
         else:
             log.info("stage %d/%d '%s' (%s) in %s", st.index + 1, len(plan), st.name, st.kind,
@@ -129,6 +130,17 @@ def _pipeline_results(cfg: DistillConfig, plan: list[Stage], per_stage: list[dic
         "seconds_this_session": sum(float(t.get("seconds_this_session", 0) or 0) for t in trains),
     }
     return out
+
+
+def _warn_if_changed(st: Stage) -> None:
+    """A finished stage is kept as it ran; say so when the recipe now resolves it otherwise."""
+    try:
+        ran = load_config(st.run_dir / "config.yaml")
+    except ConfigError:
+        ran = None
+    if ran != st.cfg:
+        log.warning("stage '%s' finished with other settings than the recipe now gives; it is "
+                    "kept as it ran (--overwrite runs every stage again)", st.name)  # fmt: skip
 
 
 def _read_manifest(path: Path, plan: list[Stage]) -> set[str]:
