@@ -27,6 +27,7 @@ from attnkd.config.io import dump_yaml, load_config
 from attnkd.config.schema import DistillConfig
 from attnkd.config.stages import Stage, is_staged, stage_plan
 from attnkd.engine import distributed
+from attnkd.engine.device import resolve_device
 from attnkd.errors import AttnkdError, ConfigError
 from attnkd.stages.kinds import KINDS, get_kind
 from attnkd.validate import validate
@@ -57,14 +58,35 @@ def check_kinds(plan: list[Stage]) -> None:
 
 def run_stages(
     cfg: DistillConfig, resume: bool = False, progress: bool = True, overwrite: bool = False
-) -> dict:
-    """Run the stages of ``cfg`` in order (see the module docstring)."""
+) -> dict | None:
+    """Run the stages of ``cfg`` in order (see the module docstring).
+
+    Under torchrun every rank runs every stage (each stage as :func:`run_distill` runs under
+    torchrun); rank 0 alone writes the manifest and the final export and returns the results,
+    the other ranks return None. All ranks wait for rank 0's export of a stage before the next
+    stage starts.
+    """
     plan = stage_plan(cfg)
     check_kinds(plan)
-    if distributed.from_env().is_distributed:
-        raise AttnkdError("staged runs are not supported under torchrun yet: run each stage "
-                          "as its own recipe (its folder's config.yaml)")  # fmt: skip
     validate(cfg)  # every stage, before any model loads
+    owns_group = not distributed.current().is_distributed
+    # dist: one process group for the whole pipeline, so ranks can wait for each export
+    ctx = distributed.init(resolve_device(plan[0].cfg.train.device))
+    try:
+        return _run_stages(cfg, plan, ctx.is_main, resume, progress, overwrite)
+    finally:
+        if owns_group:
+            distributed.teardown()
+
+
+def _run_stages(
+    cfg: DistillConfig,
+    plan: list[Stage],
+    is_main: bool,
+    resume: bool,
+    progress: bool,
+    overwrite: bool,
+) -> dict | None:
     run_dir = Path(cfg.output_dir) / cfg.name
     manifest_path = run_dir / MANIFEST
     started = manifest_path.exists() or (run_dir / "stages").exists()
@@ -76,14 +98,16 @@ def run_stages(
     if resume and not (run_dir / "config.yaml").exists():
         raise ConfigError("name", f"--resume: there is no run at {run_dir} (no config.yaml); "
                           "check name= and output_dir=, or drop --resume to start it")  # fmt: skip
-    if overwrite and not resume:
-        _clear(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, run_dir / "config.yaml")
     done = _read_manifest(manifest_path, plan) if resume else set()
-    _write_manifest(manifest_path, cfg, plan, done)
+    distributed.barrier()  # dist: every rank has read the run folder before rank 0 writes
+    if is_main:
+        if overwrite and not resume:
+            _clear(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, run_dir / "config.yaml")
+        _write_manifest(manifest_path, cfg, plan, done)
 
-    per_stage: list[dict] = []
+    per_stage: list[dict | None] = []
     for st in plan:
         finished = st.folder in done and (st.run_dir / "results.json").is_file()
         if finished:
@@ -95,22 +119,31 @@ def run_stages(
                      st.run_dir)  # fmt: skip
             # resume inside the stage only if it got as far as training (metrics written)
             inside = resume and (st.run_dir / "metrics.jsonl").is_file()
+            distributed.barrier()  # dist: every rank has looked before the stage (re)starts
             res = get_kind(st.kind).run(st.cfg, inside, progress, not inside)
-            if res is None:
-                raise AttnkdError(f"stage '{st.name}' returned no results")
-            if not (st.run_dir / "student").is_dir():
-                raise AttnkdError(f"stage '{st.name}' ({st.kind}) exported no student to "
-                                  f"{st.run_dir / 'student'}")  # fmt: skip
-            done.add(st.folder)
-            _write_manifest(manifest_path, cfg, plan, done)
+            distributed.barrier()  # dist: rank 0 has exported the stage's student
+            if is_main:
+                _check_stage_output(st, res)
+                done.add(st.folder)
+                _write_manifest(manifest_path, cfg, plan, done)
         per_stage.append(res)
-
+    if not is_main:
+        return None
     last = plan[-1]
     with atomic_dir(run_dir / "student") as tmp:  # the final export: the last stage's student
         shutil.copytree(last.run_dir / "student", tmp, dirs_exist_ok=True)
     results = _pipeline_results(cfg, plan, per_stage)
     write_json(run_dir / "results.json", results, default=str)
     return results
+
+
+def _check_stage_output(st: Stage, res: dict | None) -> None:
+    if res is None:
+        raise AttnkdError(f"stage '{st.name}' ({st.kind}) returned no results")
+    if not (st.run_dir / "student").is_dir():
+        raise AttnkdError(
+            f"stage '{st.name}' ({st.kind}) exported no student to {st.run_dir / 'student'}"
+        )
 
 
 def _pipeline_results(cfg: DistillConfig, plan: list[Stage], per_stage: list[dict]) -> dict:
