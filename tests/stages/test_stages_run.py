@@ -215,6 +215,12 @@ def test_cli_validates_and_runs_a_staged_recipe(make, base_overrides, tmp_path, 
     out = capsys.readouterr().out
     assert "stage general (distill): stsb:dev Spearman" in out and "stage task" in out
     assert main(["distill", *over, "--no-progress"]) == 2  # a finished run: --resume/--overwrite
+    capsys.readouterr()
+    run = tmp_path / "cli" / "tiny"
+    assert main(["eval", str(run)]) == 0  # the final export against the top-level teacher
+    evaluated = json.loads(capsys.readouterr().out)
+    final = json.loads((run / "results.json").read_text())
+    assert evaluated["student"]["spearman"] == pytest.approx(final["student"]["spearman"])
     assert main(["distill", *over, "name=f2", "stages.1.student.freeze=[nothing]",
                  "--no-progress"]) == 2  # fmt: skip
     assert "'nothing' matches no parameter" in capsys.readouterr().err
