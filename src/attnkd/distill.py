@@ -31,7 +31,7 @@ from attnkd.engine.loop import FitResult, StepOutput, fit
 from attnkd.errors import AttnkdError, ConfigError
 from attnkd.losses.terms import bind_terms, build_terms, collect_taps
 from attnkd.models.adapters import adapter_for, geometry
-from attnkd.models.load import count_parameters, freeze, freeze_input_embeddings
+from attnkd.models.load import count_parameters, freeze, freeze_input_embeddings, freeze_parts
 from attnkd.students.build import build_student, select_layers
 from attnkd.tasks import Task, get_task
 from attnkd.teachers.load import load_members, prepare_members
@@ -213,6 +213,9 @@ def _run(
     distiller = _make_distiller(cfg, task, student, t_geometry, sg, members, peer)
     if cfg.train.freeze_embeddings:
         freeze_input_embeddings(student)  # says so when a tied LM head is frozen with them
+    if cfg.student.freeze:  # e.g. one stage of a staged run trains only some layers
+        frozen = freeze_parts(student, cfg.student.freeze)
+        log.info("student.freeze: %d parameter tensors frozen", len(frozen))
     for t in [m.model for m in members] or [teacher]:  # (a token peer: moved with the distiller)
         t.to(device=device, dtype=teacher_dtype)  # dtype None: as loaded
     distiller.to(device)
