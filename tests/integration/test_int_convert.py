@@ -236,3 +236,23 @@ def test_attnkd_convert_runs_a_list_of_stages(base_overrides, tmp_path):
     model = load_converted(run / "student")
     kinds = sorted(m.mixer.kind for m in model.modules() if hasattr(m, "mixer"))
     assert kinds == ["shared", "shared", "source"]
+
+
+def test_conversion_as_stage_kinds_of_a_staged_run(base_overrides, tmp_path):
+    """``kind: convert`` stages: the second starts from the first's converted student."""
+    stages = ("stages=[{name: transfer, kind: convert, convert: {stages: [transfer]}}, "
+              "{name: e2e, kind: convert, convert: {stages: [e2e]}}]")  # fmt: skip
+    args = [*base_overrides, "convert.kind=hybrid", "convert.window=4", "train.max_steps=2",
+            "student.layers=null", stages]  # fmt: skip
+    assert main(["distill", *args, "--no-progress"]) == 0
+    run = tmp_path / "runs" / "tiny"
+    first = load_converted(run / "stages" / "01-transfer" / "student")
+    final = load_converted(run / "student")
+    results = json.loads((run / "results.json").read_text())
+    assert [s["stage"] for s in results["stages"]] == ["transfer", "e2e"]
+    # stage 2 trained the attention projections of the converted student of stage 1
+    a, b = first.state_dict(), final.state_dict()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed and all("attention" in k for k in changed), changed
+    maps = [k for k in a if ".mixer." in k]
+    assert maps and all(torch.equal(a[k], b[k]) or k in changed for k in maps)

@@ -25,7 +25,7 @@ from attnkd.config.io import dump_yaml
 from attnkd.config.schema import DistillConfig
 from attnkd.convert.align import make_align_step, set_trainable
 from attnkd.convert.e2e import make_e2e_step
-from attnkd.convert.io import save_converted
+from attnkd.convert.io import CONVERSION, load_converted, save_converted
 from attnkd.convert.mla import convert_to_mla
 from attnkd.convert.swap import ConversionSpec, convert_attention, mixer_parameters
 from attnkd.convert.transfer import TransferModule, make_transfer_step
@@ -118,6 +118,14 @@ def stage_plan(cfg: DistillConfig, teacher: nn.Module, student: nn.Module) -> li
     return plan
 
 
+def _carried(init: str) -> nn.Module | None:
+    """The converted model saved in ``student.init`` (a folder with ``conversion.json``, as a
+    staged run hands over), or None when the teacher is to be converted."""
+    if init and (Path(init) / CONVERSION).is_file():
+        return load_converted(init)
+    return None
+
+
 def run_convert(
     cfg: DistillConfig, resume: bool = False, progress: bool = True, overwrite: bool = False
 ) -> dict:
@@ -142,8 +150,12 @@ def run_convert(
 
     loaded = task.load(cfg.teacher.name, cfg.teacher.attn_implementation)
     teacher, tok = freeze(loaded.model), loaded.tokenizer
-    mla = spec.kind == "mla"
-    student = freeze(copy.deepcopy(teacher) if mla else convert_attention(teacher, spec))
+    carried = _carried(cfg.student.init)
+    mla = spec.kind == "mla" and carried is None
+    if carried is not None:  # a stage after another conversion stage: its converted student
+        student = freeze(carried)
+    else:
+        student = freeze(copy.deepcopy(teacher) if mla else convert_attention(teacher, spec))
     for p in mixer_parameters(student):
         p.requires_grad_(True)
     setup = task.setup(cfg, teacher, student, tok)
@@ -177,7 +189,7 @@ def run_convert(
     student.eval()
     final = setup.final()
     save_converted(student, run_dir / "student", tokenizer=tok)
-    conversion = student.attnkd_conversion if mla else spec.to_dict()
+    conversion = student.attnkd_conversion if mla or carried is not None else spec.to_dict()
     results = {"name": cfg.name, "task": cfg.task, "conversion": conversion, **final}
     results["teacher"] = {"name": cfg.teacher.name, **final["teacher"],
                           "params": count_parameters(teacher)}  # fmt: skip
