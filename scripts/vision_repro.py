@@ -1,12 +1,13 @@
 """Reproduce the Fashion-MNIST figures of the image_classification task and write the tables.
 
-    python scripts/vision_repro.py run  [--seeds 0 1 2] [--parallel 3] [--parts ...]  # skips done
+    python scripts/vision_repro.py run  [--seeds 0 1 2] [--parallel 2] [--parts ...]  # skips done
     python scripts/vision_repro.py tables                                  # results/vision_*.json
 
 ``run`` calls the attnkd CLI with one thread per process (``OMP_NUM_THREADS=1``: on 2 cores, two
-1-thread runs side by side train faster than one 2-thread run): the teacher
-recipe, the five CNN students and the two ViT variants for every seed, ``attnkd condense`` for
-three methods at 1/10/50 images per class, then pruning (``attnkd prune``) and AT recovery.
+1-thread runs side by side train faster than one 2-thread run): the teacher recipe, then the
+five CNN students and the two ViT variants for every seed, pruning (``attnkd prune``) with CE and
+AT recovery, and ``attnkd condense`` for three methods at 1/10/50 images per class (one condensed
+set each, judged by three ConvNet-3 seeds).
 ``tables`` reads only results.json files the runs wrote (a cell without one is reported
 missing, never filled in): test accuracy mean ± std over the seeds found, parameters, and each
 run's training wall time.
@@ -45,8 +46,23 @@ def _done(name: str) -> bool:
     return (RUNS / name / "results.json").is_file()
 
 
+def _prune_chain(logs: Path) -> None:
+    """Prune the teacher, then score it unrecovered and recover it with CE and with CE + AT."""
+    pruned = "runs/fmnist-teacher-pruned"
+    if not Path(pruned).is_dir():
+        _cli(["prune", "runs/fmnist-teacher/student", pruned, "--ratio", "0.5"], logs / "prune.log")
+    for name, extra in (("fmnist-prune-none", ["train.max_steps=0"]),
+                        ("fmnist-prune-ce", ["losses=[{name: ce}]"]),
+                        ("fmnist-prune-at", [])):  # fmt: skip
+        if not _done(name):
+            args = ["distill", "recipes/fmnist-prune-at.yaml", f"name={name}", *extra]
+            _cli([*args, "--no-progress", "--overwrite"], logs / f"{name}.log")
+
+
 def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
         judge_steps: dict[int, int], parts: list[str]) -> None:  # fmt: skip
+    """Teacher first, then ``parallel`` lanes take, in order: the students (seed by seed), the
+    pruning chain, the condensation cells (size by size)."""
     logs = RUNS / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     if "teacher" in parts and not _done("fmnist-teacher"):
@@ -58,7 +74,9 @@ def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
             if ("vit" if s.startswith("vit") else "students") in parts and not _done(name):
                 args = ["distill", f"recipes/fmnist-{s}.yaml", f"name={name}",
                         f"train.seed={seed}", "--no-progress", "--overwrite"]  # fmt: skip
-                jobs.append((args, logs / f"{name}.log"))
+                jobs.append(lambda a=args, n=name: _cli(a, logs / f"{n}.log"))
+    if "prune" in parts:
+        jobs.append(lambda: _prune_chain(logs))
     for ipc in CONDENSE["ipc"]:
         for m in CONDENSE["methods"]:
             folder = RUNS / "condense" / f"condense-{m}-ipc{ipc}-s0"
@@ -67,20 +85,10 @@ def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
                         "--iterations", str(condense_iterations[ipc]), "--real-batch", "32",
                         "--eval-steps", str(judge_steps[ipc]), "--judge-seeds", *JUDGE_SEEDS,
                         "--out", str(RUNS / "condense")]  # fmt: skip
-                jobs.append((args, logs / f"condense-{m}-{ipc}-0.log"))
+                log = logs / f"condense-{m}-{ipc}-0.log"
+                jobs.append(lambda a=args, f=log: _cli(a, f))
     with ThreadPoolExecutor(parallel) as pool:
-        list(pool.map(lambda j: _cli(*j), jobs))
-    if "prune" not in parts:
-        return
-    pruned = "runs/fmnist-teacher-pruned"
-    if not Path(pruned).is_dir():
-        _cli(["prune", "runs/fmnist-teacher/student", pruned, "--ratio", "0.5"], logs / "prune.log")
-    for name, extra in (("fmnist-prune-none", ["train.max_steps=0"]),
-                        ("fmnist-prune-ce", ["losses=[{name: ce}]"]),
-                        ("fmnist-prune-at", [])):  # fmt: skip
-        if not _done(name):
-            args = ["distill", "recipes/fmnist-prune-at.yaml", f"name={name}", *extra]
-            _cli([*args, "--no-progress", "--overwrite"], logs / f"{name}.log")
+        list(pool.map(lambda job: job(), jobs))
 
 
 def _wall(run: Path) -> float | None:
@@ -222,9 +230,9 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--parallel", type=int, default=2)
-    r.add_argument("--condense-iterations", type=int, nargs=3, default=[300, 300, 100],
+    r.add_argument("--condense-iterations", type=int, nargs=3, default=[300, 300, 80],
                    metavar=("IPC1", "IPC10", "IPC50"), help="matching iterations per size")
-    r.add_argument("--judge-steps", type=int, nargs=3, default=[300, 300, 150],
+    r.add_argument("--judge-steps", type=int, nargs=3, default=[300, 300, 100],
                    metavar=("IPC1", "IPC10", "IPC50"), help="judge training steps per size")
     r.add_argument("--parts", nargs="+", default=PARTS, choices=PARTS)
     t = sub.add_parser("tables")
