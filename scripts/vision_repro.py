@@ -160,6 +160,8 @@ def tables(out: Path) -> None:
                 cells[f"{m}/ipc{ipc}"] = {"n": 0, "mean": None, "std": None}  # missing
                 continue
             acc = r["test_accuracies"]
+            _copy_png(RUNS / "condense" / f"condense-{m}-ipc{ipc}-s0" / "images.png",
+                      out / "vision_condense_png" / f"{m}-ipc{ipc}-s0.png")  # fmt: skip
             cells[f"{m}/ipc{ipc}"] = {
                 "accuracy": acc, **_stats(acc), "judge_seeds": r["judge_seeds"],
                 "judge_net": r["judge_net"], "judge_steps": r["eval_steps"],
@@ -215,6 +217,15 @@ def _moved(method: str, ipc: int, seed: int) -> float | None:
     if not (a.is_file() and b.is_file()):
         return None
     return float((load_file(str(a))["images"] - load_file(str(b))["images"]).abs().mean())
+
+
+def _copy_png(src: Path, dst: Path) -> None:
+    """The run's image grid next to the tables (written whole: a temporary file, then a rename)."""
+    if src.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_suffix(".tmp")
+        tmp.write_bytes(src.read_bytes())
+        tmp.replace(dst)
 
 
 def _write(path: Path, obj: dict) -> None:
