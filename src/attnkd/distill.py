@@ -29,7 +29,7 @@ from attnkd.engine.loop import FitResult, StepOutput, fit
 from attnkd.errors import AttnkdError, ConfigError
 from attnkd.losses.terms import build_terms, collect_taps
 from attnkd.models.adapters import adapter_for, geometry
-from attnkd.models.load import count_parameters, freeze, freeze_input_embeddings
+from attnkd.models.load import count_parameters, freeze, freeze_input_embeddings, freeze_parts
 from attnkd.students.build import build_student, select_layers
 from attnkd.tasks import Task, get_task
 from attnkd.validate import validate
@@ -181,6 +181,9 @@ def _run(
     distiller = Distiller(student, terms)
     if cfg.train.freeze_embeddings:
         freeze_input_embeddings(student)  # says so when a tied LM head is frozen with them
+    if cfg.student.freeze:  # e.g. one stage of a staged run trains only some layers
+        frozen = freeze_parts(student, cfg.student.freeze)
+        log.info("student.freeze: %d parameter tensors frozen", len(frozen))
     teacher.to(device=device, dtype=teacher_dtype)  # dtype None: as loaded
     distiller.to(device)
     log.info("training on %s (teacher %s)", device, next(teacher.parameters()).dtype)
