@@ -294,11 +294,17 @@ def _validate_convert(cfg: DistillConfig) -> None:
 
 def validate(cfg: DistillConfig, check_data: bool = True, check_models: bool = True) -> None:
     """All checks, in order of cost; raises the first :class:`ConfigError`. A staged run
-    (``stages:`` / ``chain:``) is checked stage by stage (:func:`validate_stages`)."""
+    (``stages:`` / ``chain:``) is checked stage by stage (:func:`validate_stages`); a teacher set
+    or another teacher strategy teacher by teacher (:mod:`attnkd.teachers.validate`)."""
+    from attnkd.config.schema import StrategyConfig
     from attnkd.config.stages import is_staged
 
     if is_staged(cfg):
         return validate_stages(cfg, check_data, check_models)
+    if cfg.teachers or cfg.strategy != StrategyConfig():
+        from attnkd.teachers.validate import validate_teaching
+
+        return validate_teaching(cfg, validate, validate_models, check_data, check_models)
     if cfg.task == "image_classification":  # its own models, losses and data
         from attnkd.vision.validate import validate_image
 
