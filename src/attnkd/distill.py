@@ -176,6 +176,13 @@ def _run(
     teacher_m = task.load(cfg.teacher.name, cfg.teacher.attn_implementation)
     teacher, tok = freeze(teacher_m.model), teacher_m.tokenizer
     student = _make_student(cfg, teacher, task)
+    if cfg.teachers:  # teachers with their own tokenizers: cached sentence-level targets
+        from attnkd.tasks.sentence_teachers import run_teachers
+
+        del teacher, teacher_m  # `teacher` only gave the student its layers and tokenizer
+        results = run_teachers(cfg, student, tok, run_dir, device, resume, progress)
+        _write_json(run_dir / "results.json", results)
+        return results
     sg = geometry(student.config)
     terms = build_terms(cfg.losses, teacher_m.geometry, sg)
     distiller = Distiller(student, terms)

@@ -68,9 +68,13 @@ def validate_static(cfg: DistillConfig) -> None:
            f"expected one of {ATTN_IMPLS}")  # fmt: skip
     _check(s.attn_implementation in ATTN_IMPLS, "student.attn_implementation",
            f"expected one of {ATTN_IMPLS}")  # fmt: skip
-    _check(bool(cfg.losses) or bool(cfg.convert.kind), "losses", "needs at least one loss term")
+    _check(bool(cfg.losses) or bool(cfg.teachers) or bool(cfg.convert.kind), "losses",
+           "needs at least one loss term")  # fmt: skip
     _validate_convert(cfg)
     from attnkd.losses.terms import TERMS
+    from attnkd.tasks.sentence_teachers import check_teachers_static
+
+    check_teachers_static(cfg)  # teachers: sentence-level terms only, under each teacher
 
     for i, term in enumerate(cfg.losses):
         key = f"losses[{i}]"
@@ -193,6 +197,10 @@ def validate_models(cfg: DistillConfig) -> Geometries:
         sg = geometry(scfg)
         _check_positions(cfg.data.max_length, scfg, "student", s.init)
         _check_same_tokens(cfg, tcfg, scfg)
+    if cfg.teachers:
+        from attnkd.tasks.sentence_teachers import check_teachers_models
+
+        check_teachers_models(cfg, sg.hidden_size)
     for i, term in enumerate(cfg.losses):
         key = f"losses[{i}]"
         try:

@@ -65,6 +65,23 @@ class LossTermConfig:
 
 
 @dataclass
+class TeacherEntry:
+    """One of several teachers (``teachers:``), each with its own loss terms.
+
+    Sentence task: the teacher tokenises for itself; only sentence-level terms are allowed
+    (``sentence_mse`` with ``projector: true``, ``sentence_cosine``, ``sentence_similarity``),
+    computed from its mean-pooled embeddings, cached once per corpus (see
+    :mod:`attnkd.tasks.sentence_teachers`). ``sentence_similarity`` targets of several teachers
+    are averaged (weighted by ``weight``) into one ensemble target."""
+
+    name: str = ""
+    """Hub id, local folder, or packaged alias (resolved offline first)."""
+    weight: float = 1.0
+    """Scales every term of this teacher; the ensemble weight of its similarity target."""
+    losses: list[LossTermConfig] = field(default_factory=list)
+
+
+@dataclass
 class DataConfig:
     data_dir: str | None = None
     """Benchmark data folder; None means $ATTNKD_DATA_DIR, then ../shared/data."""
@@ -168,6 +185,10 @@ class DistillConfig:
     """'sentence' (embeddings, STS Spearman), 'causal_lm' (next-token perplexity) or
     'image_classification' (Fashion-MNIST accuracy; CNN/ViT builders, see attnkd.vision)."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    teachers: list[TeacherEntry] = field(default_factory=list)
+    """Several teachers with their own terms (sentence task: sentence-level targets only). When
+    given, ``losses`` is unused and ``teacher`` is only the model a student with
+    ``init: teacher`` is cut from and whose tokenizer it reads."""
     student: StudentConfig = field(default_factory=StudentConfig)
     losses: list[LossTermConfig] = field(default_factory=lambda: [LossTermConfig()])
     data: DataConfig = field(default_factory=DataConfig)

@@ -129,10 +129,14 @@ class GroupedBatches:
     def num_batches(self) -> int:
         return len(self.sampler.lengths) // self.sampler.batch_size
 
-    def batch_at(self, epoch: int, index: int) -> dict[str, Tensor]:
+    def rows_at(self, epoch: int, index: int) -> list[int]:
+        """Indices (into the sentences) of batch ``index`` of ``epoch``."""
         if epoch != self._epoch:
             self._epoch, self._order = epoch, self.sampler.batches(epoch)
-        return self.collate.pad([self.tokens.ids(i) for i in self._order[index]])
+        return list(self._order[index])
+
+    def batch_at(self, epoch: int, index: int) -> dict[str, Tensor]:
+        return self.collate.pad([self.tokens.ids(i) for i in self.rows_at(epoch, index)])
 
 
 def build_sentence_corpus(cfg: DistillConfig, splits: SentenceSplits) -> Corpus:

@@ -29,6 +29,7 @@ from attnkd.losses.terms.features import (
     HiddenMseTerm,
     SentenceCosineTerm,
     SentenceMseTerm,
+    SentenceSimilarityTerm,
 )
 from attnkd.losses.terms.logits import LogitsTerm
 from attnkd.losses.terms.vision import VisionTerm
@@ -46,6 +47,7 @@ __all__ = [
     "RelationTerm",
     "SentenceCosineTerm",
     "SentenceMseTerm",
+    "SentenceSimilarityTerm",
     "TermError",
     "TermSpec",
     "ValueRelationTerm",
