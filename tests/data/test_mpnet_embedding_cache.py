@@ -99,7 +99,8 @@ def test_rows_metadata_must_match_the_tensors(tmp_path):
 
     cache = EmbeddingCache(tmp_path, _key())
     meta = _key().metadata(width=6, rows=3)  # says 3 rows, holds 4
-    tensors = {"embeddings": torch.zeros(4, 6), "text_sha256": torch.zeros(4, 32, dtype=torch.uint8)}
+    digests = torch.zeros(4, 32, dtype=torch.uint8)
+    tensors = {"embeddings": torch.zeros(4, 6), "text_sha256": digests}
     save_file(tensors, str(cache.path), metadata=meta)
     with pytest.raises(CacheError, match="says 3 rows"):
         cache.get(TEXTS, _Encoder())
