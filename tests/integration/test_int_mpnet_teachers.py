@@ -1,0 +1,112 @@
+"""``teachers:`` on the sentence task: teachers that tokenise for themselves (a tiny MPNet with
+its own vocabulary order) and a same-vocabulary BERT teach a student through cached
+sentence-level targets; per-token terms are refused naming the teacher and the term."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from int_helpers import SPECIALS, WORDS, tiny_mpnet
+
+from attnkd.config.io import apply_overrides
+from attnkd.config.schema import default_recipe
+from attnkd.distill import run_distill
+from attnkd.errors import ConfigError
+from attnkd.eval.encode import encode
+from attnkd.validate import validate
+
+
+@pytest.fixture(scope="module")
+def own_tokenizer_teacher(tmp_path_factory) -> Path:
+    """A tiny MPNet, 48 wide, with a tokenizer whose ids differ from the student's."""
+    from transformers import BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-mpnet-own-vocab"
+    tiny_mpnet(seed=2, hidden_size=48).save_pretrained(folder)
+    vocab = SPECIALS + WORDS[::-1]  # same words, other ids: a different tokenizer
+    BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def teachers_cfg(base_overrides, own_tokenizer_teacher, teacher_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNKD_CACHE_DIR", str(tmp_path / "cache"))
+
+    def make(*extra: str):
+        teachers = (
+            f"teachers=[{{name: {own_tokenizer_teacher}, weight: 2.0, losses: "
+            "[{name: sentence_similarity}, {name: sentence_mse, projector: true}]}, "
+            f"{{name: {teacher_dir}, losses: [{{name: sentence_similarity}}]}}]"
+        )
+        return apply_overrides(default_recipe(), [*base_overrides, teachers, "losses=[]", *extra])
+
+    return make
+
+
+def test_teachers_with_their_own_tokenizers_train_the_student_from_cached_targets(
+    teachers_cfg, own_tokenizer_teacher, tmp_path
+):
+    from attnkd.data.embedding_cache import EmbeddingCache
+    from attnkd.models.load import load_encoder
+    from attnkd.tasks.sentence_teachers import teacher_cache
+
+    cfg = teachers_cfg()
+    validate(cfg)
+    results = run_distill(cfg, progress=False)
+    run = Path(cfg.output_dir) / cfg.name
+    assert json.loads((run / "results.json").read_text())["student"] == results["student"]
+    assert results["train"]["steps"] == 6
+    names = [t["name"] for t in results["teachers"]]
+    assert names == [str(own_tokenizer_teacher), cfg.teachers[1].name]
+    assert all(-100 <= t["spearman"] <= 100 for t in results["teachers"])
+    assert all(t["encoded_this_run"] > 0 for t in results["teachers"])
+    assert results["retention"] == pytest.approx(
+        results["student"]["spearman"] / results["teachers"][0]["spearman"]
+    )
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = {k for x in lines for k in x.get("terms", x)}
+    assert any("sentence_similarity@ensemble" in k for k in logged)
+    assert any("sentence_mse@teacher0" in k for k in logged)
+    assert (run / "student" / "model.safetensors").is_file()
+
+    # the cached rows are the teacher's own embeddings, read with its own tokenizer
+    t = load_encoder(str(own_tokenizer_teacher))
+    cache: EmbeddingCache = teacher_cache(str(own_tokenizer_teacher), cfg.data.max_length)
+    texts = ["a big dog is running in the park .", "the sad cat is sitting in the water ."]
+    got, new = cache.get(texts, lambda x: encode(t.model, t.tokenizer, x, max_length=32))
+    want = encode(t.model, t.tokenizer, texts, max_length=32)
+    torch.testing.assert_close(got, want)
+    ids_teacher = t.tokenizer(texts[0])["input_ids"]
+    ids_student = load_encoder(cfg.teacher.name).tokenizer(texts[0])["input_ids"]
+    assert ids_teacher != ids_student
+
+    # a second run (another recipe name, same corpus) encodes nothing again
+    again = run_distill(teachers_cfg("name=again", "train.max_steps=2"), progress=False)
+    assert [t["encoded_this_run"] for t in again["teachers"]] == [0, 0]
+
+
+@pytest.mark.parametrize("term", ["relation", "hidden_mse", "attention", "logits"])
+def test_per_token_terms_are_refused_naming_teacher_and_term(teachers_cfg, own_tokenizer_teacher,
+                                                             term):  # fmt: skip
+    cfg = teachers_cfg(f"teachers=[{{name: {own_tokenizer_teacher}, losses: [{{name: {term}}}]}}]")
+    with pytest.raises(ConfigError, match=rf"teachers\[0\]\.losses\[0\]\.name.*"
+                       rf"'{own_tokenizer_teacher}' tokenises for itself.*'{term}'"):  # fmt: skip
+        validate(cfg, check_data=False, check_models=False)
+
+
+def test_bad_teachers_settings_are_refused_before_loading(teachers_cfg, own_tokenizer_teacher):
+    with pytest.raises(ConfigError, match=r"'losses'.*teachers\[i\]\.losses"):
+        validate(teachers_cfg("losses=[{name: relation}]"), check_models=False, check_data=False)
+    wide = f"teachers=[{{name: {own_tokenizer_teacher}, losses: [{{name: sentence_mse}}]}}]"
+    with pytest.raises(ConfigError, match=r"teachers\[0\]\.losses\[0\]\.projector.*48 wide"):
+        validate(teachers_cfg(wide), check_data=False)
+    layer = f"teachers=[{{name: {own_tokenizer_teacher}, losses: " \
+        "[{name: sentence_similarity, teacher_layer: 2}]}]"  # fmt: skip
+    with pytest.raises(ConfigError, match=r"teacher_layer.*final mean-pooled"):
+        validate(teachers_cfg(layer), check_data=False, check_models=False)
+    with pytest.raises(ConfigError, match=r"teachers\[0\]\.weight"):
+        validate(teachers_cfg(wide.replace("losses", "weight: -1, losses")), check_models=False,
+                 check_data=False)  # fmt: skip
