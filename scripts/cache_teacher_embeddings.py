@@ -32,17 +32,16 @@ def main(argv: list[str] | None = None) -> int:
         c = replace(cfg, train=replace(cfg.train, seed=seed))
         splits = eval_splits(c)
         corpus = build_sentence_corpus(c, splits)
-        for t in cfg.teachers:
-            for what, texts in (
-                ("corpus", corpus.sentences),
-                ("eval", sorted(splits.eval.sentences())),
-            ):
-                r = teacher_targets(t.name, texts, cfg.data.max_length)
-                print(
-                    f"seed {seed} {what} {t.name}: {len(texts)} sentences, {r.encoded} encoded "
-                    f"in {r.seconds:.0f} s -> {r.cache_file}",
-                    flush=True,
-                )
+        # the training sentences of every teacher first, then the evaluation split
+        jobs = [("corpus", t.name, corpus.sentences) for t in cfg.teachers]
+        jobs += [("eval", t.name, sorted(splits.eval.sentences())) for t in cfg.teachers]
+        for what, name, texts in jobs:
+            r = teacher_targets(name, texts, cfg.data.max_length)
+            print(
+                f"seed {seed} {what} {name}: {len(texts)} sentences, {r.encoded} encoded "
+                f"in {r.seconds:.0f} s -> {r.cache_file}",
+                flush=True,
+            )
     return 0
 
 

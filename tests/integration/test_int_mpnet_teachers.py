@@ -110,3 +110,21 @@ def test_bad_teachers_settings_are_refused_before_loading(teachers_cfg, own_toke
     with pytest.raises(ConfigError, match=r"teachers\[0\]\.weight"):
         validate(teachers_cfg(wide.replace("losses", "weight: -1, losses")), check_models=False,
                  check_data=False)  # fmt: skip
+
+
+@pytest.mark.real_model
+def test_real_mpnet_teacher_has_its_own_tokenizer_and_per_token_terms_are_refused():
+    """The packaged all-mpnet-base-v2 (only when its parts are installed: attnkd[mpnet])."""
+    from attnkd.config.io import load_config
+    from attnkd.models.hub import list_packaged, vocabulary_fingerprint
+    from attnkd.recipes import find_recipe
+
+    mpnet = "sentence-transformers/all-mpnet-base-v2"
+    if not any(p.alias == mpnet and p.installed for p in list_packaged()):
+        pytest.skip("all-mpnet-base-v2 parts not installed (attnkd[mpnet])")
+    cfg = load_config(find_recipe("mpnet-sentence"))
+    assert vocabulary_fingerprint(mpnet) != vocabulary_fingerprint(cfg.teacher.name)
+    validate(cfg, check_data=False)
+    bad = apply_overrides(cfg, [f"teachers=[{{name: {mpnet}, losses: [{{name: relation}}]}}]"])
+    with pytest.raises(ConfigError, match=rf"'{mpnet}' tokenises for itself.*'relation'"):
+        validate(bad, check_data=False)
