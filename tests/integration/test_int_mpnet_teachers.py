@@ -128,3 +128,32 @@ def test_real_mpnet_teacher_has_its_own_tokenizer_and_per_token_terms_are_refuse
     bad = apply_overrides(cfg, [f"teachers=[{{name: {mpnet}, losses: [{{name: relation}}]}}]"])
     with pytest.raises(ConfigError, match=rf"'{mpnet}' tokenises for itself.*'relation'"):
         validate(bad, check_data=False)
+
+
+def test_targets_are_row_aligned_loss_is_zero_when_the_student_is_the_teacher(teacher_dir):
+    """Student = teacher and targets = its own embeddings: every batch's terms are ~0, which
+    fails if a batch's rows pointed at other sentences' targets."""
+    import random
+
+    from int_helpers import make_sentence
+
+    from attnkd.config.schema import LossTermConfig, TeacherEntry
+    from attnkd.models.load import load_encoder
+    from attnkd.tasks.sentence import GroupedBatches
+    from attnkd.tasks.sentence_teachers import SentenceTargetDistiller, _RowBatches
+
+    rng = random.Random(0)
+    sentences = sorted({make_sentence(rng) for _ in range(40)})
+    t = load_encoder(str(teacher_dir))
+    targets = encode(t.model, t.tokenizer, sentences, max_length=32)
+    entry = TeacherEntry(str(teacher_dir), 1.0, [LossTermConfig(name="sentence_similarity"),
+                                                 LossTermConfig(name="sentence_mse")])  # fmt: skip
+    module = SentenceTargetDistiller(t.model.eval(), [entry], [targets])
+    batches = _RowBatches(GroupedBatches(sentences, t.tokenizer, 8, 32, seed=1))
+    shuffled = SentenceTargetDistiller(t.model, [entry], [targets[torch.randperm(len(targets))]])
+    with torch.no_grad():
+        for i in range(batches.num_batches):
+            batch = batches.batch_at(0, i)
+            out = module(batch)
+            assert float(out["loss"]) < 1e-8, (i, out)
+            assert float(shuffled(batch)["loss"]) > 1e-4
