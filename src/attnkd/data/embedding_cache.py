@@ -133,7 +133,7 @@ class EmbeddingCache:
         self,
         texts: Sequence[str],
         encode_fn: Callable[[list[str]], Tensor],
-        chunk: int = 1024,
+        chunk: int = 256,
     ) -> tuple[Tensor, int]:
         """Embeddings (len(texts), width) float32 in the order of ``texts``, and how many were
         newly encoded with ``encode_fn(list_of_texts) -> (m, width)``. New rows are saved every
@@ -142,7 +142,9 @@ class EmbeddingCache:
         emb, dig = found if found is not None else (None, None)
         index = {} if dig is None else {k: i for i, k in enumerate(_row_keys(dig))}
         keys = _row_keys(text_digests(texts))
-        missing = sorted({k: t for k, t in zip(keys, texts) if k not in index}.items())
+        # in the order given (first occurrence), so an interrupted encoding of a corpus has
+        # cached a prefix of it (a smaller max_sentences of the same corpus needs no encoding)
+        missing = list({k: t for k, t in zip(keys, texts) if k not in index}.items())
         if missing:
             log.info("teacher %s: encoding %d sentences not in %s", self.key.model,
                      len(missing), self.path)  # fmt: skip
