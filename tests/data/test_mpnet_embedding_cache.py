@@ -117,3 +117,20 @@ def test_model_fingerprint_reads_weights_and_tokenizer(tmp_path):
     assert len({first, second, model_fingerprint(tmp_path)}) == 3
     with pytest.raises(CacheError, match="no config.json"):
         model_fingerprint(tmp_path / "missing")
+
+
+def test_an_interrupted_encoding_keeps_the_finished_prefix(tmp_path):
+    enc, calls = _Encoder(), []
+
+    def dies_on_second_chunk(texts):
+        calls.append(texts)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return enc(texts)
+
+    cache = EmbeddingCache(tmp_path, _key())
+    with pytest.raises(KeyboardInterrupt):
+        cache.get(TEXTS, dies_on_second_chunk, chunk=2)
+    emb, new = cache.get(TEXTS[:2], enc)  # the first chunk, in the order given, was saved
+    assert new == 0
+    torch.testing.assert_close(emb, torch.stack([enc.vec(t) for t in TEXTS[:2]]))
