@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("recipe")
     p.add_argument("--seeds", default="0")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--only", choices=["corpus", "eval"], default=None)
+    p.add_argument("--teacher", default=None, help="only this teacher (default: all)")
+    p.add_argument("--reverse", action="store_true", help="last sentence first (a 2nd process)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -36,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [("corpus", t.name, corpus.sentences) for t in cfg.teachers]
         jobs += [("eval", t.name, sorted(splits.eval.sentences())) for t in cfg.teachers]
         for what, name, texts in jobs:
-            r = teacher_targets(name, texts, cfg.data.max_length)
+            if (args.only and what != args.only) or (args.teacher and name != args.teacher):
+                continue
+            r = teacher_targets(name, texts[::-1] if args.reverse else texts, cfg.data.max_length)
             print(
                 f"seed {seed} {what} {name}: {len(texts)} sentences, {r.encoded} encoded "
                 f"in {r.seconds:.0f} s -> {r.cache_file}",

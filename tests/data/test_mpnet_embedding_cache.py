@@ -134,3 +134,23 @@ def test_an_interrupted_encoding_keeps_the_finished_prefix(tmp_path):
     emb, new = cache.get(TEXTS[:2], enc)  # the first chunk, in the order given, was saved
     assert new == 0
     torch.testing.assert_close(emb, torch.stack([enc.vec(t) for t in TEXTS[:2]]))
+
+
+def test_two_processes_sharing_a_cache_lose_no_rows_and_skip_each_others_work(tmp_path):
+    """B writes between A's read and A's write (as a concurrent run would): both sets of rows
+    stay, and A's later chunk skips what B already encoded."""
+    enc_a, enc_b = _Encoder(), _Encoder()
+    a, b = EmbeddingCache(tmp_path, _key()), EmbeddingCache(tmp_path, _key())
+    others = ["b writes this .", TEXTS[3]]
+
+    def a_encode(texts):
+        if not enc_a.seen:  # during A's first chunk, B adds its own rows (one that A wants too)
+            b.get(others, enc_b)
+        return enc_a(texts)
+
+    emb, _ = a.get(TEXTS, a_encode, chunk=2)
+    assert enc_a.seen == TEXTS[:3]  # TEXTS[3] came from B, not encoded twice
+    torch.testing.assert_close(emb, torch.stack([enc_a.vec(t) for t in TEXTS]))
+    assert describe(a.path)["rows"] == "5"
+    both, new = EmbeddingCache(tmp_path, _key()).get(TEXTS + others, _Encoder())
+    assert new == 0 and both.shape == (6, 6)

@@ -15,6 +15,7 @@ unpickled.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -139,8 +140,7 @@ class EmbeddingCache:
         newly encoded with ``encode_fn(list_of_texts) -> (m, width)``. New rows are saved every
         ``chunk`` texts, so an interrupted encoding keeps what it finished."""
         found = self._read()
-        emb, dig = found if found is not None else (None, None)
-        index = {} if dig is None else {k: i for i, k in enumerate(_row_keys(dig))}
+        index = {} if found is None else {k: i for i, k in enumerate(_row_keys(found[1]))}
         keys = _row_keys(text_digests(texts))
         # in the order given (first occurrence), so an interrupted encoding of a corpus has
         # cached a prefix of it (a smaller max_sentences of the same corpus needs no encoding)
@@ -149,22 +149,41 @@ class EmbeddingCache:
             log.info("teacher %s: encoding %d sentences not in %s", self.key.model,
                      len(missing), self.path)  # fmt: skip
         for start in range(0, len(missing), chunk):
-            part = missing[start : start + chunk]
-            new = encode_fn([t for _, t in part]).float().contiguous()
+            part = [t for _, t in missing[start : start + chunk]]
+            if start:  # another process sharing the cache may have added some meanwhile
+                done = self._read()
+                have = set() if done is None else set(_row_keys(done[1]))
+                part = [t for t, k in zip(part, _row_keys(text_digests(part))) if k not in have]
+                if not part:
+                    continue
+            new = encode_fn(part).float().contiguous()
             if new.ndim != 2 or new.shape[0] != len(part):
                 raise ValueError(f"encode_fn returned {tuple(new.shape)} for {len(part)} texts")
-            if emb is not None and new.shape[1] != emb.shape[1]:
-                raise CacheError(f"embedding cache {self.path} holds width {emb.shape[1]}, the "
-                                 f"teacher now gives {new.shape[1]}")  # fmt: skip
-            index.update({k: len(index) + i for i, (k, _) in enumerate(part)})
-            new_dig = text_digests([t for _, t in part])
-            emb = new if emb is None else torch.cat([emb, new])
-            dig = new_dig if dig is None else torch.cat([dig, new_dig])
-            self._write(emb, dig)
-        if emb is None:  # no texts and no file
+            self._add(new, text_digests(part))
+        found = self._read() if missing else found
+        if found is None:  # no texts asked for and no file yet
             return torch.empty(0, 0), 0
+        emb, dig = found
+        index = {k: i for i, k in enumerate(_row_keys(dig))}
         rows = torch.tensor([index[k] for k in keys], dtype=torch.long)
         return emb[rows].clone(), len(missing)
+
+    def _add(self, new: Tensor, new_dig: Tensor) -> None:
+        """Append rows to the file under an exclusive lock, merged with what other processes
+        (runs sharing this cache) wrote meanwhile; rows already there are kept as they are."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            found = self._read()
+            if found is not None:
+                emb, dig = found
+                if new.shape[1] != emb.shape[1]:
+                    raise CacheError(f"embedding cache {self.path} holds width {emb.shape[1]}, "
+                                     f"the teacher now gives {new.shape[1]}")  # fmt: skip
+                have = set(_row_keys(dig))
+                keep = torch.tensor([k not in have for k in _row_keys(new_dig)])
+                new, new_dig = torch.cat([emb, new[keep]]), torch.cat([dig, new_dig[keep]])
+            self._write(new, new_dig)
 
     def _write(self, emb: Tensor, dig: Tensor) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
