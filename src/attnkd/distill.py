@@ -176,11 +176,11 @@ def _run(
     teacher_m = task.load(cfg.teacher.name, cfg.teacher.attn_implementation)
     teacher, tok = freeze(teacher_m.model), teacher_m.tokenizer
     student = _make_student(cfg, teacher, task)
-    if cfg.teachers:  # teachers with their own tokenizers: cached sentence-level targets
-        from attnkd.tasks.sentence_teachers import run_teachers
-
+    if cfg.teachers:  # teachers with their own tokenizers: the task's cached targets
+        if task.run_teachers is None:
+            raise ConfigError("teachers", f"task '{cfg.task}' takes no teachers: list")
         del teacher, teacher_m  # `teacher` only gave the student its layers and tokenizer
-        results = run_teachers(cfg, student, tok, run_dir, device, resume, progress)
+        results = task.run_teachers(cfg, student, tok, run_dir, device, resume, progress)
         _write_json(run_dir / "results.json", results)
         return results
     sg = geometry(student.config)

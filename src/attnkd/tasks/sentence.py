@@ -200,4 +200,12 @@ def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> Ta
     )  # fmt: skip
 
 
-TASK = Task("sentence", load_encoder, setup)
+def run_teachers(cfg: DistillConfig, student: nn.Module, tok, run_dir: Path, device, resume: bool,
+                 progress: bool) -> dict:  # fmt: skip
+    """``teachers:``: see :func:`attnkd.tasks.sentence_teachers.run_teachers`."""
+    from attnkd.tasks.sentence_teachers import run_teachers as run
+
+    return run(cfg, student, tok, run_dir, device, resume, progress)
+
+
+TASK = Task("sentence", load_encoder, setup, run_teachers=run_teachers)

@@ -307,20 +307,28 @@ def run_teachers(
     return {
         "name": cfg.name,
         "task": cfg.task,
+        "seed": cfg.train.seed,
         "eval_split": splits.eval.name,
         "select_split": splits.select.name,
         "eval_pairs": len(splits.eval.scores),
         "select_pairs": len(splits.select.scores),
         "teachers": teachers,
         "teacher": {"name": cfg.teachers[0].name, "spearman": teachers[0]["spearman"]},
-        "student": {"spearman": s_eval.spearman, "params": count_parameters(student),
-                    "layers": student.config.num_hidden_layers, "best_step": best_step,
-                    "select_spearman": best_metric},  # fmt: skip
+        "student": {
+            "spearman": s_eval.spearman,
+            "params": count_parameters(student),
+            "layers": student.config.num_hidden_layers,
+            "best_step": best_step,
+            "select_spearman": best_metric,
+        },  # fmt: skip
         "retention": s_eval.spearman / teachers[0]["spearman"],
-        "train": {"steps": steps, "seconds_this_session": train_s,
-                  "corpus_sentences": len(corpus.sentences),
-                  "held_out_removed": corpus.excluded,
-                  "select_pairs_dropped": splits.select_dropped},  # fmt: skip
+        "train": {
+            "steps": steps,
+            "seconds_this_session": train_s,
+            "corpus_sentences": len(corpus.sentences),
+            "held_out_removed": corpus.excluded,
+            "select_pairs_dropped": splits.select_dropped,
+        },  # fmt: skip
     }
 
 
