@@ -12,7 +12,8 @@ seed-by-seed figures of the distillation runs (mean ± std).
 Every model encodes with its own tokenizer (a student without one reads all-MiniLM-L6-v2's).
 Spearman: cosine of mean-pooled embeddings, max length 128, the 1,500 dev pairs; a model named
 in ``--cached`` has its dev embeddings read from (or written to) the teacher embedding cache,
-which is keyed by the model's file fingerprint. Throughput: the first ``--sentences`` dev
+which is keyed by the model's file fingerprint; a ``--run`` student's Spearman is the one its
+run computed (results.json, same protocol). Throughput: the first ``--sentences`` dev
 sentences, batch 64, tokenised outside the timing, models alternating every round (median of
 rounds); speed-ups are against ``--baseline``. A ``--run`` gives one or more run folders (one
 per seed): its first folder's exported student is measured here, and the results.json of each
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", action="append", default=[], help="NAME=run_dir[,run_dir...]")
     p.add_argument("--cached", action="append", default=[], help="Spearman from the cache")
     p.add_argument("--baseline", default=None, help="speed-ups against this NAME")
-    p.add_argument("--sentences", type=int, default=256)
+    p.add_argument("--sentences", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
@@ -79,10 +80,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from attnkd.data.benchmarks import read_stsb
     from attnkd.eval.speed import measure_throughput
-    from attnkd.eval.sts import sts_eval, sts_from_embeddings
+    from attnkd.eval.sts import StsResult, sts_eval, sts_from_embeddings
     from attnkd.models.hub import TOKENIZER_FILES
     from attnkd.models.load import count_parameters, freeze, load_encoder
     from attnkd.tasks.sentence_teachers import teacher_targets
+
+    def sts_result(spearman: float) -> StsResult:
+        return StsResult(spearman=spearman, pearson=float("nan"), n=len(pairs))
 
     runs = {k: [Path(x) for x in v.split(",")] for k, v in _pairs(args.run).items()}
     specs = {**_pairs(args.model), **{k: str(v[0] / "student") for k, v in runs.items()}}
@@ -98,18 +102,22 @@ def main(argv: list[str] | None = None) -> int:
         tok = m.tokenizer or AutoTokenizer.from_pretrained(load_encoder(
             _STUDENT_TOKENIZER).path)  # fmt: skip
         models[name], toks[name] = freeze(m.model), tok
-        if name in args.cached:
+        if name in runs:  # scored by the run itself (same protocol), on this exported student
+            spearman = json.loads((runs[name][0] / "results.json").read_text())["student"]
+            r, source = sts_result(spearman["spearman"]), "run results.json"
+        elif name in args.cached:
             emb = teacher_targets(spec, uniq, 128).embeddings
             r = sts_from_embeddings(dict(zip(uniq, emb)), s1, s2, gold)
+            source = "embedding cache (this model's fingerprint)"
         else:
-            r = sts_eval(m.model, tok, s1, s2, gold, max_length=128)
+            r, source = sts_eval(m.model, tok, s1, s2, gold, max_length=128), "encoded in this run"
         out["models"][name] = {
             "model": spec,
             "params": count_parameters(m.model),
             "layers": m.model.config.num_hidden_layers,
             "width": m.model.config.hidden_size,
             "stsb_dev_spearman": r.spearman,
-            "spearman_from": "embedding cache" if name in args.cached else "encoded in this run",
+            "spearman_from": source,
         }
         print(f"{name}: STS-B dev {r.spearman:.2f}", flush=True)
     sents = [s for x in pairs for s in (x.sentence1, x.sentence2)][: args.sentences]

@@ -157,3 +157,37 @@ def test_targets_are_row_aligned_loss_is_zero_when_the_student_is_the_teacher(te
             out = module(batch)
             assert float(out["loss"]) < 1e-8, (i, out)
             assert float(shuffled(batch)["loss"]) > 1e-4
+
+
+def test_side_by_side_bench_runs_models_with_their_own_tokenizers(
+    teacher_dir, own_tokenizer_teacher, data_dir, tmp_path, monkeypatch
+):
+    """bench/mpnet_sentence.py on tiny models: a teacher scored from its embedding cache, one
+    encoded live, a run's student; throughput of each with its own tokenizer."""
+    import importlib.util
+    import shutil
+
+    monkeypatch.setenv("ATTNKD_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("ATTNKD_CACHE_DIR", str(tmp_path / "cache"))
+    path = Path(__file__).resolve().parents[2] / "bench" / "mpnet_sentence.py"
+    spec = importlib.util.spec_from_file_location("bench_mpnet_sentence", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run = tmp_path / "runs" / "s0"
+    shutil.copytree(teacher_dir, run / "student")
+    row = {"spearman": 12.5, "select_spearman": 10.0, "best_step": 3}
+    (run / "results.json").write_text(json.dumps({
+        "seed": 0, "student": row, "retention": 0.5, "train": {"seconds_this_session": 7.0},
+        "teachers": []}))  # fmt: skip
+    out = tmp_path / "bench.json"
+    argv = [f"--model=mpnet={own_tokenizer_teacher}", f"--model=bert={teacher_dir}",
+            f"--run=student={run}", "--cached=mpnet", "--baseline=bert", "--sentences=8",
+            "--rounds=1", f"--json={out}"]  # fmt: skip
+    assert bench.main(argv) == 0
+    got = json.loads(out.read_text())
+    assert set(got["models"]) == {"mpnet", "bert", "student"}
+    assert got["models"]["student"]["stsb_dev_spearman"] == 12.5
+    assert got["models"]["mpnet"]["spearman_from"].startswith("embedding cache")
+    assert got["models"]["bert"]["speedup_vs_baseline"] == 1.0
+    assert all(m["sentences_per_s"] > 0 for m in got["models"].values())
+    assert got["runs"]["student"]["dev_mean"] == 12.5
