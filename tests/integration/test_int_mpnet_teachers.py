@@ -37,11 +37,13 @@ def teachers_cfg(base_overrides, own_tokenizer_teacher, teacher_dir, tmp_path, m
 
     def make(*extra: str):
         teachers = (
-            f"teachers=[{{name: {own_tokenizer_teacher}, weight: 2.0, losses: "
+            f"teachers=[{{name: {own_tokenizer_teacher}, label: mp, weight: 2.0, losses: "
             "[{name: sentence_similarity}, {name: sentence_mse, projector: true}]}, "
-            f"{{name: {teacher_dir}, losses: [{{name: sentence_similarity}}]}}]"
+            f"{{name: {teacher_dir}, label: bert}}]"
         )
-        return apply_overrides(default_recipe(), [*base_overrides, teachers, "losses=[]", *extra])
+        plain = [o for o in base_overrides if not o.startswith(("teacher.name", "student.layers"))]
+        return apply_overrides(default_recipe(), [*plain, teachers, f"student.init={teacher_dir}",
+                               "losses=[{name: sentence_similarity}]", *extra])  # fmt: skip
 
     return make
 
@@ -68,8 +70,9 @@ def test_teachers_with_their_own_tokenizers_train_the_student_from_cached_target
     )
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     logged = {k for x in lines for k in x.get("terms", x)}
-    assert any("sentence_similarity@ensemble" in k for k in logged)
-    assert any("sentence_mse@teacher0" in k for k in logged)
+    assert any("ensemble:sentence_similarity" in k for k in logged)
+    assert any("mp:sentence_similarity" in k for k in logged)
+    assert any("mp:sentence_mse" in k for k in logged)
     assert (run / "student" / "model.safetensors").is_file()
 
     # the cached rows are the teacher's own embeddings, read with its own tokenizer
@@ -80,7 +83,7 @@ def test_teachers_with_their_own_tokenizers_train_the_student_from_cached_target
     want = encode(t.model, t.tokenizer, texts, max_length=32)
     torch.testing.assert_close(got, want)
     ids_teacher = t.tokenizer(texts[0])["input_ids"]
-    ids_student = load_encoder(cfg.teacher.name).tokenizer(texts[0])["input_ids"]
+    ids_student = load_encoder(cfg.student.init).tokenizer(texts[0])["input_ids"]
     assert ids_teacher != ids_student
 
     # a second run (another recipe name, same corpus) encodes nothing again
@@ -89,26 +92,33 @@ def test_teachers_with_their_own_tokenizers_train_the_student_from_cached_target
 
 
 @pytest.mark.parametrize("term", ["relation", "hidden_mse", "attention", "logits"])
-def test_per_token_terms_are_refused_naming_teacher_and_term(teachers_cfg, own_tokenizer_teacher,
-                                                             term):  # fmt: skip
-    cfg = teachers_cfg(f"teachers=[{{name: {own_tokenizer_teacher}, losses: [{{name: {term}}}]}}]")
-    with pytest.raises(ConfigError, match=rf"teachers\[0\]\.losses\[0\]\.name.*"
-                       rf"'{own_tokenizer_teacher}' tokenises for itself.*'{term}'"):  # fmt: skip
-        validate(cfg, check_data=False, check_models=False)
+def test_per_token_terms_are_refused_for_a_teacher_with_another_tokenizer(
+    teachers_cfg, own_tokenizer_teacher, term
+):
+    cfg = teachers_cfg(f"teachers=[{{name: {own_tokenizer_teacher}, label: mp, losses: "
+                       f"[{{name: {term}}}]}}]", "losses=[]")  # fmt: skip
+    pattern = (rf"teachers\[0\]\.losses\[0\]\.name.*teacher 'mp "
+               rf"\({own_tokenizer_teacher}\)' tokenizes differently.*'{term}'")  # fmt: skip
+    with pytest.raises(ConfigError, match=pattern):
+        validate(cfg, check_data=False)
 
 
 def test_bad_teachers_settings_are_refused_before_loading(teachers_cfg, own_tokenizer_teacher):
-    with pytest.raises(ConfigError, match=r"'losses'.*teachers\[i\]\.losses"):
-        validate(teachers_cfg("losses=[{name: relation}]"), check_models=False, check_data=False)
-    wide = f"teachers=[{{name: {own_tokenizer_teacher}, losses: [{{name: sentence_mse}}]}}]"
+    mp = f"{{name: {own_tokenizer_teacher}, label: mp, losses: "
+    wide = f"teachers=[{mp}[{{name: sentence_mse}}]}}]"
     with pytest.raises(ConfigError, match=r"teachers\[0\]\.losses\[0\]\.projector.*48 wide"):
-        validate(teachers_cfg(wide), check_data=False)
-    layer = f"teachers=[{{name: {own_tokenizer_teacher}, losses: " \
-        "[{name: sentence_similarity, teacher_layer: 2}]}]"  # fmt: skip
+        validate(teachers_cfg(wide, "losses=[]"), check_data=False)
+    with pytest.raises(ConfigError, match=r"losses\[0\]\.name.*'sentence_mse'.*one width"):
+        validate(teachers_cfg("losses=[{name: sentence_mse}]"), check_models=False,
+                 check_data=False)  # fmt: skip
+    layer = f"teachers=[{mp}[{{name: sentence_similarity, teacher_layer: 2}}]}}]"
     with pytest.raises(ConfigError, match=r"teacher_layer.*final mean-pooled"):
         validate(teachers_cfg(layer), check_data=False, check_models=False)
     with pytest.raises(ConfigError, match=r"teachers\[0\]\.weight"):
-        validate(teachers_cfg(wide.replace("losses", "weight: -1, losses")), check_models=False,
+        validate(teachers_cfg(wide.replace("label: mp", "label: mp, weight: -1")),
+                 check_models=False, check_data=False)  # fmt: skip
+    with pytest.raises(ConfigError, match="not both"):
+        validate(teachers_cfg("teacher.name=somewhere/else"), check_models=False,
                  check_data=False)  # fmt: skip
 
 
@@ -123,10 +133,10 @@ def test_real_mpnet_teacher_has_its_own_tokenizer_and_per_token_terms_are_refuse
     if not any(p.alias == mpnet and p.installed for p in list_packaged()):
         pytest.skip("all-mpnet-base-v2 parts not installed (attnkd[mpnet])")
     cfg = load_config(find_recipe("mpnet-sentence"))
-    assert vocabulary_fingerprint(mpnet) != vocabulary_fingerprint(cfg.teacher.name)
+    assert vocabulary_fingerprint(mpnet) != vocabulary_fingerprint(cfg.student.init)
     validate(cfg, check_data=False)
     bad = apply_overrides(cfg, [f"teachers=[{{name: {mpnet}, losses: [{{name: relation}}]}}]"])
-    with pytest.raises(ConfigError, match=rf"'{mpnet}' tokenises for itself.*'relation'"):
+    with pytest.raises(ConfigError, match=r"tokenizes differently.*'relation'"):
         validate(bad, check_data=False)
 
 
@@ -146,8 +156,8 @@ def test_targets_are_row_aligned_loss_is_zero_when_the_student_is_the_teacher(te
     sentences = sorted({make_sentence(rng) for _ in range(40)})
     t = load_encoder(str(teacher_dir))
     targets = encode(t.model, t.tokenizer, sentences, max_length=32)
-    entry = TeacherEntry(str(teacher_dir), 1.0, [LossTermConfig(name="sentence_similarity"),
-                                                 LossTermConfig(name="sentence_mse")])  # fmt: skip
+    terms = [LossTermConfig(name="sentence_similarity"), LossTermConfig(name="sentence_mse")]
+    entry = TeacherEntry(name=str(teacher_dir), losses=terms)
     module = SentenceTargetDistiller(t.model.eval(), [entry], [targets])
     batches = _RowBatches(GroupedBatches(sentences, t.tokenizer, 8, 32, seed=1))
     shuffled = SentenceTargetDistiller(t.model, [entry], [targets[torch.randperm(len(targets))]])

@@ -200,12 +200,19 @@ def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> Ta
     )  # fmt: skip
 
 
-def run_teachers(cfg: DistillConfig, student: nn.Module, tok, run_dir: Path, device, resume: bool,
-                 progress: bool) -> dict:  # fmt: skip
-    """``teachers:``: see :func:`attnkd.tasks.sentence_teachers.run_teachers`."""
+def runs_teachers(cfg: DistillConfig) -> bool:
+    """A teacher set of sentence-level terms only: run from cached embeddings."""
+    from attnkd.tasks.sentence_teachers import cached_sentence_set
+
+    return cached_sentence_set(cfg)
+
+
+def run_teachers(cfg: DistillConfig, run_dir: Path, device, resume: bool, progress: bool) -> dict:
+    """See :func:`attnkd.tasks.sentence_teachers.run_teachers`."""
     from attnkd.tasks.sentence_teachers import run_teachers as run
 
-    return run(cfg, student, tok, run_dir, device, resume, progress)
+    return run(cfg, run_dir, device, resume, progress)
 
 
-TASK = Task("sentence", load_encoder, setup, run_teachers=run_teachers)
+TASK = Task("sentence", load_encoder, setup, runs_teachers=runs_teachers,
+            run_teachers=run_teachers)  # fmt: skip

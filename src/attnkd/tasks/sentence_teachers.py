@@ -1,13 +1,14 @@
-"""Sentence task with teachers that tokenise for themselves (``teachers:``, e.g. all-mpnet-base-v2
-teaching a BERT student): sentence-level targets only, computed once and cached.
+"""Sentence task with a teacher set whose terms are all sentence-level (``teachers:``, e.g.
+all-mpnet-base-v2 with its own tokenizer teaching a BERT student): cached targets.
 
 Each teacher encodes the training sentences with its own tokenizer into mean-pooled embeddings,
-once per corpus (:mod:`attnkd.data.embedding_cache`); training then runs the student alone. The
-terms allowed are those that compare whole sentences, so no token alignment or shared vocabulary
-is needed: ``sentence_similarity`` (the batch's cosine-similarity matrix; every teacher listing
-it contributes to one ensemble target, the weighted mean of their matrices), ``sentence_mse``
-and ``sentence_cosine`` (student embedding through a learned projector to the teacher's width).
-Per-token terms (attention, relations, hidden states, logits) are refused, naming the teacher.
+once per corpus (:mod:`attnkd.data.embedding_cache`); training then runs the student alone,
+reading its own tokenizer. Terms: ``sentence_similarity`` (the batch's cosine-similarity matrix;
+no projector), per teacher or, at the top level, against the ensemble (the teachers' matrices
+averaged with their normalised weights), and ``sentence_mse`` / ``sentence_cosine`` per teacher
+(through a learned projector to the teacher's width). A set with any per-token term goes to the
+general runner, whose compatibility rule refuses it for a teacher with another tokenizer
+(:mod:`attnkd.teachers.compat`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ from attnkd.eval.sts import StsResult, sts_eval, sts_from_embeddings
 from attnkd.export import export_student
 from attnkd.losses import features as feat
 from attnkd.losses import sentence as sim
-from attnkd.models.load import count_parameters, freeze_input_embeddings, load_config
+from attnkd.models.load import (
+    count_parameters,
+    freeze_input_embeddings,
+    freeze_parts,
+    load_config,
+)
 from attnkd.paths import cache_dir
 from attnkd.tasks.sentence import EvalPairs, GroupedBatches, build_sentence_corpus, eval_splits
 
@@ -44,44 +50,68 @@ SENTENCE_TERMS = ("sentence_similarity", "sentence_mse", "sentence_cosine")
 # ---------------------------------------------------------------- validation
 
 
-def check_teachers_static(cfg: DistillConfig) -> None:
-    """``teachers:`` entries before any model loads: sentence task, known sentence-level terms,
-    final-layer targets, weights >= 0, and no top-level ``losses`` beside them."""
-    from attnkd.losses.terms import TERMS
+def cached_sentence_set(cfg: DistillConfig) -> bool:
+    """True for a sentence-task teacher set whose every term (each teacher's and the ensemble's
+    top-level ``losses``) is sentence-level: it runs from cached embeddings, each teacher
+    tokenising for itself. Other sets go to the general teacher-set runner."""
+    from attnkd.config.schema import StrategyConfig
 
-    if not cfg.teachers:
-        return
-    if cfg.task != "sentence":
-        raise ConfigError("teachers", f"several teachers are supported for task 'sentence', "
-                          f"not '{cfg.task}'")  # fmt: skip
-    if cfg.losses:
-        raise ConfigError("losses", "with teachers:, each term goes under its teacher "
-                          "(teachers[i].losses); set losses: []")  # fmt: skip
+    terms = [t.name for e in cfg.teachers for t in e.losses] + [t.name for t in cfg.losses]
+    plain = cfg.task == "sentence" and cfg.strategy == StrategyConfig()
+    return plain and bool(cfg.teachers) and bool(terms) and all(n in SENTENCE_TERMS for n in terms)
+
+
+def check_teachers_static(cfg: DistillConfig) -> None:
+    """Before any model loads: one of ``teacher``/``teachers``, names, weights, labels,
+    final-layer targets, and ensemble (top-level) terms that can average across widths."""
+    from attnkd.config.schema import TeacherConfig
+    from attnkd.teachers.set import member_labels
+
+    if cfg.teacher != TeacherConfig():
+        raise ConfigError("teacher", "give a single `teacher:` or a `teachers:` list, not both")
+    member_labels(cfg.teachers)
     for i, t in enumerate(cfg.teachers):
-        key = f"teachers[{i}]"
         if not t.name:
-            raise ConfigError(f"{key}.name", "give the teacher's hub id, folder or packaged name")
+            raise ConfigError(f"teachers[{i}].name", "name the teacher (model or folder)")
         if t.weight < 0:
-            raise ConfigError(f"{key}.weight", f"must be >= 0, got {t.weight}")
-        if not t.losses:
-            raise ConfigError(f"{key}.losses", f"teacher '{t.name}' has no loss terms")
-        for j, term in enumerate(t.losses):
-            k = f"{key}.losses[{j}]"
-            if term.name not in TERMS:
-                raise ConfigError(f"{k}.name", f"unknown loss '{term.name}'; known: "
-                                  f"{', '.join(TERMS)}")  # fmt: skip
-            if term.name not in SENTENCE_TERMS:
-                raise ConfigError(
-                    f"{k}.name",
-                    f"teacher '{t.name}' tokenises for itself, so term '{term.name}' (compared "
-                    "token by token: attention, relations, per-token hidden states or logits) "
-                    f"cannot be used; sentence-level terms: {', '.join(SENTENCE_TERMS)}",
-                )
-            if term.teacher_layer != -1 or term.student_layer != -1:
-                raise ConfigError(f"{k}.teacher_layer", "teachers' targets are their final "
-                                  "mean-pooled embeddings: leave the layers at -1")  # fmt: skip
-            if term.weight < 0:
-                raise ConfigError(f"{k}.weight", f"must be >= 0, got {term.weight}")
+            raise ConfigError(f"teachers[{i}].weight", f"must be >= 0, got {t.weight}")
+        if t.random_init:
+            raise ConfigError(f"teachers[{i}].random_init", "cached sentence targets come "
+                              "from the trained teacher; random_init is for live sets")  # fmt: skip
+    if sum(t.weight for t in cfg.teachers) <= 0:
+        raise ConfigError("teachers", "the teachers' weights are all 0")
+    keyed = [(f"teachers[{i}].losses[{j}]", term) for i, t in enumerate(cfg.teachers)
+             for j, term in enumerate(t.losses)]  # fmt: skip
+    keyed += [(f"losses[{j}]", term) for j, term in enumerate(cfg.losses)]
+    for key, term in keyed:
+        if term.teacher_layer != -1 or term.student_layer != -1:
+            raise ConfigError(f"{key}.teacher_layer", "cached targets are the teachers' final "
+                              "mean-pooled embeddings: leave the layers at -1")  # fmt: skip
+        if term.weight < 0:
+            raise ConfigError(f"{key}.weight", f"must be >= 0, got {term.weight}")
+        if key.startswith("losses") and term.name != "sentence_similarity":
+            raise ConfigError(f"{key}.name", f"'{term.name}' compares embeddings of one width; "
+                              "as an ensemble term use sentence_similarity, or give it to one "
+                              "teacher (teachers[i].losses)")  # fmt: skip
+
+
+def check_token_terms(cfg: DistillConfig) -> None:
+    """A set with per-token terms (the general runner): refuse those of a teacher whose
+    vocabulary differs from the student's, naming the teacher and the term
+    (:func:`attnkd.teachers.compat.check_tokenizer_compat`)."""
+    from attnkd.models.hub import vocabulary_fingerprint
+    from attnkd.teachers.compat import check_tokenizer_compat
+
+    student = cfg.student.init if cfg.student.init != "teacher" else cfg.teachers[0].name
+    reference = vocabulary_fingerprint(student)
+    for i, e in enumerate(cfg.teachers):
+        fp = vocabulary_fingerprint(e.name)
+        same = None if fp is None or reference is None else fp == reference
+        names = [t.name for t in e.losses] + [t.name for t in cfg.losses]
+        keys = [f"teachers[{i}].losses[{j}].name" for j in range(len(e.losses))]
+        keys += [f"losses[{j}].name" for j in range(len(cfg.losses))]
+        label = e.label or f"t{i}"
+        check_tokenizer_compat(f"{label} ({e.name})", names, keys, same)
 
 
 def check_teachers_models(cfg: DistillConfig, student_width: int) -> list[int]:
@@ -109,6 +139,47 @@ def check_teachers_models(cfg: DistillConfig, student_width: int) -> list[int]:
                 )
         widths.append(width)
     return widths
+
+
+def validate_cached_set(cfg: DistillConfig, check_data: bool, check_models: bool) -> None:
+    """All checks of a cached sentence-level teacher set (see :func:`cached_sentence_set`)."""
+    from dataclasses import replace
+
+    from attnkd.config.schema import TeacherConfig
+    from attnkd.validate import validate_data, validate_output, validate_static
+
+    check_teachers_static(cfg)
+    terms = [t for e in cfg.teachers for t in e.losses] + list(cfg.losses)
+    first = TeacherConfig(cfg.teachers[0].name, cfg.teachers[0].attn_implementation)
+    plain = replace(cfg, teachers=[], losses=terms, teacher=first)
+    validate_static(plain)
+    validate_output(cfg)
+    if check_models:
+        check_teachers_models(cfg, _student_width(cfg))
+    if check_data:
+        validate_data(plain)
+
+
+def _student_width(cfg: DistillConfig) -> int:
+    """The student's width from its config (or the first teacher's, for a cut)."""
+    from attnkd.models.hub import check_model_folder, resolve_model_path
+    from attnkd.validate import position_limit
+
+    s = cfg.student
+    key = "student.init" if s.init != "teacher" else "teachers[0].name"
+    name = s.init if s.init != "teacher" else cfg.teachers[0].name
+    try:
+        scfg = load_config(name)
+        resolved = resolve_model_path(name)
+        if resolved.source != "hub":
+            check_model_folder(resolved.path, name, tokenizer=True)
+    except AttnkdError as err:
+        raise ConfigError(key, f"{err} (the student reads its own tokenizer)") from err
+    limit = position_limit(scfg)
+    if limit is not None and cfg.data.max_length > limit:
+        raise ConfigError("data.max_length", f"{cfg.data.max_length} tokens is more than "
+                          f"'{name}' allows ({limit} positions)")  # fmt: skip
+    return int(s.hidden_size or scfg.hidden_size) if s.init == "teacher" else int(scfg.hidden_size)
 
 
 # ---------------------------------------------------------------- cached targets
@@ -171,26 +242,36 @@ def teacher_targets(
 
 class SentenceTargetDistiller(nn.Module):
     """The student and the projectors of its embedding terms. ``forward(batch)`` runs the
-    student, mean-pools, and scores every term against the batch's cached target rows."""
+    student, mean-pools, and scores every term against the batch's cached target rows: each
+    teacher's own terms (``teachers[i].losses``) and the ensemble terms (top-level ``losses``:
+    ``sentence_similarity`` against the mean of the teachers' similarity matrices, weighted by
+    their normalised ``weight``)."""
 
-    def __init__(self, student: nn.Module, entries: list[TeacherEntry], targets: list[Tensor]):
+    def __init__(
+        self,
+        student: nn.Module,
+        entries: list[TeacherEntry],
+        targets: list[Tensor],
+        ensemble: list[LossTermConfig] = (),
+    ):
         super().__init__()
         self.student = student
         self.projectors = nn.ModuleDict()
         self.targets = targets  # plain tensors: not trained, not checkpointed
-        self.sim_weights: list[tuple[int, float]] = []
-        self.embed_terms: list[tuple[str, int, LossTermConfig, float, str]] = []
+        total = sum(float(e.weight) for e in entries)
+        self.mix = [float(e.weight) / total for e in entries]
+        labels = [e.label or f"t{i}" for i, e in enumerate(entries)]
+        # (label, teachers read, term, projector key): teachers None = the ensemble
+        self.terms: list[tuple[str, int | None, LossTermConfig, str]] = []
         width = student.config.hidden_size
         for i, (entry, t) in enumerate(zip(entries, targets)):
             for j, term in enumerate(entry.losses):
-                w = float(entry.weight) * float(term.weight)
-                if term.name == "sentence_similarity":
-                    self.sim_weights.append((i, w))
-                    continue
-                key = f"{i}_{j}" if term.projector else ""  # "": widths equal, no projector
+                key = f"{i}_{j}" if term.projector and term.name != "sentence_similarity" else ""
                 if key:
                     self.projectors[key] = feat.Projector(width, t.shape[1])
-                self.embed_terms.append((f"{term.name}@teacher{i}", i, term, w, key))
+                self.terms.append((f"{labels[i]}:{term.name}", i, term, key))
+        for term in ensemble:
+            self.terms.append((f"ensemble:{term.name}", None, term, ""))
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``{"loss": weighted total, "<label>": each term}``; ``batch["rows"]`` (batch,) indexes
@@ -201,20 +282,22 @@ class SentenceTargetDistiller(nn.Module):
         emb = feat.mean_pool(hidden.float(), mask.bool())
         out: dict[str, Tensor] = {}
         total = emb.sum() * 0.0
-        if self.sim_weights:
-            w = [x for _, x in self.sim_weights]
-            target = sim.ensemble_similarity(
-                [self.targets[i][rows].to(emb.device) for i, _ in self.sim_weights], w
-            )
-            out["sentence_similarity@ensemble"] = v = sim.similarity_matrix_mse(emb, target)
-            total = total + sum(w) * v
-        for label, i, term, w, key in self.embed_terms:
-            t = self.targets[i][rows].to(emb.device)
-            s = self.projectors[key](emb) if key else emb
-            fn = feat.sentence_embedding_mse if term.name == "sentence_mse" else (
-                feat.sentence_embedding_cosine)  # fmt: skip
-            out[label] = v = fn(s, t)
-            total = total + w * v
+        for label, i, term, key in self.terms:
+            if term.name == "sentence_similarity":
+                who = range(len(self.targets)) if i is None else [i]
+                target = sim.ensemble_similarity(
+                    [self.targets[k][rows].to(emb.device) for k in who],
+                    [self.mix[k] for k in who],
+                )
+                v = sim.similarity_matrix_mse(emb, target)
+            else:
+                t = self.targets[i][rows].to(emb.device)
+                s = self.projectors[key](emb) if key else emb
+                fn = feat.sentence_embedding_mse if term.name == "sentence_mse" else (
+                    feat.sentence_embedding_cosine)  # fmt: skip
+                v = fn(s, t)
+            out[label] = v
+            total = total + float(term.weight) * v
         return {"loss": total, **out}
 
 
@@ -244,17 +327,33 @@ def _teacher_score(name: str, pairs: EvalPairs, max_length: int) -> tuple[StsRes
                                pairs.scores), t.encoded  # fmt: skip
 
 
+def build_student(cfg: DistillConfig) -> tuple[nn.Module, object]:
+    """The student and the tokenizer it reads: ``student.init`` with its own tokenizer, or a
+    cut of the first teacher (``init: teacher``) with that teacher's."""
+    from attnkd.models.load import load_encoder
+    from attnkd.students.build import build_student as cut
+    from attnkd.students.build import select_layers
+
+    s = cfg.student
+    if s.init != "teacher":
+        m = load_encoder(s.init, s.attn_implementation)
+        return m.model.train(), m.tokenizer
+    first = load_encoder(cfg.teachers[0].name, cfg.teachers[0].attn_implementation)
+    layers = select_layers(first.model.config.num_hidden_layers, s.layers, s.layer_rule)
+    student = cut(first.model, layers, s.hidden_size, s.num_heads, s.intermediate_size,
+                  s.attn_implementation)[0]  # fmt: skip
+    return student.train(), first.tokenizer
+
+
 def run_teachers(
     cfg: DistillConfig,
-    student: nn.Module,
-    tok,
     run_dir: Path,
     device: torch.device,
     resume: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Train ``student`` (already built) on the cached targets of ``cfg.teachers``; evaluate,
-    export to ``run_dir/student`` and return the results entries."""
+    """Build the student, train it on the cached targets of ``cfg.teachers`` (each teacher's
+    terms and the ensemble's), evaluate, export to ``run_dir/student``; return the results."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise AttnkdError("teachers: runs in one process (the targets are cached; torchrun "
                           "adds nothing here)")  # fmt: skip
@@ -264,9 +363,13 @@ def run_teachers(
     corpus = build_sentence_corpus(cfg, splits)
     log.info("corpus: %s", corpus.summary())
     targets = [teacher_targets(t.name, corpus.sentences, d.max_length) for t in cfg.teachers]
+    student, tok = build_student(cfg)
     if cfg.train.freeze_embeddings:
         freeze_input_embeddings(student)
-    module = SentenceTargetDistiller(student, cfg.teachers, [t.embeddings for t in targets])
+    if cfg.student.freeze:
+        freeze_parts(student, cfg.student.freeze)
+    module = SentenceTargetDistiller(student, cfg.teachers, [t.embeddings for t in targets],
+                                     cfg.losses)  # fmt: skip
     module.to(device)
     grouped = GroupedBatches(corpus.sentences, tok, cfg.train.batch_size, d.max_length,
                              cfg.train.seed)  # fmt: skip
@@ -299,11 +402,13 @@ def run_teachers(
     teachers = []
     for entry, tt in zip(cfg.teachers, targets):
         r, _ = _teacher_score(entry.name, splits.eval, d.max_length)
-        teachers.append({"name": entry.name, "weight": entry.weight, "spearman": r.spearman,
+        teachers.append({"label": entry.label or f"t{len(teachers)}", "name": entry.name,
+                         "weight": entry.weight, "spearman": r.spearman,
                          "cache": tt.cache_file, "encoded_this_run": tt.encoded,
                          "target_seconds": tt.seconds})  # fmt: skip
+    base = cfg.student.init if cfg.student.init != "teacher" else cfg.teachers[0].name
     export_student(student, tok, run_dir / "student", max_seq_length=d.max_length,
-                   modules_from=_folder(cfg.teacher.name))  # fmt: skip
+                   modules_from=_folder(base))  # fmt: skip
     return {
         "name": cfg.name,
         "task": cfg.task,

@@ -19,6 +19,7 @@ from attnkd.losses.terms.base import (
     LossTerm,
     TermError,
     TermSpec,
+    bind_terms,
     build_terms,
     collect_taps,
     register,
@@ -32,6 +33,7 @@ from attnkd.losses.terms.features import (
     SentenceSimilarityTerm,
 )
 from attnkd.losses.terms.logits import LogitsTerm
+from attnkd.losses.terms.teaching import ExitKDTerm, MixedKDTerm
 from attnkd.losses.terms.vision import VisionTerm
 
 __all__ = [
@@ -40,10 +42,12 @@ __all__ = [
     "AttentionScoreTerm",
     "AttentionTerm",
     "EmbeddingMseTerm",
+    "ExitKDTerm",
     "HiddenCosineTerm",
     "HiddenMseTerm",
     "LogitsTerm",
     "LossTerm",
+    "MixedKDTerm",
     "RelationTerm",
     "SentenceCosineTerm",
     "SentenceMseTerm",
@@ -52,6 +56,7 @@ __all__ = [
     "TermSpec",
     "ValueRelationTerm",
     "VisionTerm",
+    "bind_terms",
     "build_terms",
     "collect_taps",
     "register",

@@ -65,6 +65,8 @@ class EmbeddingMseTerm(_FeatureTerm):
 
 @register("sentence_mse", "MSE of mean-pooled sentence embeddings, optional projector")
 class SentenceMseTerm(_FeatureTerm):
+    alignment = "sentence"
+
     def forward(self, t, s, mask):
         ht, hs = self.pair(t, s)
         return {"mse": feat.sentence_embedding_mse(hs, ht, mask=mask)}
@@ -72,6 +74,8 @@ class SentenceMseTerm(_FeatureTerm):
 
 @register("sentence_cosine", "1 - cosine of mean-pooled sentence embeddings")
 class SentenceCosineTerm(_FeatureTerm):
+    alignment = "sentence"
+
     def forward(self, t, s, mask):
         ht, hs = self.pair(t, s)
         return {"cos": feat.sentence_embedding_cosine(hs, ht, mask=mask)}
@@ -81,6 +85,8 @@ class SentenceCosineTerm(_FeatureTerm):
 class SentenceSimilarityTerm(LossTerm):
     """Pooled hidden states of both models -> (batch, batch) cosine matrices -> MSE. Widths may
     differ; with ``teachers:`` the targets come from cached teacher embeddings instead."""
+
+    alignment = "sentence"
 
     def __init__(self, cfg, teacher, student):
         super().__init__(cfg, teacher, student)
