@@ -65,11 +65,13 @@ def check_teachers_static(cfg: DistillConfig) -> None:
     """Before any model loads: one of ``teacher``/``teachers``, names, weights, labels,
     final-layer targets, and ensemble (top-level) terms that can average across widths."""
     from attnkd.config.schema import TeacherConfig
-    from attnkd.teachers.set import member_labels
 
     if cfg.teacher != TeacherConfig():
         raise ConfigError("teacher", "give a single `teacher:` or a `teachers:` list, not both")
-    member_labels(cfg.teachers)
+    labels = [t.label or f"t{i}" for i, t in enumerate(cfg.teachers)]
+    for i, label in enumerate(labels):
+        if label in labels[:i]:
+            raise ConfigError(f"teachers[{i}].label", f"label '{label}' is used twice")
     for i, t in enumerate(cfg.teachers):
         if not t.name:
             raise ConfigError(f"teachers[{i}].name", "name the teacher (model or folder)")
@@ -93,25 +95,6 @@ def check_teachers_static(cfg: DistillConfig) -> None:
             raise ConfigError(f"{key}.name", f"'{term.name}' compares embeddings of one width; "
                               "as an ensemble term use sentence_similarity, or give it to one "
                               "teacher (teachers[i].losses)")  # fmt: skip
-
-
-def check_token_terms(cfg: DistillConfig) -> None:
-    """A set with per-token terms (the general runner): refuse those of a teacher whose
-    vocabulary differs from the student's, naming the teacher and the term
-    (:func:`attnkd.teachers.compat.check_tokenizer_compat`)."""
-    from attnkd.models.hub import vocabulary_fingerprint
-    from attnkd.teachers.compat import check_tokenizer_compat
-
-    student = cfg.student.init if cfg.student.init != "teacher" else cfg.teachers[0].name
-    reference = vocabulary_fingerprint(student)
-    for i, e in enumerate(cfg.teachers):
-        fp = vocabulary_fingerprint(e.name)
-        same = None if fp is None or reference is None else fp == reference
-        names = [t.name for t in e.losses] + [t.name for t in cfg.losses]
-        keys = [f"teachers[{i}].losses[{j}].name" for j in range(len(e.losses))]
-        keys += [f"losses[{j}].name" for j in range(len(cfg.losses))]
-        label = e.label or f"t{i}"
-        check_tokenizer_compat(f"{label} ({e.name})", names, keys, same)
 
 
 def check_teachers_models(cfg: DistillConfig, student_width: int) -> list[int]:
@@ -139,47 +122,6 @@ def check_teachers_models(cfg: DistillConfig, student_width: int) -> list[int]:
                 )
         widths.append(width)
     return widths
-
-
-def validate_cached_set(cfg: DistillConfig, check_data: bool, check_models: bool) -> None:
-    """All checks of a cached sentence-level teacher set (see :func:`cached_sentence_set`)."""
-    from dataclasses import replace
-
-    from attnkd.config.schema import TeacherConfig
-    from attnkd.validate import validate_data, validate_output, validate_static
-
-    check_teachers_static(cfg)
-    terms = [t for e in cfg.teachers for t in e.losses] + list(cfg.losses)
-    first = TeacherConfig(cfg.teachers[0].name, cfg.teachers[0].attn_implementation)
-    plain = replace(cfg, teachers=[], losses=terms, teacher=first)
-    validate_static(plain)
-    validate_output(cfg)
-    if check_models:
-        check_teachers_models(cfg, _student_width(cfg))
-    if check_data:
-        validate_data(plain)
-
-
-def _student_width(cfg: DistillConfig) -> int:
-    """The student's width from its config (or the first teacher's, for a cut)."""
-    from attnkd.models.hub import check_model_folder, resolve_model_path
-    from attnkd.validate import position_limit
-
-    s = cfg.student
-    key = "student.init" if s.init != "teacher" else "teachers[0].name"
-    name = s.init if s.init != "teacher" else cfg.teachers[0].name
-    try:
-        scfg = load_config(name)
-        resolved = resolve_model_path(name)
-        if resolved.source != "hub":
-            check_model_folder(resolved.path, name, tokenizer=True)
-    except AttnkdError as err:
-        raise ConfigError(key, f"{err} (the student reads its own tokenizer)") from err
-    limit = position_limit(scfg)
-    if limit is not None and cfg.data.max_length > limit:
-        raise ConfigError("data.max_length", f"{cfg.data.max_length} tokens is more than "
-                          f"'{name}' allows ({limit} positions)")  # fmt: skip
-    return int(s.hidden_size or scfg.hidden_size) if s.init == "teacher" else int(scfg.hidden_size)
 
 
 # ---------------------------------------------------------------- cached targets
