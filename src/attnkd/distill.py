@@ -196,6 +196,12 @@ def _run(
         dump_yaml(cfg, run_dir / "config.yaml")
     torch.manual_seed(cfg.train.seed)
 
+    if cfg.teachers and task.runs_teachers is not None and task.runs_teachers(cfg):
+        # the task's own teacher set (sentence: cached sentence-level targets, each teacher
+        # tokenising for itself): it builds the student, trains, scores and exports
+        results = task.run_teachers(cfg, run_dir, device, resume, progress)
+        _write_json(run_dir / "results.json", results)
+        return results
     members: list[Member] = []
     peer = None
     if cfg.teachers:  # a teacher set (attnkd.teachers): the first stands where `teacher` did

@@ -262,7 +262,9 @@ class DistillConfig:
     'image_classification' (Fashion-MNIST accuracy; CNN/ViT builders, see attnkd.vision)."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     teachers: list[TeacherEntry] = field(default_factory=list)
-    """A teacher set replacing ``teacher`` when non-empty (leave ``teacher`` unset then)."""
+    """A teacher set replacing ``teacher`` when non-empty (leave ``teacher`` unset then). On the
+    sentence task a set whose terms are all sentence-level runs from cached teacher embeddings,
+    each teacher tokenising for itself (:mod:`attnkd.tasks.sentence_teachers`)."""
     student: StudentConfig = field(default_factory=StudentConfig)
     losses: list[LossTermConfig] = field(default_factory=lambda: [LossTermConfig()])
     data: DataConfig = field(default_factory=DataConfig)

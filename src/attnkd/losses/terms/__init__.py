@@ -30,6 +30,7 @@ from attnkd.losses.terms.features import (
     HiddenMseTerm,
     SentenceCosineTerm,
     SentenceMseTerm,
+    SentenceSimilarityTerm,
 )
 from attnkd.losses.terms.logits import LogitsTerm
 from attnkd.losses.terms.teaching import ExitKDTerm, MixedKDTerm
@@ -50,6 +51,7 @@ __all__ = [
     "RelationTerm",
     "SentenceCosineTerm",
     "SentenceMseTerm",
+    "SentenceSimilarityTerm",
     "TermError",
     "TermSpec",
     "ValueRelationTerm",
