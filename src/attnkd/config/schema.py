@@ -206,7 +206,8 @@ class ConvertConfig:
 
 
 STAGE_SECTIONS = ("teacher", "student", "data", "train", "convert")
-"""The sections a stage may override key by key (``losses`` it replaces whole)."""
+"""The sections a stage may override key by key (``losses`` and ``teachers`` it replaces
+whole)."""
 
 
 @dataclass
@@ -215,7 +216,8 @@ class StageConfig:
 
     The stage's sections are merged key by key over the recipe's top level (a key the stage
     does not give keeps the top-level value, so ``key=value`` overrides of the top level reach
-    every stage that does not set that key); ``losses``, when given, replaces the list whole.
+    every stage that does not set that key); ``losses`` and ``teachers``, when given, replace
+    the top level's lists whole.
     """
 
     name: str = ""
@@ -227,6 +229,8 @@ class StageConfig:
     student), 'teacher' (its exported student is this stage's teacher: assistant chains) or
     'none'. Ignored by the first stage."""
     teacher: dict[str, Any] = field(default_factory=dict)
+    teachers: list[TeacherEntry] | None = None
+    """The stage's teacher set, replacing the top level's whole (None keeps it)."""
     student: dict[str, Any] = field(default_factory=dict)
     losses: list[LossTermConfig] | None = None
     data: dict[str, Any] = field(default_factory=dict)
