@@ -30,7 +30,7 @@ from attnkd.losses.terms.features import (
     SentenceCosineTerm,
     SentenceMseTerm,
 )
-from attnkd.losses.terms.logits import LogitsTerm
+from attnkd.losses.terms.logits import LogitsTerm, NextTokenCETerm
 from attnkd.losses.terms.vision import VisionTerm
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "HiddenMseTerm",
     "LogitsTerm",
     "LossTerm",
+    "NextTokenCETerm",
     "RelationTerm",
     "SentenceCosineTerm",
     "SentenceMseTerm",
