@@ -133,3 +133,24 @@ def test_next_token_ce_against_a_hand_loop_with_mask():
     )
     with pytest.raises(ValueError, match="must agree"):
         next_token_ce(z, ids[:, :3])
+
+
+@pytest.mark.parametrize("make", [llama, gpt2])
+def test_lm_ce_term_reads_the_input_ids_tap(make):
+    from attnkd.capture import Capture, Tap
+    from attnkd.config.schema import LossTermConfig
+    from attnkd.losses.terms import build_terms, collect_taps
+    from attnkd.models.adapters import geometry
+
+    model = make(0)
+    g = geometry(model.config)
+    terms = build_terms([LossTermConfig(name="lm_ce")], g, g)
+    t_taps, s_taps = collect_taps(terms)
+    assert t_taps == [] and Tap("input_ids", 0) in s_taps
+    ids = torch.randint(0, V, (2, 7), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    with Capture(model, s_taps) as cap:
+        logits = model(input_ids=ids).logits
+    assert torch.equal(cap.taps.get("input_ids"), ids)
+    got = terms[0](None, cap.taps, mask)["ce"]
+    torch.testing.assert_close(got, next_token_ce(logits, ids))
