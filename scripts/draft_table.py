@@ -61,7 +61,7 @@ from attnkd.eval.spec_cost import (
     choose_gamma,
     measure_step_costs,
 )
-from attnkd.eval.spec_eval import SpecSettings, _held_out_ids, _pooled, _prompts
+from attnkd.eval.spec_eval import SpecSettings, held_out_ids, pooled_results, spaced_prompts
 from attnkd.eval.speculative import speculative_decode, teacher_decode
 from attnkd.losses.logits import token_divergence
 from attnkd.models.load import freeze, load_causal_lm
@@ -311,10 +311,10 @@ def _decode_side_by_side(teacher, drafts: dict, prompts, args, temperature: floa
             r = speculative_decode(teacher, model, prompt, args.new_tokens, gamma, temperature, gen)
             spec[name].append(r)
             equal[name] = equal[name] and (temperature > 0 or r.ids == base.ids)
-    p = _pooled(plain)
+    p = pooled_results(plain)
     out = {}
     for name, (_, gamma) in drafts.items():
-        s = _pooled(spec[name])
+        s = pooled_results(spec[name])
         out[name] = {
             "gamma": gamma,
             "alpha": s["alpha"],
@@ -343,14 +343,14 @@ def table(args, teacher, tok, info: dict) -> list[dict]:
             prompt_tokens=args.prompt_tokens,
             new_tokens=args.new_tokens,
         )
-        held, _ = _held_out_ids(tok, s, None)
+        held, _ = held_out_ids(tok, s, None)
         n_blocks = args.alpha_blocks
         blocks = torch.tensor(held[: n_blocks * args.length]).view(n_blocks, args.length)
         t_logits = teacher_logits(teacher, blocks)
         mass_s = float(torch.cat([torch.softmax(z, -1)[:, in_s].sum(-1) for z in t_logits]).mean())
         ppl_ids = torch.tensor(held[: args.ppl_tokens])
         proto = WindowProtocol(256, 256)
-        prompts = _prompts(held, args.prompts, args.prompt_tokens)
+        prompts = spaced_prompts(held, args.prompts, args.prompt_tokens)
         t_ppl = window_perplexity(teacher, ppl_ids, proto).ppl
         log.info("%s: teacher ppl %.2f, teacher mass in shortlist %.3f", text, t_ppl, mass_s)
         rows.append(
@@ -396,6 +396,7 @@ def table(args, teacher, tok, info: dict) -> list[dict]:
                     "gamma_chosen": gamma,
                     "break_even_alpha": break_even_alpha(gamma, c, v[gamma]),
                     "modelled_speedup": _modelled(alpha, gamma, c, v[gamma]),
+                    f"alpha_for_{args.target:g}x": alpha_for_speedup(args.target, c, v),
                 }
                 if wanted == "all" or name in wanted.split(","):
                     decode[temp][name] = (d, gamma)
@@ -426,6 +427,42 @@ def table(args, teacher, tok, info: dict) -> list[dict]:
                 )
         rows += text_rows
     return rows
+
+
+def alpha_for_speedup(target: float, c: float, v: dict[int, float]) -> float:
+    """The lowest α at which some γ's modelled speed-up reaches ``target`` (inf if none)."""
+    from attnkd.eval.spec_cost import expected_speedup
+
+    best = math.inf
+    for g, vg in v.items():
+        if expected_speedup(1.0, g, c, vg) < target:
+            continue
+        lo, hi = 0.0, 1.0
+        for _ in range(50):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if expected_speedup(mid, g, c, vg) < target else (lo, mid)
+        best = min(best, hi)
+    return best
+
+
+def trend(info: dict, target_alpha: float) -> dict:
+    """Per trained variant: a least-squares fit α ≈ a + b·ln(training tokens) over the logged
+    evaluations after step 0, and the tokens it would need to reach ``target_alpha`` (a crude
+    extrapolation of a short curve, for sizing the next run, not a measurement)."""
+    out = {}
+    per_step = info["batch"] * info["length"]
+    for name, meta in info["variants"].items():
+        pts = [(math.log(h["step"] * per_step), h["alpha"]) for h in meta["history"] if h["step"]]
+        if len(pts) < 2:
+            continue
+        mx = sum(x for x, _ in pts) / len(pts)
+        my = sum(y for _, y in pts) / len(pts)
+        sxx = sum((x - mx) ** 2 for x, _ in pts)
+        b = sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx else 0.0
+        a = my - b * mx
+        need = math.exp((target_alpha - a) / b) if b > 0 else math.inf
+        out[name] = {"a": a, "b_per_ln_token": b, "tokens_for_target_alpha": need}
+    return out
 
 
 def _modelled(alpha: float, gamma: int, c: float, v: float) -> float:
@@ -459,6 +496,7 @@ def main(argv=None) -> int:
     ap.add_argument("--decode", default="all", help="drafts decoded on the first text")
     ap.add_argument("--decode-more", default="L2-ce,L2-tvd", help="drafts decoded on the others")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--target", type=float, default=1.3, help="speed-up the trend aims at")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
@@ -481,11 +519,22 @@ def main(argv=None) -> int:
         "train": info,
         "rows": rows,
         "table_seconds": time.time() - t0,
+        "target_speedup": args.target,
+        "trend": _trend_for(rows, info, args.target),
         "settings": {k: v for k, v in vars(args).items()},
     }
     write_json(Path(args.json), result, default=_json_default)
     log.info("wrote %s", args.json)
     return 0
+
+
+def _trend_for(rows: list[dict], info: dict, target: float) -> dict:
+    """α (T = 1) the cost model needs for ``target`` on the first text, and the fit's tokens."""
+    first = [r for r in rows if r.get("depth") == 2 and "t1" in r]
+    if not first:
+        return {}
+    need = first[0]["t1"][f"alpha_for_{target:g}x"]
+    return {"alpha_needed_t1": need, "fits": trend(info, need) if math.isfinite(need) else {}}
 
 
 def _json_default(o):

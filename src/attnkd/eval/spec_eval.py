@@ -63,7 +63,7 @@ def _check(s: SpecSettings) -> None:
         raise ConfigError("shortlist", f"must be >= 0 (0 = full vocabulary), got {s.shortlist}")
 
 
-def _held_out_ids(tok, settings: SpecSettings, data_dir) -> tuple[list[int], list[int]]:
+def held_out_ids(tok, settings: SpecSettings, data_dir) -> tuple[list[int], list[int]]:
     text = text_as_written(settings.text, data_dir)
     tail = held_out(text, 0.1)
     train = text[: len(text) - len(tail)]
@@ -71,7 +71,7 @@ def _held_out_ids(tok, settings: SpecSettings, data_dir) -> tuple[list[int], lis
     return enc[0], enc[1]
 
 
-def _prompts(ids: list[int], n: int, length: int) -> list[list[int]]:
+def spaced_prompts(ids: list[int], n: int, length: int) -> list[list[int]]:
     """``n`` prompts of ``length`` tokens at evenly spaced starts of ``ids``."""
     if len(ids) < n * length:
         raise AttnkdError(f"held-out text has {len(ids)} tokens, fewer than {n} x {length}")
@@ -79,7 +79,7 @@ def _prompts(ids: list[int], n: int, length: int) -> list[list[int]]:
     return [ids[i * step : i * step + length] for i in range(n)]
 
 
-def _pooled(results: list[DecodeResult]) -> dict:
+def pooled_results(results: list[DecodeResult]) -> dict:
     tokens = sum(r.tokens for r in results)
     seconds = sum(r.seconds for r in results)
     calls = sum(r.calls for r in results)
@@ -123,7 +123,7 @@ def speculative_report(
             )
         timed_plain.append(plain)
         timed_spec.append(fast)
-    spec, base = _pooled(timed_spec), _pooled(timed_plain)
+    spec, base = pooled_results(timed_spec), pooled_results(timed_plain)
     v = v_all[s.gamma]
     alpha = spec["alpha"]
     return {
@@ -189,12 +189,12 @@ def evaluate_speculative(
         path = str(student) if kind == "student" else kind
         d = freeze(load_causal_lm(path, tokenizer=False).model)
         draft_name = path
-    held, train = _held_out_ids(t.tokenizer, s, data_dir)
+    held, train = held_out_ids(t.tokenizer, s, data_dir)
     if s.shortlist:
         eos = [t.tokenizer.eos_token_id] if t.tokenizer.eos_token_id is not None else []
         vocab = int(t.model.config.vocab_size)
         d = with_shortlist(d, token_shortlist(train, s.shortlist, vocab, always=eos))
-    prompts = _prompts(held, s.prompts, s.prompt_tokens)
+    prompts = spaced_prompts(held, s.prompts, s.prompt_tokens)
     out = {"teacher": teacher, "draft": draft_name, "shortlist": s.shortlist}
     out["settings"] = {k: getattr(s, k) for k in s.__dataclass_fields__}
     out.update(speculative_report(t.model, d, prompts, s))
