@@ -329,7 +329,7 @@ def _decode_side_by_side(teacher, drafts: dict, prompts, args, temperature: floa
     return out
 
 
-def table(args, teacher, tok, info: dict) -> list[dict]:
+def table(args, teacher, tok, info: dict, save=lambda rows: None) -> list[dict]:
     shortlist = torch.load(Path(args.out) / "shortlist.pt")
     drafts = load_drafts(args, teacher, info)
     in_s = torch.zeros(49152, dtype=torch.bool)
@@ -425,7 +425,9 @@ def table(args, teacher, tok, info: dict) -> list[dict]:
                         }
                     ),
                 )
+                save(rows + text_rows)
         rows += text_rows
+        save(rows)
     return rows
 
 
@@ -511,19 +513,24 @@ def main(argv=None) -> int:
     if args.phase == "train":
         return 0
     t0 = time.time()
-    rows = table(args, teacher, tok, info)
-    result = {
-        "command": "python scripts/draft_table.py " + " ".join(argv or sys.argv[1:]),
-        "teacher": TEACHER,
-        "threads": args.threads,
-        "train": info,
-        "rows": rows,
-        "table_seconds": time.time() - t0,
-        "target_speedup": args.target,
-        "trend": _trend_for(rows, info, args.target),
-        "settings": {k: v for k, v in vars(args).items()},
-    }
-    write_json(Path(args.json), result, default=_json_default)
+
+    def save(rows: list[dict], partial: bool = True) -> None:
+        result = {
+            "command": "python scripts/draft_table.py " + " ".join(argv or sys.argv[1:]),
+            "partial": partial,
+            "teacher": TEACHER,
+            "threads": args.threads,
+            "train": info,
+            "rows": rows,
+            "table_seconds": time.time() - t0,
+            "target_speedup": args.target,
+            "trend": _trend_for(rows, info, args.target),
+            "settings": {k: v for k, v in vars(args).items()},
+        }
+        write_json(Path(args.json), result, default=_json_default)
+
+    rows = table(args, teacher, tok, info, save)
+    save(rows, partial=False)
     log.info("wrote %s", args.json)
     return 0
 
