@@ -409,6 +409,7 @@ def table(args, teacher, tok, info: dict, save=lambda rows: None) -> list[dict]:
                 acc.alpha_greedy,
             )
             text_rows.append(row)
+            save(rows + text_rows)
         for mode, temp in (("greedy", 0.0), ("t1", 1.0)):
             if decode[temp]:
                 got = _decode_side_by_side(teacher, decode[temp], prompts, args, temp)
