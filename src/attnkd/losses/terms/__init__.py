@@ -19,6 +19,7 @@ from attnkd.losses.terms.base import (
     LossTerm,
     TermError,
     TermSpec,
+    bind_terms,
     build_terms,
     collect_taps,
     register,
@@ -31,6 +32,7 @@ from attnkd.losses.terms.features import (
     SentenceMseTerm,
 )
 from attnkd.losses.terms.logits import LogitsTerm, NextTokenCETerm
+from attnkd.losses.terms.teaching import ExitKDTerm, MixedKDTerm
 from attnkd.losses.terms.vision import VisionTerm
 
 __all__ = [
@@ -39,10 +41,12 @@ __all__ = [
     "AttentionScoreTerm",
     "AttentionTerm",
     "EmbeddingMseTerm",
+    "ExitKDTerm",
     "HiddenCosineTerm",
     "HiddenMseTerm",
     "LogitsTerm",
     "LossTerm",
+    "MixedKDTerm",
     "NextTokenCETerm",
     "RelationTerm",
     "SentenceCosineTerm",
@@ -51,6 +55,7 @@ __all__ = [
     "TermSpec",
     "ValueRelationTerm",
     "VisionTerm",
+    "bind_terms",
     "build_terms",
     "collect_taps",
     "register",
