@@ -176,7 +176,8 @@ def _add_decoder_eval_args(e: argparse.ArgumentParser) -> None:
     g = e.add_argument_group("causal LMs: speculative decoding and comparable perplexity")
     g.add_argument("--speculative", action="store_true", help="measure a draft by spec. decoding")
     g.add_argument("--draft", default=None, help="the run's student (default), self:K or a model")
-    g.add_argument("--gamma", type=int, default=4, help="draft tokens per block (default 4)")
+    g.add_argument("--gamma", type=int, default=4,
+                   help="draft tokens per block (default 4; 0: chosen from α and c)")
     g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy only (default 1)")
     g.add_argument("--shortlist", type=int, default=0, help="draft output on N frequent tokens")
     g.add_argument("--prompts", type=int, default=4, help="held-out prompts (default 4)")

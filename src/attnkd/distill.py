@@ -117,8 +117,9 @@ def make_step(teacher: nn.Module, distiller: Distiller, model: nn.Module | None 
     t_cap = Capture(teacher, collect_taps(distiller.terms)[0])
 
     def step(batch: dict[str, Tensor]) -> StepOutput:
-        with torch.no_grad(), t_cap:
-            teacher(**batch)
+        if t_cap.requests:  # terms on the data alone (lm_ce) need no teacher forward
+            with torch.no_grad(), t_cap:
+                teacher(**batch)
         out = model(batch, t_cap.taps)
         t_cap.taps.clear()
         total = out.pop("loss")

@@ -34,6 +34,10 @@ class Geometries:
     student_layers: list[int] | None
 
 
+SELECT_METRICS = {"causal_lm": ("", "perplexity", "alpha", "alpha_greedy")}
+"""train.select_metric values a task takes ('' = the task's default)."""
+
+
 def _check(cond: bool, key: str, message: str) -> None:
     if not cond:
         raise ConfigError(key, message)
@@ -64,6 +68,15 @@ def validate_static(cfg: DistillConfig) -> None:
     _check(d.select_task != d.eval_task, "data.select_task",
            f"'{d.select_task}' is also data.eval_task; select on 'stsb:val'")  # fmt: skip
     _check(bool(d.train_sources), "data.train_sources", "needs at least one source")
+    _check(t.select_metric in SELECT_METRICS.get(cfg.task, ("",)), "train.select_metric",
+           f"task '{cfg.task}' selects by one of {SELECT_METRICS.get(cfg.task, ('',))} "
+           f"('' = its own), got '{t.select_metric}'")  # fmt: skip
+    _check(0.0 <= d.on_policy <= 1.0, "data.on_policy", f"must be in [0, 1], got {d.on_policy}")
+    _check(d.on_policy == 0.0 or cfg.task == "causal_lm", "data.on_policy",
+           "on-policy rows are generated for task 'causal_lm' only")  # fmt: skip
+    _check(d.on_policy == 0.0 or 1 <= d.on_policy_prefix < d.max_length, "data.on_policy_prefix",
+           f"must be in [1, {d.max_length - 1}] (data.max_length - 1), got "
+           f"{d.on_policy_prefix}")  # fmt: skip
     _check(cfg.teacher.attn_implementation in ATTN_IMPLS, "teacher.attn_implementation",
            f"expected one of {ATTN_IMPLS}")  # fmt: skip
     _check(s.attn_implementation in ATTN_IMPLS, "student.attn_implementation",

@@ -142,6 +142,11 @@ class DataConfig:
     /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist)."""
     bad_rows: str = "error"
     """'error' stops at the first malformed row (naming file and line); 'skip' counts and skips."""
+    on_policy: float = 0.0
+    """causal_lm: fraction λ of each batch's rows replaced by the student's own continuation
+    after ``on_policy_prefix`` tokens, scored by the teacher (GKD / DistillSpec); 0 = off."""
+    on_policy_prefix: int = 32
+    """causal_lm on-policy rows: data tokens kept as the prompt before the student samples."""
 
 
 @dataclass
@@ -162,6 +167,10 @@ class TrainConfig:
     max_minutes: float | None = None
     """Stop (cleanly, with a checkpoint) once this much wall time has passed."""
     freeze_embeddings: bool = False
+    select_metric: str = ""
+    """Checkpoint criterion; '' = the task's own (causal_lm: lowest perplexity). causal_lm also
+    takes 'alpha' (highest teacher-forced speculative acceptance 1 - TVD on the selection
+    split, for drafts) or 'alpha_greedy' (argmax agreement)."""
     eval_at_start: bool = False
     """Evaluate the starting weights (step 0) too, so the best checkpoint is never worse than
     the initial student on the selection split (useful when starting from a trained model)."""

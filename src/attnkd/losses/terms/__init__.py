@@ -32,7 +32,7 @@ from attnkd.losses.terms.features import (
     SentenceMseTerm,
     SentenceSimilarityTerm,
 )
-from attnkd.losses.terms.logits import LogitsTerm
+from attnkd.losses.terms.logits import LogitsTerm, NextTokenCETerm
 from attnkd.losses.terms.teaching import ExitKDTerm, MixedKDTerm
 from attnkd.losses.terms.vision import VisionTerm
 
@@ -48,6 +48,7 @@ __all__ = [
     "LogitsTerm",
     "LossTerm",
     "MixedKDTerm",
+    "NextTokenCETerm",
     "RelationTerm",
     "SentenceCosineTerm",
     "SentenceMseTerm",
