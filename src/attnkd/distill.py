@@ -298,7 +298,7 @@ def _run(
     if members or isinstance(distiller, MutualPair):
         results.update(teaching_results(cfg, task, world_cfg, members, distiller, tok, run_dir))
         if isinstance(distiller, MutualPair):
-            results["teacher"] = {"name": cfg.teacher.name}
+            results["teacher"] = {"name": cfg.teacher.name, "params": 0}  # no frozen teacher
         else:
             results["teacher"]["name"] = "ensemble of " + ", ".join(m.label for m in members)
             results["teacher"]["params"] = sum(count_parameters(m.model) for m in members)
