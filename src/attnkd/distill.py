@@ -117,8 +117,9 @@ def make_step(teacher: nn.Module, distiller: Distiller, model: nn.Module | None 
     t_cap = Capture(teacher, collect_taps(distiller.terms)[0])
 
     def step(batch: dict[str, Tensor]) -> StepOutput:
-        with torch.no_grad(), t_cap:
-            teacher(**batch)
+        if t_cap.requests:  # terms on the data alone (lm_ce) need no teacher forward
+            with torch.no_grad(), t_cap:
+                teacher(**batch)
         out = model(batch, t_cap.taps)
         t_cap.taps.clear()
         total = out.pop("loss")
@@ -196,6 +197,12 @@ def _run(
         dump_yaml(cfg, run_dir / "config.yaml")
     torch.manual_seed(cfg.train.seed)
 
+    if cfg.teachers and task.runs_teachers is not None and task.runs_teachers(cfg):
+        # the task's own teacher set (sentence: cached sentence-level targets, each teacher
+        # tokenising for itself): it builds the student, trains, scores and exports
+        results = task.run_teachers(cfg, run_dir, device, resume, progress)
+        _write_json(run_dir / "results.json", results)
+        return results
     members: list[Member] = []
     peer = None
     if cfg.teachers:  # a teacher set (attnkd.teachers): the first stands where `teacher` did
@@ -291,7 +298,7 @@ def _run(
     if members or isinstance(distiller, MutualPair):
         results.update(teaching_results(cfg, task, world_cfg, members, distiller, tok, run_dir))
         if isinstance(distiller, MutualPair):
-            results["teacher"] = {"name": cfg.teacher.name}
+            results["teacher"] = {"name": cfg.teacher.name, "params": 0}  # no frozen teacher
         else:
             results["teacher"]["name"] = "ensemble of " + ", ".join(m.label for m in members)
             results["teacher"]["params"] = sum(count_parameters(m.model) for m in members)

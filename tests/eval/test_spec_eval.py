@@ -77,6 +77,23 @@ def test_speculative_report_keys_and_greedy_equality():
     assert 0 <= res["alpha_teacher_forced"] <= 1
 
 
+def test_gamma_zero_is_chosen_from_teacher_forced_alpha_and_costs():
+    from attnkd.eval.spec_cost import choose_gamma
+
+    teacher = _llama()
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 3, 4, 20, 21, 22]]
+    res = speculative_report(teacher, self_draft(teacher, 1), prompts,
+                             SpecSettings(gamma=0, temperature=1.0, new_tokens=8))  # fmt: skip
+    assert res["gamma_chosen"] is True and 1 <= res["gamma"] <= 8
+    steps = res["step_seconds"]
+    v = {int(g): t / steps["teacher"] for g, t in steps["verify"].items()}
+    assert res["gamma"] == choose_gamma(res["alpha_teacher_forced"], res["cost_ratio"], v)
+    assert res["verify_ratio"] == pytest.approx(v[res["gamma"]])
+    fixed = speculative_report(teacher, self_draft(teacher, 1), prompts,
+                               SpecSettings(gamma=2, temperature=0.0, new_tokens=8))  # fmt: skip
+    assert fixed["gamma"] == 2 and fixed["gamma_chosen"] is False
+
+
 def test_cli_speculative_writes_json(teacher_dir, text_file, tmp_path, capsys):
     out = tmp_path / "res" / "spec.json"
     argv = ["eval", str(teacher_dir), "--speculative", "--draft", "self:1", "--gamma", "3"]
@@ -106,7 +123,7 @@ def test_cli_protocol_perplexity(teacher_dir, text_file, tmp_path):
     [
         (["--speculative", "--draft", "self:0"], "self:K"),
         (["--speculative", "--draft", "self:3"], "1..2"),
-        (["--speculative", "--draft", "self:1", "--gamma", "0"], "gamma"),
+        (["--speculative", "--draft", "self:1", "--gamma", "-1"], "gamma"),
         (["--protocol", "windows:8:stride=9"], "protocol"),
     ],
 )

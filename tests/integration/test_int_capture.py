@@ -13,7 +13,8 @@ from attnkd.models.adapters import adapter_for
 
 # encoders have no LM head, so no "logits" tap (decoders: tests/integration/test_int_llama.py)
 ALL_TAPS = [
-    Tap(kind, layer) for kind in KINDS if kind not in ("embeddings", "logits", "position_bias")
+    Tap(kind, layer) for kind in KINDS
+    if kind not in ("embeddings", "logits", "position_bias", "input_ids")
     for layer in range(LAYERS)
 ]  # fmt: skip
 ALL_TAPS.append(Tap("embeddings", 0))

@@ -53,7 +53,7 @@ def _term(name: str, teacher, student, **kw):
 ENCODER_TERMS = [
     n
     for n in TERMS
-    if "logits" not in TERMS.get(n).cls.teacher_kinds
+    if "logits" not in TERMS.get(n).cls.teacher_kinds + TERMS.get(n).cls.student_kinds
     and not issubclass(TERMS.get(n).cls, VisionTerm)
 ]
 

@@ -140,3 +140,15 @@ def test_even_layers_keep_first_and_last():
     assert even_layers(6, 1) == [5]
     for n in range(1, 13):
         assert len(even_layers(12, n)) == n
+
+
+def test_a_stage_replaces_the_teacher_set_whole():
+    cfg = apply_overrides(default_recipe(), [
+        "teachers=[{name: a}, {name: b}]",
+        "stages=[{name: one}, {name: two, teachers: [{name: c, weight: 2.0}]}, {name: three}]",
+    ])  # fmt: skip
+    one, two, three = (st.cfg for st in stage_plan(cfg))
+    assert [t.name for t in one.teachers] == ["a", "b"] == [t.name for t in three.teachers]
+    assert [(t.name, t.weight) for t in two.teachers] == [("c", 2.0)]
+    with pytest.raises(ConfigError, match=r"stages\[1\]\.carry.*teacher set"):
+        stage_plan(apply_overrides(cfg, ["stages=[{name: a}, {name: b, carry: teacher}]"]))

@@ -94,7 +94,10 @@ def test_random_init_teacher_is_reinitialised(tmp_path, teachers):
 def test_mutual_run_trains_and_exports_both(tmp_path, teachers):
     cfg = _cfg(tmp_path, "mut", losses=("ce", "image_kd"), strategy=StrategyConfig(peer="cnn:tiny"))
     res = run_distill(cfg, progress=False)
-    assert "accuracy" in res["peer"] and res["teacher"] == {"name": "none"}
+    assert "accuracy" in res["peer"] and res["teacher"] == {"name": "none", "params": 0}
+    from attnkd.cli import _quality
+
+    assert "student" in _quality(res)  # the CLI's summary line reads these results
     logged = _logged(tmp_path, "mut")
     assert {"student/image_kd@2>2/kd", "peer/image_kd@2>2/kd"} <= logged
     peer = load_image_model(str(tmp_path / "runs" / "mut" / "peer"))

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from attnkd.errors import AttnkdError
 from attnkd.models.adapters import FamilyAdapter, adapter_for, base_model, resolve_layer
 
-KINDS = ("q", "k", "v", "context", "hidden", "embeddings", "logits", "position_bias")
+KINDS = ("q", "k", "v", "context", "hidden", "embeddings", "logits", "position_bias", "input_ids")
 """q/k/v: projection outputs (batch, seq, heads*head_dim), q/k after rotary embedding in rope
 families, k/v with kv_heads*head_dim under grouped-query attention; context: per-head attention
 output concatenated, before the output projection (batch, seq, width), read as that projection's
@@ -36,7 +36,8 @@ logits: the output embedding's (LM head's) output (batch, seq, vocab) (layer ign
 position_bias: the (num_buckets, heads) relative-position bias table that layer's attention adds
 to its scores (MPNet; one table shared by all layers), recorded when the model uses it: the
 parameter itself while grad mode is on, detached otherwise (see
-:mod:`attnkd.losses.position_bias`)."""
+:mod:`attnkd.losses.position_bias`); input_ids: the token ids (batch, seq) the input embedding
+module was called with (layer ignored, use 0), for losses on the data's next tokens."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,8 @@ class Capture:
         """Dotted path of the hooked module, relative to the base model ('logits': top level)."""
         if tap.kind == "logits":
             return _output_embeddings_path(self.model)
+        if tap.kind == "input_ids":
+            return _input_embeddings_path(self.model)
         a = self.adapter
         template = {
             "q": a.query,
@@ -156,9 +159,9 @@ class Capture:
                 handle = attention.register_forward_pre_hook(self._rope_hook(i), with_kwargs=True)
                 self._handles.append(handle)
             for tap in self.requests:
-                root = self.model if tap.kind == "logits" else self.base
+                root = self.model if tap.kind in ("logits", "input_ids") else self.base
                 module = root.get_submodule(self.module_path(tap))
-                if tap.kind == "context":  # the output projection's input
+                if tap.kind in ("context", "input_ids"):  # the module's first input
                     handle = module.register_forward_pre_hook(self._pre_hook(tap))
                 elif self._rotated(tap):
                     handle = module.register_forward_hook(self._rope_tap_hook(tap))
@@ -263,6 +266,17 @@ def _output_embeddings_path(model: nn.Module) -> str:
         if module is head:
             return name
     raise AttnkdError(f"the output embeddings of {type(model).__name__} are not its submodule")
+
+
+def _input_embeddings_path(model: nn.Module) -> str:
+    """Dotted path of ``model.get_input_embeddings()`` (the token embedding), or AttnkdError."""
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    for name, module in model.named_modules() if emb is not None else ():
+        if module is emb:
+            return name
+    raise AttnkdError(f"an 'input_ids' tap needs a token embedding module; {type(model).__name__} "
+                      "has none")  # fmt: skip
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:

@@ -142,6 +142,11 @@ class DataConfig:
     /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist)."""
     bad_rows: str = "error"
     """'error' stops at the first malformed row (naming file and line); 'skip' counts and skips."""
+    on_policy: float = 0.0
+    """causal_lm: fraction λ of each batch's rows replaced by the student's own continuation
+    after ``on_policy_prefix`` tokens, scored by the teacher (GKD / DistillSpec); 0 = off."""
+    on_policy_prefix: int = 32
+    """causal_lm on-policy rows: data tokens kept as the prompt before the student samples."""
 
 
 @dataclass
@@ -162,6 +167,10 @@ class TrainConfig:
     max_minutes: float | None = None
     """Stop (cleanly, with a checkpoint) once this much wall time has passed."""
     freeze_embeddings: bool = False
+    select_metric: str = ""
+    """Checkpoint criterion; '' = the task's own (causal_lm: lowest perplexity). causal_lm also
+    takes 'alpha' (highest teacher-forced speculative acceptance 1 - TVD on the selection
+    split, for drafts) or 'alpha_greedy' (argmax agreement)."""
     eval_at_start: bool = False
     """Evaluate the starting weights (step 0) too, so the best checkpoint is never worse than
     the initial student on the selection split (useful when starting from a trained model)."""
@@ -220,7 +229,8 @@ class ConvertConfig:
 
 
 STAGE_SECTIONS = ("teacher", "student", "data", "train", "convert")
-"""The sections a stage may override key by key (``losses`` it replaces whole)."""
+"""The sections a stage may override key by key (``losses`` and ``teachers`` it replaces
+whole)."""
 
 
 @dataclass
@@ -229,7 +239,8 @@ class StageConfig:
 
     The stage's sections are merged key by key over the recipe's top level (a key the stage
     does not give keeps the top-level value, so ``key=value`` overrides of the top level reach
-    every stage that does not set that key); ``losses``, when given, replaces the list whole.
+    every stage that does not set that key); ``losses`` and ``teachers``, when given, replace
+    the top level's lists whole.
     """
 
     name: str = ""
@@ -241,6 +252,8 @@ class StageConfig:
     student), 'teacher' (its exported student is this stage's teacher: assistant chains) or
     'none'. Ignored by the first stage."""
     teacher: dict[str, Any] = field(default_factory=dict)
+    teachers: list[TeacherEntry] | None = None
+    """The stage's teacher set, replacing the top level's whole (None keeps it)."""
     student: dict[str, Any] = field(default_factory=dict)
     losses: list[LossTermConfig] | None = None
     data: dict[str, Any] = field(default_factory=dict)
@@ -272,7 +285,9 @@ class DistillConfig:
     'image_classification' (Fashion-MNIST accuracy; CNN/ViT builders, see attnkd.vision)."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     teachers: list[TeacherEntry] = field(default_factory=list)
-    """A teacher set replacing ``teacher`` when non-empty (leave ``teacher`` unset then)."""
+    """A teacher set replacing ``teacher`` when non-empty (leave ``teacher`` unset then). On the
+    sentence task a set whose terms are all sentence-level runs from cached teacher embeddings,
+    each teacher tokenising for itself (:mod:`attnkd.tasks.sentence_teachers`)."""
     student: StudentConfig = field(default_factory=StudentConfig)
     losses: list[LossTermConfig] = field(default_factory=lambda: [LossTermConfig()])
     data: DataConfig = field(default_factory=DataConfig)

@@ -89,6 +89,8 @@ def stage_plan(cfg: DistillConfig) -> list[Stage]:
             data[section].update(copy.deepcopy(getattr(st, section)))
         if st.losses is not None:
             data["losses"] = [to_dict(t) for t in st.losses]
+        if st.teachers is not None:
+            data["teachers"] = [to_dict(t) for t in st.teachers]
         data["output_dir"], data["name"] = str(root), f"{i + 1:02d}-{st.name}"
         if plan and st.carry != "none":
             _carry(data, st, where, plan[-1].run_dir / "student")
@@ -111,6 +113,12 @@ def _carry(data: dict[str, Any], st: StageConfig, where: str, export: Path) -> N
             )
         data["student"]["init"] = str(export)
     else:  # teacher
+        if data.get("teachers"):
+            raise ConfigError(
+                f"{where}.carry",
+                f"stage '{st.name}' has a teacher set (teachers:), so the previous stage's "
+                "student cannot be its one teacher: set teachers: [] or carry: none",
+            )
         if "name" in st.teacher:
             raise ConfigError(
                 f"{where}.teacher.name",

@@ -114,6 +114,47 @@ class ShortlistHead(nn.Module):
         return out.index_copy_(-1, self.token_ids, short)
 
 
+class SubsetHead(nn.Module):
+    """Output layer scoring only ``token_ids``: logits of width ``len(token_ids)`` (column j is
+    token ``token_ids[j]``). For training a shortlist draft: a softmax over these logits is the
+    draft's distribution on the shortlist. Rows are copied into buffers (not trained).
+    Shapes: hidden (..., d) -> logits (..., len(token_ids)).
+    """
+
+    def __init__(self, head: nn.Linear, token_ids: Tensor):
+        super().__init__()
+        ids = token_ids.to(device=head.weight.device, dtype=torch.long)
+        vocab = head.weight.shape[0]
+        if ids.numel() < 1 or int(ids.min()) < 0 or int(ids.max()) >= vocab:
+            raise AttnkdError(f"shortlist ids must be a non-empty subset of [0, {vocab})")
+        self.register_buffer("token_ids", ids)
+        self.register_buffer("weight", head.weight.detach()[ids].clone())
+        bias = getattr(head, "bias", None)
+        self.register_buffer("bias", None if bias is None else bias.detach()[ids].clone())
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return nn.functional.linear(hidden, self.weight, self.bias)
+
+
+def shortlist_targets(ids: Tensor, token_ids: Tensor, vocab_size: int) -> Tensor:
+    """Token ids (any shape) -> their column in a :class:`SubsetHead` on ``token_ids``, or
+    -100 (``cross_entropy``'s ignore index) for tokens outside the shortlist."""
+    where = torch.full((vocab_size,), -100, dtype=torch.long, device=ids.device)
+    where[token_ids.to(ids.device)] = torch.arange(len(token_ids), device=ids.device)
+    return where[ids]
+
+
+def with_subset_head(model: nn.Module, token_ids: Tensor) -> nn.Module:
+    """A shallow copy of ``model`` whose ``lm_head`` is a :class:`SubsetHead` on ``token_ids``
+    (logits of the shortlist only); ``model`` keeps its head and shares every other weight."""
+    head = getattr(model, "lm_head", None)
+    if not isinstance(head, nn.Linear):
+        raise AttnkdError(f"{type(model).__name__} has no nn.Linear lm_head to restrict")
+    twin = _shallow(model)
+    twin.lm_head = SubsetHead(head, token_ids)
+    return twin
+
+
 def with_shortlist(draft: nn.Module, token_ids: Tensor) -> nn.Module:
     """A shallow copy of ``draft`` whose ``lm_head`` is a :class:`ShortlistHead` on
     ``token_ids``; ``draft`` itself keeps its full head."""

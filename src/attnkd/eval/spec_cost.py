@@ -100,6 +100,44 @@ def teacher_forced_acceptance(
 
 
 @dataclass
+class Acceptance:
+    """Teacher-forced acceptance of a draft on text (sums over positions, so they pool)."""
+
+    alpha_sum: float
+    """Sum of ``1 - TVD(p, q)``: expected acceptances of speculative sampling."""
+    greedy_sum: float
+    """Count of positions where the draft's argmax equals the teacher's (greedy acceptance)."""
+    count: int
+
+    @property
+    def alpha(self) -> float:
+        return self.alpha_sum / self.count if self.count else math.nan
+
+    @property
+    def alpha_greedy(self) -> float:
+        return self.greedy_sum / self.count if self.count else math.nan
+
+
+def acceptance_from_logits(
+    teacher_logits: Tensor, draft_logits: Tensor, temperature: float = 1.0
+) -> Acceptance:
+    """Acceptance at every row of (n, V) logits: ``1 - TVD`` of the softmaxes at
+    ``temperature`` and argmax agreement. Draft logits of -inf (a shortlist) get probability 0."""
+    if teacher_logits.shape != draft_logits.shape or teacher_logits.dim() != 2:
+        raise AttnkdError(
+            f"teacher logits {tuple(teacher_logits.shape)} and draft logits "
+            f"{tuple(draft_logits.shape)} must both be (n, vocab)"
+        )
+    if temperature <= 0:
+        raise AttnkdError(f"temperature must be > 0 for acceptance, got {temperature}")
+    p = torch.softmax(teacher_logits.float() / temperature, -1)
+    q = torch.softmax(draft_logits.float() / temperature, -1)
+    alpha = float(torch.minimum(p, q).sum(-1).double().sum())
+    greedy = float((teacher_logits.argmax(-1) == draft_logits.argmax(-1)).sum())
+    return Acceptance(alpha, greedy, int(teacher_logits.shape[0]))
+
+
+@dataclass
 class StepCosts:
     """Decoding-step times at batch 1 with a KV cache, measured side by side (medians)."""
 

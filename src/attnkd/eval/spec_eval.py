@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from attnkd.errors import AttnkdError, ConfigError
+from attnkd.eval.draft_alpha import AlphaProbe
 from attnkd.eval.drafts import parse_draft_spec, self_draft, token_shortlist, with_shortlist
 from attnkd.eval.lm_protocol import held_out, text_as_written
 from attnkd.eval.spec_cost import (
     break_even_alpha,
     choose_gamma,
     measure_step_costs,
-    teacher_forced_acceptance,
 )
 from attnkd.eval.speculative import DecodeResult, speculative_decode, teacher_decode
 
@@ -34,6 +34,8 @@ from attnkd.eval.speculative import DecodeResult, speculative_decode, teacher_de
 @dataclass
 class SpecSettings:
     gamma: int = 4
+    """Draft tokens per block; 0 = choose it (1..8) by the speed-up model from the teacher-forced
+    α on the prompts (argmax agreement when greedy) and the measured step costs c, v(γ)."""
     temperature: float = 1.0
     """> 0: speculative sampling at this temperature; 0: greedy verification only."""
     prompts: int = 4
@@ -50,7 +52,9 @@ class SpecSettings:
 
 
 def _check(s: SpecSettings) -> None:
-    for key in ("gamma", "prompts", "prompt_tokens", "new_tokens"):
+    if s.gamma < 0:
+        raise ConfigError("gamma", f"must be >= 1, or 0 to choose it, got {s.gamma}")
+    for key in ("prompts", "prompt_tokens", "new_tokens"):
         if getattr(s, key) < 1:
             raise ConfigError(key, f"must be >= 1, got {getattr(s, key)}")
     if not s.temperature >= 0:
@@ -59,7 +63,7 @@ def _check(s: SpecSettings) -> None:
         raise ConfigError("shortlist", f"must be >= 0 (0 = full vocabulary), got {s.shortlist}")
 
 
-def _held_out_ids(tok, settings: SpecSettings, data_dir) -> tuple[list[int], list[int]]:
+def held_out_ids(tok, settings: SpecSettings, data_dir) -> tuple[list[int], list[int]]:
     text = text_as_written(settings.text, data_dir)
     tail = held_out(text, 0.1)
     train = text[: len(text) - len(tail)]
@@ -67,7 +71,7 @@ def _held_out_ids(tok, settings: SpecSettings, data_dir) -> tuple[list[int], lis
     return enc[0], enc[1]
 
 
-def _prompts(ids: list[int], n: int, length: int) -> list[list[int]]:
+def spaced_prompts(ids: list[int], n: int, length: int) -> list[list[int]]:
     """``n`` prompts of ``length`` tokens at evenly spaced starts of ``ids``."""
     if len(ids) < n * length:
         raise AttnkdError(f"held-out text has {len(ids)} tokens, fewer than {n} x {length}")
@@ -75,7 +79,7 @@ def _prompts(ids: list[int], n: int, length: int) -> list[list[int]]:
     return [ids[i * step : i * step + length] for i in range(n)]
 
 
-def _pooled(results: list[DecodeResult]) -> dict:
+def pooled_results(results: list[DecodeResult]) -> dict:
     tokens = sum(r.tokens for r in results)
     seconds = sum(r.seconds for r in results)
     calls = sum(r.calls for r in results)
@@ -94,6 +98,17 @@ def speculative_report(
     teacher: nn.Module, draft: nn.Module, prompts: list[list[int]], s: SpecSettings
 ) -> dict:
     """Greedy equality, α, τ, tokens/s side by side, TVD acceptance and step costs."""
+    blocks = torch.tensor([p for p in prompts])
+    acc = AlphaProbe(teacher, blocks, s.temperature or 1.0).acceptance(draft)
+    costs = measure_step_costs(
+        teacher, draft, prompts[0], gammas=tuple(range(1, 9)), repeats=s.cost_repeats
+    )
+    c = costs.cost_ratio
+    v_all = {g: costs.verify_ratio(g) for g in costs.verify_s}
+    chosen = s.gamma == 0
+    if chosen:  # the speed-up model's best γ for the teacher-forced α and the measured costs
+        forced = acc.alpha if s.temperature > 0 else acc.alpha_greedy
+        s = replace(s, gamma=choose_gamma(forced, c, v_all))
     greedy_equal, timed_plain, timed_spec = True, [], []
     g_plain = torch.Generator().manual_seed(s.seed)
     g_spec = torch.Generator().manual_seed(s.seed + 1)
@@ -108,25 +123,23 @@ def speculative_report(
             )
         timed_plain.append(plain)
         timed_spec.append(fast)
-    spec, base = _pooled(timed_spec), _pooled(timed_plain)
-    blocks = torch.tensor([p for p in prompts])
-    alpha_tf = teacher_forced_acceptance(teacher, draft, blocks, s.temperature or 1.0)
-    costs = measure_step_costs(
-        teacher, draft, prompts[0], gammas=tuple(range(1, 9)), repeats=s.cost_repeats
-    )
-    c, v = costs.cost_ratio, costs.verify_ratio(s.gamma)
+    spec, base = pooled_results(timed_spec), pooled_results(timed_plain)
+    v = v_all[s.gamma]
     alpha = spec["alpha"]
     return {
+        "gamma": s.gamma,
+        "gamma_chosen": chosen,
         "alpha": alpha,
         "tau": spec["tau"],
         "cost_ratio": c,
         "verify_ratio": v,
         "speedup": spec["tokens_per_s"] / base["tokens_per_s"],
         "greedy_equal": greedy_equal,
-        "alpha_teacher_forced": alpha_tf,
+        "alpha_teacher_forced": acc.alpha,
+        "alpha_greedy_teacher_forced": acc.alpha_greedy,
         "break_even_alpha": break_even_alpha(s.gamma, c, v),
         "modelled_speedup": spec["tau"] / (s.gamma * c + v),
-        "best_gamma": choose_gamma(alpha, c, {g: costs.verify_ratio(g) for g in costs.verify_s}),
+        "best_gamma": choose_gamma(alpha, c, v_all),
         "speculative": spec,
         "teacher": base,
         "step_seconds": {
@@ -176,12 +189,12 @@ def evaluate_speculative(
         path = str(student) if kind == "student" else kind
         d = freeze(load_causal_lm(path, tokenizer=False).model)
         draft_name = path
-    held, train = _held_out_ids(t.tokenizer, s, data_dir)
+    held, train = held_out_ids(t.tokenizer, s, data_dir)
     if s.shortlist:
         eos = [t.tokenizer.eos_token_id] if t.tokenizer.eos_token_id is not None else []
         vocab = int(t.model.config.vocab_size)
         d = with_shortlist(d, token_shortlist(train, s.shortlist, vocab, always=eos))
-    prompts = _prompts(held, s.prompts, s.prompt_tokens)
+    prompts = spaced_prompts(held, s.prompts, s.prompt_tokens)
     out = {"teacher": teacher, "draft": draft_name, "shortlist": s.shortlist}
     out["settings"] = {k: getattr(s, k) for k in s.__dataclass_fields__}
     out.update(speculative_report(t.model, d, prompts, s))

@@ -3,7 +3,8 @@
 The training text (``data.train_sources``) is tokenised into one stream and cut into disjoint
 blocks of ``data.max_length`` tokens, split by position: the last ``data.eval_fraction`` of the
 blocks are the evaluation split, the ``data.val_fraction`` before them the selection split (the
-best checkpoint is picked there, by lowest perplexity), the rest is trained on, less any
+best checkpoint is picked there, by lowest perplexity or, with ``train.select_metric: alpha``,
+by the student's teacher-forced acceptance as a speculative draft), the rest is trained on, less any
 training block that repeats a line of the held-out blocks (a source listed twice under two
 specs, a document quoting another; see :func:`attnkd.data.lm.drop_held_out_copies`).
 """
@@ -25,6 +26,8 @@ from attnkd.data.lm import (
     split_blocks,
     tokenize_lines,
 )
+from attnkd.data.onpolicy import OnPolicyBatches
+from attnkd.eval.draft_alpha import AlphaProbe
 from attnkd.eval.perplexity import perplexity
 from attnkd.export import export_student
 from attnkd.models.load import load_causal_lm
@@ -33,6 +36,8 @@ from attnkd.tasks.base import Task, TaskSetup
 log = logging.getLogger("attnkd")
 
 EVAL_BATCH = 8
+ALPHA_BLOCKS = 2
+"""Selection blocks on which the student's acceptance α as a draft is logged at each eval."""
 
 
 def lm_splits(cfg: DistillConfig, tok) -> LMSplits:
@@ -60,10 +65,18 @@ def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> Ta
             "(is a source listed twice?)", copies.blocks, copies.lines,
         )  # fmt: skip
     batches = LMBatches(splits.train, cfg.train.batch_size, cfg.train.seed)
+    if d.on_policy > 0:  # GKD / DistillSpec: λ of each batch's rows continued by the student
+        batches = OnPolicyBatches(batches, student, d.on_policy, d.on_policy_prefix,
+                                  seed=cfg.train.seed)  # fmt: skip
+    alpha = AlphaProbe(teacher, splits.select[:ALPHA_BLOCKS])  # the student judged as a draft
 
     def evaluate() -> dict[str, float]:
         r = perplexity(student, splits.select, batch_size=EVAL_BATCH)
-        return {"perplexity": r.ppl, "nll": r.nll}
+        out = {"perplexity": r.ppl, "nll": r.nll, **alpha(student)}
+        if isinstance(batches, OnPolicyBatches):  # generation cost so far
+            out["onpolicy_gen_seconds"] = batches.seconds
+            out["onpolicy_gen_tokens"] = float(batches.tokens)
+        return out
 
     def final() -> dict:
         s = perplexity(student, splits.eval, batch_size=EVAL_BATCH, progress=True)
@@ -89,7 +102,9 @@ def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> Ta
         "train_tokens": len(splits.train) * d.max_length,
         "held_out_copies": {"lines": copies.lines, "blocks_dropped": copies.blocks},
     }
-    return TaskSetup(batches, evaluate, "perplexity", "min", final, export, train_info=info)
+    metric = cfg.train.select_metric or "perplexity"
+    mode = "min" if metric == "perplexity" else "max"
+    return TaskSetup(batches, evaluate, metric, mode, final, export, train_info=info)
 
 
 TASK = Task("causal_lm", load_causal_lm, setup)

@@ -30,8 +30,9 @@ from attnkd.losses.terms.features import (
     HiddenMseTerm,
     SentenceCosineTerm,
     SentenceMseTerm,
+    SentenceSimilarityTerm,
 )
-from attnkd.losses.terms.logits import LogitsTerm
+from attnkd.losses.terms.logits import LogitsTerm, NextTokenCETerm
 from attnkd.losses.terms.teaching import ExitKDTerm, MixedKDTerm
 from attnkd.losses.terms.vision import VisionTerm
 
@@ -47,9 +48,11 @@ __all__ = [
     "LogitsTerm",
     "LossTerm",
     "MixedKDTerm",
+    "NextTokenCETerm",
     "RelationTerm",
     "SentenceCosineTerm",
     "SentenceMseTerm",
+    "SentenceSimilarityTerm",
     "TermError",
     "TermSpec",
     "ValueRelationTerm",

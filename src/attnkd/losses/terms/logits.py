@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from attnkd.losses._vocab_chunked import KINDS as DIVERGENCE_KINDS
 from attnkd.losses.logits import token_divergence
+from attnkd.losses.next_token import next_token_ce
 from attnkd.losses.terms.base import LossTerm, TermError, register
 
 
@@ -66,3 +67,25 @@ def _vocab_message(teacher_vocab: int, student_vocab: int) -> str:
         f"{teacher_vocab} tokens, student {student_vocab}; the student must use the "
         "teacher's tokenizer and output size"
     )
+
+
+@register("lm_ce", "next-token cross-entropy with the data (no teacher): the baseline for drafts")
+class NextTokenCETerm(LossTerm):
+    """Cross-entropy of the student's next-token logits with the batch's own next tokens.
+
+    Reads the student's ``logits`` and ``input_ids`` taps; needs nothing from the teacher (the
+    step then skips the teacher's forward). Layers do not apply.
+    """
+
+    student_kinds = ("logits", "input_ids")
+
+    def __init__(self, cfg, teacher, student):
+        super().__init__(cfg, teacher, student)
+        self.t_layer = self.s_layer = 0
+
+    @property
+    def label(self) -> str:
+        return "lm_ce"
+
+    def forward(self, t, s, mask):
+        return {"ce": next_token_ce(s.get("logits", 0), s.get("input_ids", 0), mask)}
