@@ -2,23 +2,26 @@
 
 Decoder (SmolLM2-135M-Instruct, all 30 layers converted to hybrid window + linear):
 - ``forward``: one forward of the transformer body (no LM head, which is the same for both and
-  would dominate memory) at each ``--sizes`` length, batch 1: median time of ``--repeats`` runs
-  and peak extra resident memory of the first run;
-- ``decode``: after a prompt of each ``--contexts`` length, ``--steps`` greedy tokens one at a
-  time with the cache: tokens/s, and the cache's bytes after the prompt (teacher: its
-  DynamicCache keys/values; converted: window buffers + linear states).
+  would dominate memory) at each ``--sizes`` length, batch 1: peak extra resident memory of a
+  first call without cache, then ``--repeats`` timed calls (median), the last one building the
+  decoding cache of that prompt;
+- ``decode``: from that cache, ``--steps`` greedy tokens one at a time: tokens/s, and the
+  cache's bytes after the prompt (teacher: its DynamicCache keys/values; converted: window
+  buffers + linear states).
 Encoder (all-MiniLM-L6-v2, linear and hybrid): its six attention modules alone and the whole
 model, batch ``--batch`` x 512.
 
 Measurements alternate teacher / converted case by case, so load from other processes falls on
-both. The feature maps are untrained (speed does not depend on their values).
+both. Each time is taken twice: wall clock and this process's CPU time (``time.process_time``,
+all threads), whose ratio is the steadier one on a machine shared with other jobs. The feature
+maps are untrained (speed does not depend on their values). The load average before and after
+is stored in ``meta``.
 ``--json PATH`` writes ``{"meta": ..., "records": [{"model", "kind", "context", "speedup",
-"memory_ratio", ...}]}``: speedup = teacher time / converted time (decode: converted tokens/s /
-teacher tokens/s), memory_ratio = converted / teacher (forward: peak extra memory; decode:
-cache bytes).
+"cpu_speedup", "memory_ratio", ...}]}``: speedup = teacher time / converted time (decode:
+converted tokens/s / teacher tokens/s), memory_ratio = converted / teacher (forward: peak extra
+memory; decode: cache bytes).
 
-    nice -n 10 python bench/conversion_speed.py --sizes 512,2048 --contexts 512,2048 \\
-        --json results/conversion_speed.json
+    python bench/conversion_speed.py --threads 2 --json results/conversion_speed.json
 """
 
 from __future__ import annotations
@@ -65,17 +68,33 @@ def _peak(fn) -> int:
     return max(0, status_kb("VmHWM") - base) * 1024
 
 
-def _pair(teacher_fn, converted_fn, repeats: int) -> tuple[float, float, int, int]:
-    """Median seconds of each, timed alternately (load falls on both), after one call each that
-    measures its peak memory: (teacher_s, converted_s, teacher_bytes, converted_bytes)."""
-    t_mem, c_mem = _peak(teacher_fn), _peak(converted_fn)
-    times: dict[str, list[float]] = {"t": [], "c": []}
-    for _ in range(repeats):
+class _Timer:
+    """Wall-clock and process CPU seconds of a block."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+
+def _pair(teacher_fn, converted_fn, repeats: int) -> dict:
+    """One untimed call each that measures its peak memory, then ``repeats`` timed calls each,
+    alternating (load falls on both): medians of wall and CPU seconds, peak bytes and the
+    result of each side's last call."""
+    out = {"t_mem": _peak(lambda: teacher_fn(False)), "c_mem": _peak(lambda: converted_fn(False))}
+    times: dict[str, list[tuple[float, float]]] = {"t": [], "c": []}
+    for r in range(repeats):
         for key, fn in (("t", teacher_fn), ("c", converted_fn)):
-            t0 = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - t0)
-    return statistics.median(times["t"]), statistics.median(times["c"]), t_mem, c_mem
+            with _Timer() as t:
+                out[key + "_last"] = fn(r == repeats - 1)
+            times[key].append((t.wall, t.cpu))
+    for key in ("t", "c"):
+        out[key + "_s"] = statistics.median(w for w, _ in times[key])
+        out[key + "_cpu_s"] = statistics.median(c for _, c in times[key])
+    return out
 
 
 def _cache_bytes(cache) -> int:
@@ -83,21 +102,19 @@ def _cache_bytes(cache) -> int:
     for layer in cache.layers:
         if isinstance(layer, MixerState):
             total += layer.nbytes()
-        else:
+        elif getattr(layer, "keys", None) is not None:
             total += sum(x.numel() * x.element_size() for x in (layer.keys, layer.values))
     return total
 
 
-def _decode(model, ids: torch.Tensor, steps: int) -> tuple[float, int]:
-    """(tokens/s over ``steps`` greedy tokens after the prompt ``ids``, cache bytes after it)."""
-    out = model(ids, use_cache=True, logits_to_keep=1)
-    cache, nxt = out.cache, out.logits[:, -1:].argmax(-1)
-    nbytes = _cache_bytes(cache)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        out = model(nxt, cache=cache, use_cache=True)
-        cache, nxt = out.cache, out.logits[:, -1:].argmax(-1)
-    return steps / (time.perf_counter() - t0), nbytes
+def _decode(model, cache, steps: int) -> tuple[float, float]:
+    """(tokens/s by wall clock, by CPU time) of ``steps`` greedy tokens after ``cache``."""
+    nxt = torch.zeros(1, 1, dtype=torch.long)
+    with _Timer() as t:
+        for _ in range(steps):
+            out = model(nxt, cache=cache, use_cache=True, logits_to_keep=1)
+            cache, nxt = out.cache, out.logits[:, -1:].argmax(-1)
+    return steps / t.wall, steps / t.cpu
 
 
 def _record(model, kind, context, t_value, c_value, t_mem, c_mem, higher_is_better, **extra):
@@ -105,32 +122,117 @@ def _record(model, kind, context, t_value, c_value, t_mem, c_mem, higher_is_bett
     rec = {"model": model, "kind": kind, "context": context, "speedup": speedup,
            "memory_ratio": c_mem / t_mem if t_mem else None}  # fmt: skip
     rec.update(extra)
-    print(json.dumps(rec))
+    print(json.dumps(rec), flush=True)
     return rec
 
 
 def bench_decoder(args) -> list[dict]:
     teacher = freeze(load_causal_lm(DECODER, "sdpa", tokenizer=False).model)
-    spec = ConversionSpec(kind="hybrid", window=args.window)
+    spec = ConversionSpec(kind="hybrid", window=args.window, chunk=args.chunk)
     converted = convert_attention(teacher, spec).eval()
     name = f"SmolLM2-135M/hybrid-w{args.window}"
     vocab = teacher.config.vocab_size
     records = []
+
+    def body(model, ids):
+        def run(keep: bool):  # keep: return the decoding cache of the prompt
+            out = model.model(ids, use_cache=keep)
+            return out.cache if keep else None
+
+        return run
+
     with torch.no_grad():
         for seq in args.sizes:
             ids = torch.randint(0, vocab, (1, seq), generator=torch.Generator().manual_seed(seq))
-            t_s, c_s, t_mem, c_mem = _pair(
-                lambda x=ids: teacher.model(x), lambda x=ids: converted.model(x), args.repeats
-            )
-            records.append(_record(name, "forward", seq, t_s, c_s, t_mem, c_mem, False,
-                                   teacher_s=t_s, converted_s=c_s, teacher_peak_bytes=t_mem,
-                                   converted_peak_bytes=c_mem))  # fmt: skip
-        for ctx in args.contexts:
-            ids = torch.randint(0, vocab, (1, ctx), generator=torch.Generator().manual_seed(ctx))
-            t_tps, t_bytes = _decode(teacher, ids, args.steps)
-            c_tps, c_bytes = _decode(converted, ids, args.steps)
-            records.append(_record(name, "decode", ctx, t_tps, c_tps, t_bytes, c_bytes, True,
+            r = _pair(body(teacher, ids), body(converted, ids), args.repeats)
+            records.append(_record(name, "forward", seq, r["t_s"], r["c_s"], r["t_mem"],
+                                   r["c_mem"], False, cpu_speedup=r["t_cpu_s"] / r["c_cpu_s"],
+                                   teacher_s=r["t_s"], converted_s=r["c_s"],
+                                   teacher_cpu_s=r["t_cpu_s"], converted_cpu_s=r["c_cpu_s"],
+                                   teacher_peak_bytes=r["t_mem"],
+                                   converted_peak_bytes=r["c_mem"]))  # fmt: skip
+            t_bytes, c_bytes = _cache_bytes(r["t_last"]), _cache_bytes(r["c_last"])
+            t_tps, t_cpu = _decode(teacher, r["t_last"], args.steps)
+            c_tps, c_cpu = _decode(converted, r["c_last"], args.steps)
+            records.append(_record(name, "decode", seq, t_tps, c_tps, t_bytes, c_bytes, True,
+                                   cpu_speedup=c_cpu / t_cpu,
                                    teacher_tokens_per_s=t_tps, converted_tokens_per_s=c_tps,
+                                   teacher_cpu_tokens_per_s=t_cpu,
+                                   converted_cpu_tokens_per_s=c_cpu,
+                                   teacher_cache_bytes=t_bytes, converted_cache_bytes=c_bytes,
+                                   steps=args.steps))  # fmt: skip
+            del r
+    return records
+
+
+def bench_layer(args) -> list[dict]:
+    """One SmolLM2 decoder layer (attention + MLP + norms; layer 0 of the teacher and of the
+    converted model), batch 1: forward at each ``--sizes`` length, then ``--steps`` decoding
+    tokens after a prompt of that length. The body is 30 such layers, so these ratios are the
+    body's; the LM head (the same for both) is timed on one token so that whole-model decoding
+    can be bounded. The converted layer's state comes from its own prompt forward; the
+    teacher's cache holds random keys/values of the prompt's length (its cost per token depends
+    on the length only), which spares a quadratic prompt forward."""
+    from transformers import DynamicCache
+
+    teacher = freeze(load_causal_lm(DECODER, "sdpa", tokenizer=False).model)
+    spec = ConversionSpec(kind="hybrid", window=args.window, chunk=args.chunk, layers=[0])
+    converted = convert_attention(teacher, spec).eval()
+    name = f"SmolLM2-135M/hybrid-w{args.window}"
+    cfg = teacher.config
+    t_layer, c_layer = teacher.model.layers[0], converted.model.layers[0]
+    rotary = teacher.model.rotary_emb
+    records = []
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x1 = torch.randn(1, 1, cfg.hidden_size, generator=g)
+        with _Timer() as head:
+            for _ in range(args.steps):
+                teacher.lm_head(teacher.model.norm(x1))
+        for seq in args.sizes:
+            x = torch.randn(1, seq, cfg.hidden_size, generator=g)
+            pos = torch.arange(seq)[None]
+            pe = rotary(x, pos)
+
+            def fwd(layer, x=x, pos=pos, pe=pe):
+                return lambda _keep: layer(x, attention_mask=None, position_ids=pos,
+                                           use_cache=False, position_embeddings=pe)  # fmt: skip
+
+            r = _pair(fwd(t_layer), fwd(c_layer), args.repeats)
+            records.append(_record(name, "forward", seq, r["t_s"], r["c_s"], r["t_mem"],
+                                   r["c_mem"], False, scope="one decoder layer",
+                                   cpu_speedup=r["t_cpu_s"] / r["c_cpu_s"], teacher_s=r["t_s"],
+                                   converted_s=r["c_s"], teacher_cpu_s=r["t_cpu_s"],
+                                   converted_cpu_s=r["c_cpu_s"], teacher_peak_bytes=r["t_mem"],
+                                   converted_peak_bytes=r["c_mem"]))  # fmt: skip
+            # decoding: teacher cache of length seq, converted state from its prompt forward
+            t_cache, c_cache = DynamicCache(config=cfg), DynamicCache(config=cfg)
+            kv = (1, cfg.num_key_value_heads, seq, cfg.head_dim)
+            t_cache.update(torch.randn(kv, generator=g), torch.randn(kv, generator=g), 0)
+            c_layer(x, attention_mask=None, position_ids=pos,
+                    cache=c_cache, use_cache=True, position_embeddings=pe)  # fmt: skip
+            t_bytes, c_bytes = _cache_bytes(t_cache), _cache_bytes(c_cache)
+            per = {}
+            for key, layer, cache in (("t", t_layer, t_cache), ("c", c_layer, c_cache)):
+                with _Timer() as t:
+                    for i in range(args.steps):
+                        p1 = torch.tensor([[seq + i]])
+                        layer(x1, attention_mask=None, position_ids=p1,
+                              cache=cache, use_cache=True,
+                              position_embeddings=rotary(x1, p1))  # fmt: skip
+                per[key] = (args.steps / t.wall, args.steps / t.cpu)
+            layers = cfg.num_hidden_layers  # whole model: 30 layers + LM head, CPU time
+            whole = [1.0 / (layers / per[k][1] + head.cpu / args.steps) for k in ("t", "c")]
+            records.append(_record(name, "decode", seq, per["t"][0], per["c"][0], t_bytes,
+                                   c_bytes, True, scope="one decoder layer",
+                                   cpu_speedup=per["c"][1] / per["t"][1],
+                                   teacher_tokens_per_s=per["t"][0],
+                                   converted_tokens_per_s=per["c"][0],
+                                   teacher_cpu_tokens_per_s=per["t"][1],
+                                   converted_cpu_tokens_per_s=per["c"][1],
+                                   whole_model_cpu_tokens_per_s={"teacher": whole[0],
+                                                                 "converted": whole[1]},
+                                   whole_model_cpu_speedup=whole[1] / whole[0],
                                    teacher_cache_bytes=t_bytes, converted_cache_bytes=c_bytes,
                                    steps=args.steps))  # fmt: skip
     return records
@@ -153,20 +255,17 @@ def bench_encoder(args) -> list[dict]:
             return lambda: [m(hidden)[0] for m in mods]
 
         with torch.no_grad():
-            t_s, c_s, t_mem, c_mem = _pair(
-                attention_only(teacher), attention_only(converted), args.repeats
-            )
-            records.append(_record(name, "forward", seq, t_s, c_s, t_mem, c_mem, False,
-                                   scope="attention layers", batch=batch, teacher_s=t_s,
-                                   converted_s=c_s))  # fmt: skip
-            t_s, c_s, t_mem, c_mem = _pair(
-                lambda: teacher(ids, attention_mask=mask),
-                lambda m=converted: m(ids, attention_mask=mask),
-                args.repeats,
-            )
-            records.append(_record(name, "forward", seq, t_s, c_s, t_mem, c_mem, False,
-                                   scope="whole model", batch=batch, teacher_s=t_s,
-                                   converted_s=c_s))  # fmt: skip
+            for scope, t_fn, c_fn in (
+                ("attention layers", attention_only(teacher), attention_only(converted)),
+                ("whole model", lambda: teacher(ids, attention_mask=mask),
+                 lambda m=converted: m(ids, attention_mask=mask)),
+            ):  # fmt: skip
+                r = _pair(lambda _k, f=t_fn: f(), lambda _k, f=c_fn: f(), args.repeats)
+                records.append(_record(name, "forward", seq, r["t_s"], r["c_s"], r["t_mem"],
+                                       r["c_mem"], False, cpu_speedup=r["t_cpu_s"] / r["c_cpu_s"],
+                                       scope=scope, batch=batch, teacher_s=r["t_s"],
+                                       converted_s=r["c_s"], teacher_cpu_s=r["t_cpu_s"],
+                                       converted_cpu_s=r["c_cpu_s"]))  # fmt: skip
     return records
 
 
@@ -177,13 +276,18 @@ def _ints(text: str) -> list[int]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=_ints, default=[512, 2048, 8192, 16384])
-    p.add_argument("--contexts", type=_ints, default=[512, 2048, 8192, 16384])
     p.add_argument("--steps", type=int, default=16, help="decode steps per context")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--window", type=int, default=64)
+    p.add_argument("--chunk", type=int, default=None, help="chunk of the parallel form")
     p.add_argument("--batch", type=int, default=8, help="encoder batch")
     p.add_argument("--skip-encoder", action="store_true")
     p.add_argument("--skip-decoder", action="store_true")
+    p.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="decoder: one layer instead of the whole body (a 30th of the time; see bench_layer)",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -196,11 +300,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    load_before = os.getloadavg()
     records = []
     if not args.skip_encoder:
         records += bench_encoder(args)
     if not args.skip_decoder:
-        records += bench_decoder(args)
+        records += bench_layer(args) if args.per_layer else bench_decoder(args)
     meta = {
         "command": "python bench/conversion_speed.py "
         + " ".join(
@@ -214,6 +319,8 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
         "note": args.note,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
     }
     if args.json:
         tmp = args.json + ".tmp"

@@ -281,15 +281,20 @@ def cmd_similarity(args) -> int:
     from attnkd.convert.run import run_similarity
 
     config, overrides = _split_args(args)
-    res = run_similarity(_load(config, overrides), batches=args.batches, max_js=args.max_js)
+    res = run_similarity(_load(config, overrides), batches=args.batches, max_js=args.max_js,
+                         share=args.share)  # fmt: skip
     print(res["table"])
     sharing = res["suggested_sharing"]
     pairs = ", ".join(f"{j}<-{i}" for j, i in sharing.items()) or "none"
     print(f"layers that could reuse an earlier layer's attention (JS <= {args.max_js}): {pairs}")
+    if args.share:
+        chosen = ", ".join(f"{j}<-{i}" for j, i in res["chosen_sharing"].items()) or "none"
+        print(f"the {args.share} most alike (convert.share): {chosen}")
     if args.json:
         out = {k: v for k, v in res.items() if k != "table"}
         out["command"] = " ".join(
             ["attnkd similarity", *args.items, f"--batches {args.batches} --max-js {args.max_js}"]
+            + ([f"--share {args.share}"] if args.share else [])
         )
         from attnkd.atomic import write_json
 
@@ -472,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("items", nargs="*", metavar="CONFIG|key=value", help="recipe and overrides")
     sim.add_argument("--batches", type=int, default=8, help="calibration batches")
     sim.add_argument("--max-js", type=float, default=0.05, help="sharing threshold (nats)")
+    sim.add_argument("--share", type=int, default=0,
+                     help="also choose this many sharing layers, most alike first")  # fmt: skip
     sim.add_argument("--json", default=None, help="write the table and suggestion here")
     sim.set_defaults(fn=cmd_similarity)
     return p

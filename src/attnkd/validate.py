@@ -23,8 +23,9 @@ ATTN_IMPLS = ("sdpa", "eager")
 EVAL_TASKS = ("stsb:dev", "stsb:val")
 TASKS = ("sentence", "causal_lm", "image_classification")
 VOCAB_KINDS = ("fkl", "rkl", "jsd", "tvd")
-CONVERT_KINDS = ("linear", "window", "hybrid")
-CONVERT_LOSSES = ("mse", "ce", "ce+mse")
+CONVERT_KINDS = ("linear", "window", "hybrid", "shared", "sparse", "mla")
+CONVERT_LOSSES = ("mse", "ce", "ce+mse", "kl")
+CONVERT_STAGES = ("transfer", "align", "e2e")
 
 
 @dataclass
@@ -166,6 +167,8 @@ def validate_models(cfg: DistillConfig) -> Geometries:
     if cfg.convert.kind:  # the student is the teacher with converted attention
         _check(family.family in ("bert", "llama"), "teacher.name",
                f"conversion supports BERT and Llama families, not {family.family}")  # fmt: skip
+        _check(cfg.convert.kind != "mla" or family.family == "llama", "convert.kind",
+               "'mla' needs a Llama-family decoder (grouped keys and values)")  # fmt: skip
         for i in cfg.convert.layers or []:
             _check(-tg.num_layers <= i < tg.num_layers, "convert.layers",
                    f"layer {i} out of range for a teacher with {tg.num_layers} layers")  # fmt: skip
@@ -298,10 +301,24 @@ def _validate_convert(cfg: DistillConfig) -> None:
         return
     _check(c.kind in CONVERT_KINDS, "convert.kind", f"expected one of {CONVERT_KINDS}")
     _check(c.loss in CONVERT_LOSSES, "convert.loss", f"expected one of {CONVERT_LOSSES}")
-    if c.kind == "window" and cfg.train.max_steps:
-        raise ConfigError("convert.kind", "'window' has no parameters to train: train.max_steps=0")
+    for stage in c.stages:
+        _check(stage in CONVERT_STAGES, "convert.stages", f"expected items of {CONVERT_STAGES}")
+    _check(c.e2e_params in ("attention", "mixer"), "convert.e2e_params",
+           "expected 'attention' or 'mixer'")  # fmt: skip
+    if c.kind in ("window", "shared", "mla") and cfg.train.max_steps and "transfer" in c.stages:
+        raise ConfigError(
+            "convert.stages",
+            f"'{c.kind}' has no new parameters for stage 1: drop 'transfer' or train.max_steps=0",
+        )
     if "ce" in c.loss and c.kind != "linear":
         raise ConfigError("convert.loss", "'ce' needs a purely linear student (kind: linear)")
+    if (c.loss == "kl") != (c.kind == "sparse") and "transfer" in c.stages:
+        raise ConfigError("convert.loss", "'kl' (estimated attention) goes with kind: sparse")
+    if c.kind == "shared":
+        _check(bool(c.share), "convert.share", "kind 'shared' needs share: {layer: source}")
+    if c.kind == "sparse":
+        _check(c.topk >= 1, "convert.topk", f"must be >= 1, got {c.topk}")
+        _check(c.rank >= 1, "convert.rank", f"must be >= 1, got {c.rank}")
     _check(c.kind == "linear" or c.window >= 1, "convert.window", f"must be >= 1, got {c.window}")
     _check(c.chunk is None or c.chunk >= 1, "convert.chunk", f"must be >= 1, got {c.chunk}")
 

@@ -89,9 +89,12 @@ def _random_value(tp, rng: random.Random):
         return None if rng.random() < 0.3 else _random_value(inner, rng)
     if origin is list:
         return [_random_value(args[0], rng) for _ in range(rng.randint(0, 3))]
-    if origin is dict:  # a free mapping (a stage's overrides)
+    if origin is dict and args == (str, typing.Any):  # a free mapping (a stage's overrides)
         keys = rng.sample(["lr", "name", "layers", "é→"], rng.randint(0, 3))
         return {k: _random_value(rng.choice([int, float, str, bool, list[int]]), rng) for k in keys}
+    if origin is dict:  # a typed mapping (convert.share)
+        n = rng.randint(0, 3)
+        return {_random_value(args[0], rng): _random_value(args[1], rng) for _ in range(n)}
     if dataclasses.is_dataclass(tp):
         hints = typing.get_type_hints(tp)
         return tp(**{f.name: _random_value(hints[f.name], rng) for f in dataclasses.fields(tp)})
@@ -413,7 +416,19 @@ def test_from_dict_where_prefixes_keys():
 def test_unsupported_field_type_is_a_programming_error():
     @dataclass
     class Bad:
-        table: dict[str, int] = field(default_factory=dict)
+        table: set[int] = field(default_factory=set)
 
     with pytest.raises(TypeError, match="unsupported config field type"):
-        from_dict(Bad, {"table": {}})
+        from_dict(Bad, {"table": []})
+
+
+def test_mapping_fields_check_keys_and_values():
+    @dataclass
+    class Share:
+        table: dict[int, int] | None = None
+
+    assert from_dict(Share, {"table": {4: 3, "5": 3}}).table == {4: 3, 5: 3}
+    with pytest.raises(ConfigError, match=r"table\.x"):
+        from_dict(Share, {"table": {"x": 3}})
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        from_dict(Share, {"table": [4, 3]})

@@ -26,12 +26,23 @@ def _perturbed(model):
 
 
 @pytest.mark.parametrize("make,vocab", [(tiny_bert, 50), (tiny_llama, 60)])
-@pytest.mark.parametrize("kind", ["linear", "hybrid"])
+@pytest.mark.parametrize("kind", ["linear", "hybrid", "shared", "sparse"])
 def test_round_trip_reproduces_outputs(tmp_path, make, vocab, kind):
-    student = _perturbed(convert_attention(make(), ConversionSpec(kind=kind, window=4, layers=[1])))
+    share = {2: 1} if kind == "shared" else None
+    spec = ConversionSpec(kind=kind, window=4, layers=[1], share=share, topk=5, rank=3)
+    student = _perturbed(convert_attention(make(), spec))
     folder = save_converted(student, tmp_path / "conv")
     record = json.loads((folder / "conversion.json").read_text())
-    assert record["conversion"] == {"kind": kind, "layers": [1], "window": 4, "chunk": None}
+    layers = [1, 2] if kind == "shared" else [1]
+    assert record["conversion"] == {
+        "kind": kind,
+        "layers": layers,
+        "window": 4,
+        "chunk": None,
+        "share": {"2": 1} if share else None,
+        "topk": 5,
+        "rank": 3,
+    }
     assert sorted(p.name for p in folder.iterdir()) == [
         "config.json",
         "conversion.json",

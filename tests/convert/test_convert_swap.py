@@ -70,19 +70,27 @@ def test_every_teacher_weight_is_inherited(kind):
 def test_bad_specs_raise_config_errors():
     teacher = tiny_bert()
     with pytest.raises(ConfigError, match="convert.kind"):
-        convert_attention(teacher, ConversionSpec(kind="sparse"))
+        convert_attention(teacher, ConversionSpec(kind="lsh"))
+    with pytest.raises(ConfigError, match="convert.share"):
+        convert_attention(teacher, ConversionSpec(kind="shared"))
+    with pytest.raises(ConfigError, match="earlier layer"):
+        convert_attention(teacher, ConversionSpec(kind="shared", share={1: 2}))
+    with pytest.raises(ConfigError, match="itself shared"):
+        convert_attention(teacher, ConversionSpec(kind="shared", share={1: 0, 2: 1}))
+    with pytest.raises(ConfigError, match="convert.topk"):
+        convert_attention(teacher, ConversionSpec(kind="sparse", rank=99))
     with pytest.raises(ConfigError, match="convert.layers"):
         convert_attention(teacher, ConversionSpec(kind="linear", layers=[5]))
     with pytest.raises(ConfigError, match="convert.window"):
         convert_attention(teacher, ConversionSpec(kind="hybrid", window=0))
 
 
-@pytest.mark.parametrize("kind", ["linear", "window", "hybrid"])
+@pytest.mark.parametrize("kind", ["linear", "window", "hybrid", "shared", "sparse"])
 @pytest.mark.parametrize("left", [False, True])
 def test_decoding_with_a_cache_equals_the_full_forward(kind, left):
     """Prompt through the cache, then one token at a time: logits equal the parallel form."""
     teacher = tiny_llama()
-    spec = ConversionSpec(kind=kind, window=5, layers=[0, 2], chunk=4)
+    spec = ConversionSpec(kind=kind, window=5, layers=[0, 2], chunk=4, share={2: 0}, topk=4)
     student = convert_attention(teacher, spec)
     with torch.no_grad():
         for p in student.parameters():  # move the feature maps off their initial values
@@ -119,4 +127,4 @@ def test_config_validation_knows_the_same_kinds():
     from attnkd.convert import KINDS
     from attnkd.validate import CONVERT_KINDS
 
-    assert set(CONVERT_KINDS) == set(KINDS)
+    assert set(CONVERT_KINDS) == set(KINDS) | {"mla"}  # mla: convert_to_mla

@@ -157,7 +157,9 @@ def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is list:
         return f"list[{_type_name(typing.get_args(tp)[0])}]"
     if typing.get_origin(tp) is dict:
-        return "a mapping"
+        if typing.get_args(tp) == (str, Any):
+            return "a mapping"
+        return "a mapping {" + ": ".join(_type_name(a) for a in typing.get_args(tp)) + "}"
     if dataclasses.is_dataclass(tp):
         return f"a mapping ({tp.__name__})"
     return getattr(tp, "__name__", str(tp))
@@ -211,6 +213,12 @@ def _build(tp: Any, value: Any, key: str, nullable: bool = False) -> Any:
             raise _Invalid(key, _expected(tp, value, nullable))
         (item_tp,) = typing.get_args(tp)
         return [_build(item_tp, v, _join(key, i)) for i, v in enumerate(value)]
+    if typing.get_origin(tp) is dict:
+        if not isinstance(value, dict):
+            raise _Invalid(key, _expected(tp, value, nullable))
+        key_tp, item_tp = typing.get_args(tp)
+        return {_build(key_tp, k, _join(key, str(k))): _build(item_tp, v, _join(key, str(k)))
+                for k, v in value.items()}  # fmt: skip
     if tp is bool:
         if not isinstance(value, bool):
             raise _Invalid(key, f"{_expected(tp, value, nullable)} (write true or false)")

@@ -203,15 +203,29 @@ class ConvertConfig:
     """Attention conversion (``attnkd convert``, METHODS.md section 5); ``kind`` '' = none."""
 
     kind: str = ""
-    """'linear' (Hedgehog), 'window' (sliding window) or 'hybrid' (LoLCATs window + linear)."""
+    """'linear' (Hedgehog), 'window' (sliding window), 'hybrid' (LoLCATs window + linear),
+    'shared' (EchoAtt: reuse an earlier layer's attention) or 'sparse' (SEA: top-k keys)."""
     layers: list[int] | None = None
     """Layers whose attention is converted; None = all."""
     window: int = 64
     chunk: int | None = None
     """Rows per chunk of the parallel form; None = the window (64 for linear)."""
+    share: dict[int, int] | None = None
+    """'shared': sharing layer -> source layer, e.g. {4: 3, 5: 3}."""
+    topk: int = 32
+    """'sparse': keys kept per query."""
+    rank: int = 8
+    """'sparse': dimensions of the score estimate."""
     loss: str = "mse"
     """Stage 1 (attention transfer): 'mse' (attention outputs), 'ce' (attention weights,
-    linear only) or 'ce+mse'."""
+    linear only), 'ce+mse', or 'kl' (sparse: estimated attention vs the teacher's)."""
+    stages: list[str] = field(default_factory=lambda: ["transfer"])
+    """Conversion stages in order: 'transfer' (stage 1, new parameters on attention), 'align'
+    (stage 2, MOHAWK: each converted block's output given the teacher's block input) and 'e2e'
+    (stage 3, end-to-end KD of the whole model); each runs ``train`` (steps, minutes) once."""
+    e2e_params: str = "attention"
+    """What stages 2-3 train besides the new parameters: 'attention' (q/k/v/o of converted
+    layers) or 'mixer' (the new parameters only)."""
 
 
 STAGE_SECTIONS = ("teacher", "student", "data", "train", "convert")

@@ -14,7 +14,14 @@ Queries are cut into chunks of ``c`` rows. A chunk sees its own keys and ``p = c
 chunks on each allowed side (its *slab*, at most ``(2p+1) c`` keys); everything beyond the slab
 is linear and enters through running sums of ``phi(k) v^T`` per chunk (prefix, and suffix when
 bidirectional). No (seq x seq) tensor is built: memory and time are O(seq * slab).
-GQA: q has H heads, k/v have H_kv; query head h reads key head ``h // (H / H_kv)``.
+
+Layout (what makes it fast on CPU): the G query heads that share a key head (GQA) are stacked
+into one block of ``G c`` rows per chunk, so every product is one batched matmul over
+(batch, key head, chunk) with no copy of keys per query head; values carry an extra column of
+ones so that each matmul returns numerator and denominator together; the causal linear part
+inside the slab is computed only on the chunks that hold such keys (for ``c = w``: the previous
+chunk); the running sums are accumulated chunk by chunk (``cumsum`` over a middle dimension is
+slow on CPU).
 """
 
 from __future__ import annotations
@@ -26,35 +33,47 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _chunks(x: Tensor, c: int, n: int) -> Tensor:
-    """(B, K, S, D) -> (B, K, n, c, D), zero-padded at the end to n * c rows."""
-    pad = n * c - x.shape[2]
-    if pad:
-        x = F.pad(x, (0, 0, 0, pad))
-    return x.view(*x.shape[:2], n, c, x.shape[-1])
+def _pad_to(x: Tensor, total: int) -> Tensor:
+    """Zero-pad dimension 2 of (B, X, S, D) to ``total`` rows."""
+    return F.pad(x, (0, 0, 0, total - x.shape[2])) if total > x.shape[2] else x
 
 
-def _slabs(x: Tensor, before: int, after: int) -> Tensor:
-    """(B, K, n, c, D) -> (B, K, n, (before + 1 + after) * c, D): each chunk with neighbours."""
-    b, k, n, c, d = x.shape
+def _rows(x: Tensor, kv_heads: int, c: int, n: int) -> Tensor:
+    """(B, H, S, D) -> (B K n, G c, D): each chunk's rows of the G heads sharing a key head."""
+    b, h, _, d = x.shape
+    g = h // kv_heads
+    x = _pad_to(x, n * c).view(b, kv_heads, g, n, c, d)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(b * kv_heads * n, g * c, d)
+
+
+def _keys(x: Tensor, c: int, n: int) -> Tensor:
+    """(B, K, S, D) -> (B K, n, c, D)."""
+    b, k, _, d = x.shape
+    return _pad_to(x, n * c).reshape(b * k, n, c, d)
+
+
+def _slab(x: Tensor, before: int, after: int, count: int | None = None) -> Tensor:
+    """(N, n, c, D) -> (N n, count c, D): each chunk with ``before`` chunks before it and
+    ``after`` after it (zeros beyond the ends), oldest first; only the first ``count`` chunks
+    of that run (default all ``before + 1 + after``)."""
+    m, n, c, d = x.shape
+    count = before + 1 + after if count is None else count
+    if before == after == 0:
+        return x.reshape(m * n, c, d)
     padded = F.pad(x, (0, 0, 0, 0, before, after))
-    parts = [padded[:, :, i : i + n] for i in range(before + 1 + after)]
-    return torch.cat(parts, dim=3)
+    parts = [padded[:, i : i + n] for i in range(count)]
+    return torch.cat(parts, dim=2).reshape(m * n, count * c, d)
 
 
-def _exclusive_cumsum(x: Tensor, dim: int, shift: int) -> Tensor:
-    """sum over indices < i - shift along ``dim`` (zero where none)."""
-    total = torch.cumsum(x, dim)
-    n = x.shape[dim]
-    keep = n - shift - 1
-    if keep <= 0:
-        return torch.zeros_like(x)
-    pad = [0, 0] * (x.dim() - dim - 1) + [shift + 1, 0]
-    return F.pad(total.narrow(dim, 0, keep), pad)
-
-
-def _in_window(diff: Tensor, window: int, causal: bool) -> Tensor:
-    return (diff >= 0) & (diff < window) if causal else diff.abs() < window
+def _prefix(x: Tensor, shift: int) -> Tensor:
+    """x (N, n, ...) -> out[:, t] = sum of x[:, u] over u < t - shift (zeros where none)."""
+    n = x.shape[1]
+    zero = torch.zeros_like(x[:, 0])
+    outs, acc = [zero] * min(n, shift + 1), zero
+    for t in range(n - shift - 1):
+        acc = acc + x[:, t]
+        outs.append(acc)
+    return torch.stack(outs, 1)
 
 
 def stabiliser(s: Tensor, l_den: Tensor | None, log_gamma: Tensor | None) -> Tensor:
@@ -62,11 +81,13 @@ def stabiliser(s: Tensor, l_den: Tensor | None, log_gamma: Tensor | None) -> Ten
     exp(-m) * linear denominator <= 1, one of them = 1 (the normaliser stays >= 1). It
     cancels between numerator and denominator, so it carries no gradient.
 
-    s: (..., L) window scores (-inf outside); l_den: (..., 1) linear denominator or None.
+    s: (..., L) window scores (-inf outside); l_den: (..., 1) linear denominator or None;
+    log_gamma: broadcastable to (..., 1) (constant along a row) or None.
     """
     with torch.no_grad():
-        m = s if log_gamma is None else s + log_gamma
-        m = m.amax(-1, keepdim=True)
+        m = s.amax(-1, keepdim=True)
+        if log_gamma is not None:
+            m = m + log_gamma
         if l_den is not None:
             m = torch.maximum(m, l_den.log())
         return torch.where(torch.isfinite(m), m, torch.zeros((), dtype=m.dtype, device=m.device))
@@ -84,7 +105,7 @@ def add_linear(
     has = l_den > 0
     safe = torch.where(has, l_den, torch.ones_like(l_den))
     w = torch.where(has, torch.exp(safe.log() - m), torch.zeros_like(l_den))
-    return num + l_num / safe * w, den + w
+    return torch.addcmul(num, l_num, w / safe), den + w
 
 
 def _global_linear(fq: Tensor, fk: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
@@ -105,6 +126,39 @@ def _global_linear(fq: Tensor, fk: Tensor, v: Tensor, key_mask: Tensor | None) -
     return y.view(b, kv_heads * g, seq, dv).to(out_dtype)
 
 
+def _linear_part(fq, fk, v_aug, diff, window, causal, before, after, real, kv_heads, c, n):
+    """Linear numerators and denominators (B K n, G c, Dv + 1): keys inside the slab but out
+    of the window, plus the running sums of the chunks beyond the slab."""
+    b = fq.shape[0]
+    fqr = _rows(fq, kv_heads, c, n)
+    fkc = _keys(fk, c, n)
+    if real is not None:
+        fkc = fkc * real
+    bk, _, _, nf = fkc.shape
+    g = fqr.shape[1] // c
+    if causal:  # chunks t - o holding keys j <= i - w: o >= o_min
+        o_min = max(0, math.ceil((window - c + 1) / c)) if window else 0
+        count = before - o_min + 1
+    else:
+        count = before + 1 + after
+    out = None
+    if count > 0:
+        width = count * c
+        f = torch.bmm(fqr, _slab(fkc, before, after, count).transpose(1, 2))
+        lin = diff[:, :width] >= window if causal else diff.abs() >= window
+        f.view(b, kv_heads, n, g, c, width).mul_(lin.to(f.dtype))  # in place: bmm keeps no output
+        out = torch.bmm(f.view(bk * n, g * c, width), _slab(v_aug, before, after, count))
+    chunk_kv = torch.bmm(fkc.reshape(bk * n, c, nf).transpose(1, 2), v_aug.reshape(bk * n, c, -1))
+    chunk_kv = chunk_kv.view(bk, n, nf, -1)
+    states = [_prefix(chunk_kv, before)]
+    if not causal:
+        states.append(torch.flip(_prefix(torch.flip(chunk_kv, (1,)), after), (1,)))
+    for state in states:
+        part = torch.bmm(fqr, state.reshape(bk * n, nf, -1))
+        out = part if out is None else out + part
+    return out
+
+
 def banded_attention(
     q: Tensor | None,
     k: Tensor | None,
@@ -121,8 +175,8 @@ def banded_attention(
 
     q: (B, H, S, D), k: (B, H_kv, S, D), v: (B, H_kv, S, Dv); fq: (B, H, S, F), fk: (B, H_kv,
     S, F), non-negative. ``key_mask``: (B, S) bool, True = real key. ``gamma``: (H,) positive
-    weight of the window part. Returns (B, H, S, Dv) in the dtype of v. Query rows with no
-    allowed key give 0.
+    weight of the window part. Returns (B, H, S, Dv) in the dtype of v (a transposed view of a
+    (B, S, H, Dv) tensor). Query rows with no allowed key give 0.
     """
     use_window, use_linear = q is not None and window > 0, fq is not None
     if not use_window and not use_linear:
@@ -132,68 +186,56 @@ def banded_attention(
     g = heads // kv_heads
     if not use_window and not causal:
         return _global_linear(fq, fk, v, key_mask)
+    window = window if use_window else 0
     c = max(1, min(chunk, seq))
     n = math.ceil(seq / c)
     p = math.ceil((window - 1) / c) if window > 1 else 0
     before, after = p, (0 if causal else p)
     dtype = torch.promote_types(v.dtype, torch.float32)
+    bkn = b * kv_heads * n
 
-    real = torch.ones(b, seq, dtype=torch.bool, device=v.device) if key_mask is None else key_mask
-    real_c = _chunks(real[:, None, :, None].to(dtype), c, n)  # (B, 1, n, c, 1); 0 past the end
-    vc = _chunks(v.to(dtype), c, n) * real_c
-    v_slab = _slabs(vc, before, after)  # (B, K, n, L, Dv)
-    slab_real = _slabs(real_c, before, after)[..., 0] > 0  # (B, 1, n, L)
-    width = v_slab.shape[3]
+    # keys that are not real: padding, and (bidirectional) the zero rows past the end
+    real = slab_real = None
+    if key_mask is not None or (not causal and n * c != seq):
+        r = torch.ones(b, seq, dtype=dtype, device=v.device) if key_mask is None else key_mask
+        r = F.pad(r.to(dtype), (0, n * c - seq)).view(b, 1, n, c, 1)
+        real = r.expand(b, kv_heads, n, c, 1).reshape(b * kv_heads, n, c, 1)
+        slab_real = _slab(r.view(b, n, c, 1), before, after).view(b, 1, n, 1, 1, -1) > 0
+    vc = _keys(v.to(dtype), c, n)
+    v_aug = torch.cat([vc, torch.ones_like(vc[..., :1])], dim=-1)  # -> numerator | denominator
+    width = (before + 1 + after) * c
     rows = torch.arange(c, device=v.device)[:, None] + before * c
-    cols = torch.arange(width, device=v.device)[None, :]
-    diff = rows - cols  # (c, L): i - j inside the slab
-    allowed = slab_real[:, :, None, :, None, :]  # (B, 1, 1, n, 1, L)
-    if causal:
-        allowed = allowed & (diff >= 0)
+    diff = rows - torch.arange(width, device=v.device)[None, :]  # (c, L): i - j in the slab
 
-    def grouped(x: Tensor) -> Tensor:  # (B, H, S, D) -> (B, K, G, n, c, D)
-        xc = _chunks(x.to(dtype), c, n)
-        return xc.view(b, kv_heads, g, n, c, x.shape[-1])
-
-    l_num = l_den = None
+    lin = None
     if use_linear:
-        lin = allowed & ~_in_window(diff, window, causal) if use_window else allowed
-        fqg = grouped(fq)
-        fkc = _chunks(fk.to(dtype), c, n) * real_c
-        f = torch.einsum("bkgncf,bknlf->bkgncl", fqg, _slabs(fkc, before, after))
-        f = f * lin
-        l_num = torch.einsum("bkgncl,bknld->bkgncd", f, v_slab)
-        l_den = f.sum(-1, keepdim=True)
-        kv_chunk = torch.einsum("bkncf,bkncd->bknfd", fkc, vc)  # (B, K, n, F, Dv)
-        z_chunk = fkc.sum(3)  # (B, K, n, F)
-        outside = [(_exclusive_cumsum(kv_chunk, 2, before), _exclusive_cumsum(z_chunk, 2, before))]
-        if not causal:
-            flip = [torch.flip(kv_chunk, (2,)), torch.flip(z_chunk, (2,))]
-            outside.append(
-                (
-                    torch.flip(_exclusive_cumsum(flip[0], 2, after), (2,)),
-                    torch.flip(_exclusive_cumsum(flip[1], 2, after), (2,)),
-                )
-            )
-        for kv_out, z_out in outside:
-            l_num = l_num + torch.einsum("bkgncf,bknfd->bkgncd", fqg, kv_out)
-            l_den = l_den + torch.einsum("bkgncf,bknf->bkgnc", fqg, z_out)[..., None]
+        lin = _linear_part(fq.to(dtype), fk.to(dtype), v_aug, diff, window, causal, before,
+                           after, real, kv_heads, c, n)  # fmt: skip
+        l_num, l_den = lin[..., :dv], lin[..., dv:]
     if not use_window:
         num, den = l_num, l_den
     else:
-        win = allowed & _in_window(diff, window, causal)
-        k_slab = _slabs(_chunks(k.to(dtype), c, n), before, after)
-        s = torch.einsum("bkgncd,bknld->bkgncl", grouped(q), k_slab) * q.shape[-1] ** -0.5
-        s = s.masked_fill(~win, float("-inf"))
-        log_g = None if gamma is None else gamma.to(dtype).log().view(1, kv_heads, g, 1, 1, 1)
-        m = stabiliser(s, l_den, log_g)
-        if log_g is not None:
-            s = s + log_g
-        e = torch.exp(s - m)  # 0 outside the window
-        num = torch.einsum("bkgncl,bknld->bkgncd", e, v_slab)
-        den = e.sum(-1, keepdim=True)
+        qr = _rows(q.to(dtype), kv_heads, c, n) * q.shape[-1] ** -0.5
+        s = torch.bmm(qr, _slab(_keys(k.to(dtype), c, n), before, after).transpose(1, 2))
+        s6 = s.view(b, kv_heads, n, g, c, width)
+        win = (diff >= 0) & (diff < window) if causal else diff.abs() < window
+        t = torch.arange(n, device=v.device)[:, None, None] * c
+        j = t + (rows - before * c) - diff  # (n, c, L): position of each slab key
+        win = (win & (j >= 0) & (j < seq)).view(1, 1, n, 1, c, width)
+        if slab_real is not None:
+            win = win & slab_real
+        s6.masked_fill_(~win, float("-inf"))  # in place, like the two steps below
+        log_g = None
+        if gamma is not None:
+            log_g = gamma.to(dtype).log().view(1, kv_heads, 1, g, 1, 1)
+        l_den6 = None if lin is None else l_den.view(b, kv_heads, n, g, c, 1)
+        m = stabiliser(s6, l_den6, log_g)
+        s6.sub_(m if log_g is None else m - log_g).exp_()  # 0 outside the window
+        out = torch.bmm(s, _slab(v_aug, before, after))
+        num, den = out[..., :dv], out[..., dv:]
         if use_linear:
-            num, den = add_linear(num, den, l_num, l_den, m)
+            num, den = add_linear(num, den, l_num, l_den, m.view(bkn, g * c, 1))
     y = num / den.clamp_min(torch.finfo(dtype).tiny)
-    y = y.reshape(b, heads, n * c, dv)[:, :, :seq]
+    y = y.reshape(b, kv_heads, n, g, c, dv).permute(0, 2, 4, 1, 3, 5)
+    y = y.reshape(b, n * c, heads, dv)[:, :seq].transpose(1, 2)
     return y.to(v.dtype)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
+from attnkd.convert.mla import convert_to_mla
 from attnkd.convert.swap import ConversionSpec, convert_attention
 from attnkd.errors import AttnkdError
 
@@ -24,14 +25,18 @@ CONVERSION = "conversion.json"
 
 
 def save_converted(model: nn.Module, folder: str | Path, tokenizer=None) -> Path:
-    """Write ``model`` (returned by :func:`convert_attention`) into ``folder`` atomically."""
+    """Write ``model`` (returned by :func:`convert_attention` or :func:`convert_to_mla`) into
+    ``folder`` atomically."""
     from safetensors.torch import save_model
 
     from attnkd.atomic import atomic_dir
 
     spec = getattr(model, "attnkd_conversion", None)
     if spec is None:
-        raise AttnkdError("save_converted: the model carries no conversion (use convert_attention)")
+        raise AttnkdError(
+            "save_converted: the model carries no conversion (use convert_attention or "
+            "convert_to_mla)"
+        )
     record = {
         "format": FORMAT,
         "version": VERSION,
@@ -82,8 +87,11 @@ def load_converted(folder: str | Path, attn_implementation: str = "sdpa") -> nn.
         {"add_pooling_layer": record["add_pooling_layer"]} if "bert" in cls.__name__.lower() else {}
     )
     model = cls(config, **kwargs)
-    spec = ConversionSpec(**record["conversion"])
-    model = convert_attention(model, spec, inplace=True)
+    conv = record["conversion"]
+    if conv.get("kind") == "mla":
+        model = convert_to_mla(model, rank=conv["rank"], layers=conv["layers"], inplace=True)
+    else:
+        model = convert_attention(model, ConversionSpec(**conv), inplace=True)
     missing, unexpected = load_model(model, str(folder / WEIGHTS), strict=False)
     if missing or unexpected:
         raise AttnkdError(

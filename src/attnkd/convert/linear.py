@@ -34,8 +34,8 @@ class HedgehogFeatureMap(nn.Module):
                 f"feature map of {self.weight.shape[0]} heads x {self.weight.shape[-1]} expects "
                 f"(batch, heads, seq, head_dim), got {tuple(x.shape)}"
             )
-        y = torch.einsum("bhsd,hed->bhse", x.to(self.weight.dtype), self.weight)
-        return torch.cat([torch.softmax(y, -1), torch.softmax(-y, -1)], dim=-1)
+        y = torch.matmul(x.to(self.weight.dtype), self.weight.transpose(1, 2))
+        return torch.softmax(torch.stack([y, -y], dim=-2), -1).flatten(-2)
 
 
 class LinearAttention(Mixer):

@@ -24,6 +24,7 @@ class Mixer(nn.Module):
     """Window and/or linear attention over (B, H, S, D) queries and (B, H_kv, S, D) keys/values."""
 
     kind = "mixer"
+    needs_qk = True  # False: the layer's own queries and keys are not used (shared attention)
 
     def __init__(
         self,

@@ -5,13 +5,20 @@ With its SVD ``W_kv = U S V^T``, the layer caches the latent ``c = x (S_r V_r^T)
 and rebuilds ``[k; v] = c U_r^T + b`` at attention time; RoPE is applied to the rebuilt keys
 (positions from the model's own rotary module), so the cache holds the latent only. At full
 rank (r = 2 H_kv d, the default) the conversion is exact up to float rounding; a smaller r
-compresses the cache to r / (2 H_kv d) of the teacher's and is to be recovered by distillation.
-A data-free SVD of the weights chooses the latent; TransMLA's activation PCA is not done here.
+compresses the cache to r / (2 H_kv d) of the teacher's and is recovered by distillation
+(stage ``e2e`` of ``attnkd convert``, or :mod:`attnkd.convert.e2e`).
+
+Choosing the latent: without data, the SVD of the weights (best rank-r approximation of
+``W_kv``); with calibration batches, TransMLA's activation PCA: the top-r eigenvectors ``U_r``
+of the covariance of ``[k; v]`` on real tokens, latent ``c = x (U_r^T W_kv)^T``, keys/values
+``c U_r^T + b`` (best rank-r reconstruction of the activations the model actually produces).
+Both are exact at full rank. ``save_converted`` / ``load_converted`` handle MLA models.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -62,7 +69,13 @@ class LatentState(CacheLayerMixin):
 class LatentKVAttention(nn.Module):
     """Llama-family attention with a latent KV cache; q/o projections inherited as they are."""
 
-    def __init__(self, original: nn.Module, rotary: nn.Module, rank: int | None = None):
+    def __init__(
+        self,
+        original: nn.Module,
+        rotary: nn.Module,
+        rank: int | None = None,
+        covariance: Tensor | None = None,
+    ):
         super().__init__()
         self.q_proj, self.o_proj = original.q_proj, original.o_proj
         self.layer_idx, self.config = original.layer_idx, original.config
@@ -77,12 +90,18 @@ class LatentKVAttention(nn.Module):
         r = full if rank is None else rank
         if not 1 <= r <= min(full, w.shape[1]):
             raise ConfigError("mla.rank", f"must be in 1..{min(full, w.shape[1])}, got {rank}")
-        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        if covariance is None:  # data-free: best rank-r approximation of the weights
+            u, s, vh = torch.linalg.svd(w, full_matrices=False)
+            down, up = s[:r, None] * vh[:r], u[:, :r]
+        else:  # activation PCA (TransMLA): best rank-r reconstruction of [k; v] on the data
+            _, vecs = torch.linalg.eigh(covariance.double())
+            up = vecs[:, -r:].flip(-1)  # (2 H_kv d, r), largest variance first
+            down = up.T @ w
         self.kv_down = nn.Linear(w.shape[1], r, bias=False)
         self.kv_up = nn.Linear(r, full, bias=original.k_proj.bias is not None)
         with torch.no_grad():
-            self.kv_down.weight.copy_((s[:r, None] * vh[:r]).to(wk.dtype))
-            self.kv_up.weight.copy_(u[:, :r].to(wk.dtype))
+            self.kv_down.weight.copy_(down.to(wk.dtype))
+            self.kv_up.weight.copy_(up.to(wk.dtype))
             if self.kv_up.bias is not None:
                 self.kv_up.bias.copy_(torch.cat([original.k_proj.bias, original.v_proj.bias]))
         self.to(wk.device)
@@ -127,20 +146,74 @@ class LatentKVAttention(nn.Module):
         return layers[self.layer_idx]
 
 
+def kv_covariance(
+    model: nn.Module, batches: Iterable[dict[str, Tensor]], layers: list[int]
+) -> dict[int, Tensor]:
+    """Per layer, the (2 H_kv d)^2 second moment of ``[k; v]`` (before RoPE, without bias) over
+    the real tokens of ``batches`` (``input_ids``, ``attention_mask``), in float64."""
+    adapter, base = adapter_for(model), base_model(model)
+    sums: dict[int, Tensor] = {}
+    count = 0
+    current: dict[str, Tensor] = {}
+
+    def hook(name):
+        def record(mod, _args, out):
+            current[name] = out if mod.bias is None else out - mod.bias
+
+        return record
+
+    handles = []
+    for i in layers:
+        att = base.get_submodule(adapter.attention.format(i=i))
+        handles.append(att.k_proj.register_forward_hook(hook(f"{i}.k")))
+        handles.append(att.v_proj.register_forward_hook(hook(f"{i}.v")))
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                mask = batch["attention_mask"].bool()
+                base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                for i in layers:
+                    kv = torch.cat([current[f"{i}.k"], current[f"{i}.v"]], -1)[mask].double()
+                    sums[i] = sums.get(i, 0) + kv.T @ kv
+                count += int(mask.sum())
+                current.clear()
+    finally:
+        for h in handles:
+            h.remove()
+    if not count:
+        raise ValueError("kv_covariance needs at least one real token")
+    return {i: x / count for i, x in sums.items()}
+
+
 def convert_to_mla(
-    model: nn.Module, rank: int | None = None, layers: list[int] | None = None
+    model: nn.Module,
+    rank: int | None = None,
+    layers: list[int] | None = None,
+    calibration: Iterable[dict[str, Tensor]] | None = None,
+    inplace: bool = False,
 ) -> nn.Module:
-    """A copy of a Llama-family ``model`` whose chosen layers (None = all) cache a rank-``rank``
-    latent instead of grouped keys and values (None = full rank, exact)."""
-    target = copy.deepcopy(model)
+    """A copy of a Llama-family ``model`` (or ``model`` itself when ``inplace``) whose chosen
+    layers (None = all) cache a rank-``rank`` latent instead of grouped keys and values (None =
+    full rank, exact). With ``calibration`` batches the latent comes from activation PCA,
+    otherwise from the SVD of the weights."""
+    target = model if inplace else copy.deepcopy(model)
     adapter = adapter_for(target)
     if adapter.family != "llama":
         raise ConfigError("mla", f"GQA -> MLA needs a Llama-family decoder, got '{adapter.family}'")
     base = base_model(target)
     n = geometry(target.config).num_layers
-    chosen = sorted({resolve_layer(i, n) for i in (range(n) if layers is None else layers)})
+    try:
+        chosen = sorted({resolve_layer(i, n) for i in (range(n) if layers is None else layers)})
+    except IndexError as err:
+        raise ConfigError("mla.layers", str(err)) from None
+    cov = kv_covariance(target, calibration, chosen) if calibration is not None else {}
     for i in chosen:
         parent_path, name = adapter.attention.format(i=i).rsplit(".", 1)
         parent = base.get_submodule(parent_path)
-        setattr(parent, name, LatentKVAttention(getattr(parent, name), base.rotary_emb, rank))
+        setattr(parent, name, LatentKVAttention(getattr(parent, name), base.rotary_emb, rank,
+                                                cov.get(i)))  # fmt: skip
+    full = 2 * geometry(target.config).num_kv_heads * geometry(target.config).head_dim
+    target.attnkd_conversion = {"kind": "mla", "layers": chosen, "rank": rank or full,
+                                "window": 0, "chunk": None, "share": None, "topk": 0,
+                                "latent": "pca" if cov else "svd"}  # fmt: skip
     return target

@@ -1,4 +1,4 @@
-"""``attnkd convert RECIPE``: convert a teacher's attention and run stage 1 (attention transfer).
+"""``attnkd convert RECIPE``: convert a teacher's attention and run the conversion stages.
 
 Reads top to bottom: validate, load the teacher, convert a copy (every weight inherited, only
 the mixers train), let the task build the data and its evaluation (STS Spearman or
@@ -6,22 +6,27 @@ perplexity), train the mixers with the engine's ``fit`` on the teacher's layer i
 (:mod:`attnkd.convert.transfer`), evaluate teacher and converted model side by side, save the
 converted model (``student/``: safetensors + ``conversion.json``, :func:`load_converted`).
 
-A conversion-specific sequence: stage 2 (block alignment) and stage 3 (end-to-end KD, LoRA) are
-not run here yet; when the runner gains its general stage mechanism this becomes one of them.
+``convert.stages`` lists what runs, in order: ``transfer`` (stage 1, :mod:`.transfer`), ``align``
+(stage 2, MOHAWK block outputs, :mod:`.align`) and ``e2e`` (stage 3, end-to-end KD, :mod:`.e2e`).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from attnkd.atomic import write_json
 from attnkd.config.io import dump_yaml
 from attnkd.config.schema import DistillConfig
-from attnkd.convert.io import save_converted
+from attnkd.convert.align import make_align_step, set_trainable
+from attnkd.convert.e2e import make_e2e_step
+from attnkd.convert.io import CONVERSION, load_converted, save_converted
+from attnkd.convert.mla import convert_to_mla
 from attnkd.convert.swap import ConversionSpec, convert_attention, mixer_parameters
 from attnkd.convert.transfer import TransferModule, make_transfer_step
 from attnkd.engine.checkpoint import load_checkpoint
@@ -34,9 +39,12 @@ from attnkd.validate import validate
 log = logging.getLogger("attnkd")
 
 
-def run_similarity(cfg: DistillConfig, batches: int = 8, max_js: float = 0.05) -> dict:
+def run_similarity(
+    cfg: DistillConfig, batches: int = 8, max_js: float = 0.05, share: int = 0
+) -> dict:
     """EchoAtt analysis of ``cfg.teacher`` on ``batches`` batches of the recipe's training data
-    (``train.batch_size`` each): the layer x layer table and the suggested sharing."""
+    (``train.batch_size`` each): the layer x layer table, the sharing under ``max_js`` and the
+    ``share`` most alike sharing layers (:meth:`SimilarityTable.choose_sharing`)."""
     from attnkd.convert.similarity import attention_similarity
 
     task = get_task(cfg.task)
@@ -59,25 +67,79 @@ def run_similarity(cfg: DistillConfig, batches: int = 8, max_js: float = 0.05) -
     count = min(batches, source.num_batches)
     table = attention_similarity(model, (source.batch_at(0, i) for i in range(count)))
     return {"teacher": cfg.teacher.name, **table.to_dict(), "max_js": max_js,
-            "suggested_sharing": table.suggest(max_js), "table": table.format()}  # fmt: skip
+            "suggested_sharing": table.suggest(max_js), "table": table.format(),
+            "chosen_sharing": table.choose_sharing(share)}  # fmt: skip
 
 
 def spec_from_config(cfg: DistillConfig) -> ConversionSpec:
     c = cfg.convert
     if not c.kind:
-        raise ConfigError("convert.kind", "set it to 'linear', 'window' or 'hybrid'")
-    return ConversionSpec(kind=c.kind, layers=c.layers, window=c.window, chunk=c.chunk)
+        raise ConfigError(
+            "convert.kind", "set it to 'linear', 'window', 'hybrid', 'shared' or 'sparse'"
+        )
+    return ConversionSpec(kind=c.kind, layers=c.layers, window=c.window, chunk=c.chunk,
+                          share=c.share, topk=c.topk, rank=c.rank)  # fmt: skip
+
+
+class StudentModule(nn.Module):
+    """The whole converted student for stages 2-3 (only what :func:`set_trainable` chose has
+    gradients). It stays in eval mode (no dropout), as in stage 1: the targets are the
+    deterministic teacher's."""
+
+    def __init__(self, student: nn.Module):
+        super().__init__()
+        self.student = student
+
+    def train(self, mode: bool = True) -> StudentModule:
+        super().train(mode)
+        self.student.eval()
+        return self
+
+
+def stage_plan(cfg: DistillConfig, teacher: nn.Module, student: nn.Module) -> list[tuple]:
+    """``[(stage name, module to train, step function), ...]`` for ``cfg.convert.stages``."""
+    plan = []
+    for stage in cfg.convert.stages:
+        if stage == "transfer":
+            for p in student.parameters():
+                p.requires_grad_(False)
+            for p in mixer_parameters(student):
+                p.requires_grad_(True)
+            module = TransferModule(student)
+            plan.append((stage, module, make_transfer_step(teacher, student, cfg.convert.loss)))
+            continue
+        try:
+            set_trainable(student, cfg.convert.e2e_params)
+        except ValueError as err:
+            raise ConfigError("convert.e2e_params", str(err)) from None
+        step = make_align_step(teacher, student) if stage == "align" else make_e2e_step(
+            teacher, student)  # fmt: skip
+        plan.append((stage, StudentModule(student), step))
+    return plan
+
+
+def _carried(init: str) -> nn.Module | None:
+    """The converted model saved in ``student.init`` (a folder with ``conversion.json``, as a
+    staged run hands over), or None when the teacher is to be converted."""
+    if init and (Path(init) / CONVERSION).is_file():
+        return load_converted(init)
+    return None
 
 
 def run_convert(
     cfg: DistillConfig, resume: bool = False, progress: bool = True, overwrite: bool = False
 ) -> dict:
-    """Convert ``cfg.teacher`` as ``cfg.convert`` says and train stage 1; returns results.json."""
+    """Convert ``cfg.teacher`` as ``cfg.convert`` says and run its stages; returns
+    results.json. One stage trains in the run folder itself; several train in
+    ``stage<k>-<name>/`` folders, each from the best weights of the one before."""
     spec = spec_from_config(cfg)
     validate(cfg)
     task = get_task(cfg.task)
     run_dir = Path(cfg.output_dir) / cfg.name
-    if (run_dir / "checkpoints").exists() and not (resume or overwrite):
+    stages = cfg.convert.stages if cfg.train.max_steps else []
+    dirs = [run_dir] if len(stages) == 1 else [
+        run_dir / f"stage{k + 1}-{name}" for k, name in enumerate(stages)]  # fmt: skip
+    if any((d / "checkpoints").exists() for d in dirs) and not (resume or overwrite):
         raise AttnkdError(
             f"run folder {run_dir} already holds checkpoints: pass --resume to continue it, "
             "--overwrite to start again, or set name=<new name>"
@@ -88,29 +150,47 @@ def run_convert(
 
     loaded = task.load(cfg.teacher.name, cfg.teacher.attn_implementation)
     teacher, tok = freeze(loaded.model), loaded.tokenizer
-    student = freeze(convert_attention(teacher, spec))
+    carried = _carried(cfg.student.init)
+    mla = spec.kind == "mla" and carried is None
+    if carried is not None:  # a stage after another conversion stage: its converted student
+        student = freeze(carried)
+    else:
+        student = freeze(copy.deepcopy(teacher) if mla else convert_attention(teacher, spec))
     for p in mixer_parameters(student):
         p.requires_grad_(True)
     setup = task.setup(cfg, teacher, student, tok)
+    if mla:  # in place (the task's evaluation holds this student): activation PCA on 8 batches
+        calibration = [
+            setup.batches.batch_at(0, i) for i in range(min(8, setup.batches.num_batches))
+        ]
+        freeze(convert_to_mla(student, spec.rank, spec.layers, calibration, inplace=True))
 
     t0 = time.time()
-    if cfg.train.max_steps == 0:  # evaluate the conversion as built (e.g. window, no training)
-        result = FitResult(0, None, None, {}, False, run_dir)
-    else:
-        module = TransferModule(student)
+    done = []
+    plan = stage_plan(cfg, teacher, student) if stages else []
+    for (stage, module, step), stage_dir in zip(plan, dirs, strict=True):
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        t_stage = time.time()
         result = fit(
-            cfg.train, module, make_transfer_step(teacher, student, cfg.convert.loss),
-            setup.batches, run_dir, evaluate=setup.evaluate, select_metric=setup.select_metric,
-            resume=resume, progress=progress, select_mode=setup.select_mode,
+            cfg.train, module, step, setup.batches, stage_dir, evaluate=setup.evaluate,
+            select_metric=setup.select_metric, resume=resume, progress=progress,
+            select_mode=setup.select_mode,
         )  # fmt: skip
-        best = run_dir / "checkpoints" / "best"
+        best = stage_dir / "checkpoints" / "best"
         if (best / "model.safetensors").exists():
             load_checkpoint(best, module)
+        done.append({"stage": stage, "steps": result.steps_done, "best_step": result.best_step,
+                     f"select_{setup.select_metric}": result.best_metric,
+                     "stopped_early": result.stopped_early,
+                     "seconds_this_session": time.time() - t_stage})  # fmt: skip
+    if not done:  # evaluate the conversion as built (e.g. window, no training)
+        result = FitResult(0, None, None, {}, False, run_dir)
     train_s = time.time() - t0
     student.eval()
     final = setup.final()
     save_converted(student, run_dir / "student", tokenizer=tok)
-    results = {"name": cfg.name, "task": cfg.task, "conversion": spec.to_dict(), **final}
+    conversion = student.attnkd_conversion if mla or carried is not None else spec.to_dict()
+    results = {"name": cfg.name, "task": cfg.task, "conversion": conversion, **final}
     results["teacher"] = {"name": cfg.teacher.name, **final["teacher"],
                           "params": count_parameters(teacher)}  # fmt: skip
     results["student"] = {
@@ -121,11 +201,12 @@ def run_convert(
         f"select_{setup.select_metric}": result.best_metric,
     }
     results["train"] = {
-        "stage": "attention_transfer",
+        "stage": "+".join(s["stage"] for s in done) or "none",
         "loss": cfg.convert.loss,
-        "steps": result.steps_done,
+        "steps": sum(s["steps"] for s in done),
         "seconds_this_session": train_s,
-        "stopped_early": result.stopped_early,
+        "stopped_early": any(s["stopped_early"] for s in done),
+        "stages": done,
         **setup.train_info,
     }
     write_json(run_dir / "results.json", results, default=str)

@@ -59,6 +59,20 @@ class SimilarityTable:
                     break
         return share
 
+    def choose_sharing(self, count: int) -> dict[int, int]:
+        """``count`` layers that reuse an earlier layer's attention, most alike first: pairs
+        (i < j) in order of JS divergence, taken when j is neither shared nor a source yet and
+        i is not itself shared (EchoAtt's choice without a threshold)."""
+        pairs = sorted((self.js[i][j], i, j) for j in range(len(self.js)) for i in range(j))
+        share: dict[int, int] = {}
+        for _, i, j in pairs:
+            if len(share) >= count:
+                break
+            if j in share or j in share.values() or i in share:
+                continue
+            share[j] = i
+        return dict(sorted(share.items()))
+
     def format(self) -> str:
         n = len(self.js)
         head = "JS divergence (nats) between layers' attention; lower = more alike\n"

@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from attnkd.convert.hybrid import HybridAttention
 from attnkd.convert.linear import LinearAttention
 from attnkd.convert.mixer import Mixer
+from attnkd.convert.shared import SharedAttention, SourceAttention
+from attnkd.convert.sparse import SparseTopKAttention
 from attnkd.convert.state import MixerState
 from attnkd.convert.window import WindowAttention
 from attnkd.errors import ConfigError
@@ -32,20 +34,31 @@ KINDS: dict[str, type[Mixer]] = {
     "linear": LinearAttention,
     "window": WindowAttention,
     "hybrid": HybridAttention,
+    "shared": SharedAttention,
+    "sparse": SparseTopKAttention,
 }
 SUPPORTED_FAMILIES = ("bert", "llama")
 
 
 @dataclass
 class ConversionSpec:
-    """What to convert: ``kind`` ('linear' | 'window' | 'hybrid'), which layers (None = all),
-    the window size (window/hybrid) and the chunk size of the parallel form (None = window,
-    or 64 for linear)."""
+    """What to convert: ``kind`` ('linear' | 'window' | 'hybrid' | 'shared' | 'sparse'), which
+    layers (None = all), the window size (window/hybrid) and the chunk size of the parallel form
+    (None = window, or 64 for linear). ``shared``: ``share`` maps each sharing layer to its
+    source layer (``layers`` is ignored). ``sparse``: ``topk`` keys per query, picked by scores
+    estimated in ``rank`` dimensions."""
 
     kind: str = "hybrid"
     layers: list[int] | None = None
     window: int = 64
     chunk: int | None = None
+    share: dict[int, int] | None = None
+    topk: int = 32
+    rank: int = 8
+
+    def __post_init__(self) -> None:
+        if self.share is not None:  # JSON/YAML keys may come as strings
+            self.share = {int(k): int(v) for k, v in self.share.items()}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,8 +126,10 @@ class ConvertedAttention(nn.Module):
 
     def __init__(self, original: nn.Module, mixer: Mixer, family: _Family, layer_idx: int):
         super().__init__()
+        dropped = () if mixer.needs_qk else (family.q, family.k)
         for name, child in original.named_children():
-            self.add_module(name, child)
+            if name not in dropped:
+                self.add_module(name, child)
         self.mixer = mixer
         self.family = family
         self.layer_idx = layer_idx
@@ -146,9 +161,13 @@ class ConvertedAttention(nn.Module):
     def project(
         self, hidden_states: Tensor, position_embeddings: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """The inherited projections (and RoPE): q (B, H, S, D), k and v (B, H_kv, S, D)."""
+        """The inherited projections (and RoPE): q (B, H, S, D), k and v (B, H_kv, S, D)
+        (q and k None for a mixer that does not use them)."""
         f, m = self.family, self.mixer
         b, s, _ = hidden_states.shape
+        if not m.needs_qk:
+            v = getattr(self, f.v)(hidden_states)
+            return None, None, v.view(b, s, -1, m.head_dim).transpose(1, 2)
         q = getattr(self, f.q)(hidden_states).view(b, s, -1, m.head_dim).transpose(1, 2)
         k = getattr(self, f.k)(hidden_states).view(b, s, -1, m.head_dim).transpose(1, 2)
         v = getattr(self, f.v)(hidden_states).view(b, s, -1, m.head_dim).transpose(1, 2)
@@ -181,9 +200,37 @@ def build_mixer(spec: ConversionSpec, model_config, causal: bool) -> Mixer:
     heads = (geo.num_heads, geo.num_kv_heads, geo.head_dim, causal)
     if spec.kind == "linear":
         return LinearAttention(*heads, chunk=spec.chunk or 64)
+    if spec.kind == "sparse":
+        if spec.topk < 1 or not 1 <= spec.rank <= geo.head_dim:
+            raise ConfigError(
+                "convert.topk",
+                f"sparse needs topk >= 1 and 1 <= rank <= {geo.head_dim}, "
+                f"got topk {spec.topk}, rank {spec.rank}",
+            )
+        return SparseTopKAttention(*heads, topk=spec.topk, rank=spec.rank, chunk=spec.chunk)
+    if spec.kind == "shared":
+        raise ConfigError("convert.kind", "'shared' mixers are built by convert_attention")
     if spec.window < 1:
         raise ConfigError("convert.window", f"must be >= 1 for '{spec.kind}', got {spec.window}")
     return KINDS[spec.kind](*heads, window=spec.window, chunk=spec.chunk)
+
+
+def _sharing(spec: ConversionSpec, n: int) -> dict[int, int]:
+    """The checked ``share`` map: every sharing layer after its source, no source sharing."""
+    if not spec.share:
+        raise ConfigError("convert.share", "kind 'shared' needs share: {layer: source layer}")
+    try:
+        share = {resolve_layer(j, n): resolve_layer(i, n) for j, i in spec.share.items()}
+    except IndexError as err:
+        raise ConfigError("convert.share", str(err)) from None
+    for j, i in share.items():
+        if i >= j:
+            raise ConfigError("convert.share", f"layer {j} must share an earlier layer, got {i}")
+        if i in share:
+            raise ConfigError(
+                "convert.share", f"layer {i} is itself shared: let layer {j} share {share[i]}"
+            )
+    return dict(sorted(share.items()))
 
 
 def convert_attention(model: nn.Module, spec: ConversionSpec, inplace: bool = False) -> nn.Module:
@@ -196,12 +243,17 @@ def convert_attention(model: nn.Module, spec: ConversionSpec, inplace: bool = Fa
     family = _family(target)
     adapter = adapter_for(target)
     base = base_model(target)
-    n = geometry(target.config).num_layers
+    geo = geometry(target.config)
+    n = geo.num_layers
+    share = _sharing(spec, n) if spec.kind == "shared" else None
     layers = range(n) if spec.layers is None else spec.layers
+    if share is not None:
+        layers = set(share) | set(share.values())
     try:
         chosen = sorted({resolve_layer(i, n) for i in layers})
     except IndexError as err:
         raise ConfigError("convert.layers", str(err)) from None
+    heads = (geo.num_heads, geo.num_kv_heads, geo.head_dim, family.causal)
     for i in chosen:
         path = adapter.attention.format(i=i)
         parent_path, name = path.rsplit(".", 1)
@@ -209,10 +261,19 @@ def convert_attention(model: nn.Module, spec: ConversionSpec, inplace: bool = Fa
         original = getattr(parent, name)
         if isinstance(original, ConvertedAttention):
             raise ConfigError("convert.layers", f"layer {i} is already converted")
-        mixer = build_mixer(spec, target.config, family.causal)
+        if share is None:
+            mixer = build_mixer(spec, target.config, family.causal)
+        elif i in share:
+            mixer = SharedAttention(*heads, source=share[i])
+        else:
+            mixer = SourceAttention(*heads)
         ref = next(original.parameters())
         mixer.to(device=ref.device)
         setattr(parent, name, ConvertedAttention(original, mixer, family, i))
+    if share is not None:  # each sharing layer reads its source's slot
+        convs = converted_modules(target)
+        for j, i in share.items():
+            convs[j].mixer.slot = convs[i].mixer.slot
     target.attnkd_conversion = {**spec.to_dict(), "layers": chosen}
     return target
 

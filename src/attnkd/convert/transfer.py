@@ -9,10 +9,11 @@ over converted layers:
 - ``mse``: attention-output MSE, ``hidden_mse`` of the per-head outputs over real tokens
   (LoLCATs);
 - ``ce``: attention cross-entropy ``-sum_j A_T log A_S`` with the linear student's weights
-  ``phi(q).phi(k) / sum`` (Hedgehog), by the chunked kernel of :func:`attnkd.losses.attention_ce`.
+  ``phi(q).phi(k) / sum`` (Hedgehog), by the chunked kernel of :func:`attnkd.losses.attention_ce`;
+- ``kl`` (sparse top-k): KL between the teacher's attention and the estimator's
+  ``softmax(q P (k P)^T)`` (SEA), by :func:`attnkd.losses.attention_kl`.
 
-This is a conversion-specific sequence for now (stage 2 block alignment and stage 3 end-to-end
-KD / LoRA are not run yet); a general stage mechanism in the runner is to replace it.
+Stages 2 and 3 (block alignment, end-to-end KD) are :mod:`.align` and :mod:`.e2e`.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from torch import Tensor, nn
 
 from attnkd.convert.swap import ConvertedAttention, converted_modules
 from attnkd.engine.loop import StepOutput
-from attnkd.losses import attention_ce, hidden_mse
+from attnkd.losses import attention_ce, attention_kl, hidden_mse
 from attnkd.models.adapters import adapter_for, base_model
 
-LOSSES = ("mse", "ce", "ce+mse")
+LOSSES = ("mse", "ce", "ce+mse", "kl")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -87,6 +88,9 @@ def layer_losses(
         with torch.no_grad():
             target = softmax_attention(q, k, v, mask, mixer.causal)
         out["mse"] = hidden_mse(_flat(mixer(q, k, v, mask)), _flat(target), mask)
+    if loss == "kl":  # sparse: the estimated attention softmax(qe ke^T) against the teacher's
+        qe, ke = mixer.estimates(q, k)
+        out["kl"] = attention_kl(q, k, qe, ke, mask, mixer.causal)
     if "ce" in loss:
         if mixer.window or not mixer.linear:
             raise ValueError("attention cross-entropy needs a purely linear mixer (kind 'linear')")

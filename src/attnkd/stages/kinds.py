@@ -54,4 +54,15 @@ def _run_distill(cfg: DistillConfig, resume: bool, progress: bool, overwrite: bo
     return run_distill(cfg, resume=resume, progress=progress, overwrite=overwrite)
 
 
+@register_kind(
+    "convert",
+    "attention conversion (attnkd convert): the stage's convert.stages on the teacher's "
+    "converted copy, or on the previous stage's converted student (carry: student)",
+)
+def _run_convert(cfg: DistillConfig, resume: bool, progress: bool, overwrite: bool) -> dict:
+    from attnkd.convert.run import run_convert
+
+    return run_convert(cfg, resume=resume, progress=progress, overwrite=overwrite)
+
+
 __all__ = ["KINDS", "StageKind", "StageRunner", "get_kind", "register_kind"]
