@@ -1,4 +1,5 @@
-"""Command line: ``attnkd distill | validate | eval | report | ls | convert``.
+"""Command line: ``attnkd distill | validate | eval | report | ls | convert`` (and the LM-data
+commands ``cache-teacher | generate-data | dpo``, see :mod:`attnkd.lm.cli`).
 
 Every user error (bad config, bad data, missing model) prints one clear line to stderr and
 exits non-zero (2 for config and data errors) without a traceback.
@@ -418,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--max-js", type=float, default=0.05, help="sharing threshold (nats)")
     sim.add_argument("--json", default=None, help="write the table and suggestion here")
     sim.set_defaults(fn=cmd_similarity)
+
+    from attnkd.lm.cli import add_lm_commands  # cache-teacher, generate-data, dpo
+
+    add_lm_commands(sub)
     return p
 
 

@@ -27,6 +27,7 @@ from attnkd.engine.checkpoint import load_checkpoint
 from attnkd.engine.device import resolve_device, teacher_dtype_of
 from attnkd.engine.loop import FitResult, StepOutput, fit
 from attnkd.errors import AttnkdError, ConfigError
+from attnkd.lm.cache import pop_cached_taps
 from attnkd.losses.terms import build_terms, collect_taps
 from attnkd.models.adapters import adapter_for, geometry
 from attnkd.models.load import count_parameters, freeze, freeze_input_embeddings
@@ -101,9 +102,12 @@ def make_step(teacher: nn.Module, distiller: Distiller, model: nn.Module | None 
     t_cap = Capture(teacher, collect_taps(distiller.terms)[0])
 
     def step(batch: dict[str, Tensor]) -> StepOutput:
-        with torch.no_grad(), t_cap:
-            teacher(**batch)
-        out = model(batch, t_cap.taps)
+        taps = pop_cached_taps(batch)  # teacher.cache: targets read from disk, no teacher run
+        if taps is None:
+            with torch.no_grad(), t_cap:
+                teacher(**batch)
+            taps = t_cap.taps
+        out = model(batch, taps)
         t_cap.taps.clear()
         total = out.pop("loss")
         values = {k: float(v.detach()) for k, v in out.items()}
@@ -181,7 +185,9 @@ def _run(
     distiller = Distiller(student, terms)
     if cfg.train.freeze_embeddings:
         freeze_input_embeddings(student)  # says so when a tied LM head is frozen with them
-    teacher.to(device=device, dtype=teacher_dtype)  # dtype None: as loaded
+    teacher.to(dtype=teacher_dtype)  # dtype None: as loaded
+    if not cfg.teacher.cache:  # with a cache the teacher only scores the eval split, where loaded
+        teacher.to(device=device)
     distiller.to(device)
     log.info("training on %s (teacher %s)", device, next(teacher.parameters()).dtype)
     # dist: train.batch_size is per rank; the task builds global batches, each rank its rows

@@ -20,6 +20,9 @@ class TeacherConfig:
     recipe: str = ""
     """image_classification: a recipe that trains this teacher, run first when ``name`` (the
     folder it exports to) does not exist yet; '' means never."""
+    cache: str = ""
+    """causal_lm: a teacher cache folder (``attnkd cache-teacher``); training then reads the
+    teacher's top-k targets from it and never runs the teacher ('' = run the teacher)."""
 
 
 @dataclass
@@ -57,7 +60,9 @@ class LossTermConfig:
     beta: float = 0.5
     top_k: int | None = None
     """'logits' term: keep only the teacher's k most likely tokens (biased: the teacher's mass
-    outside them is dropped; see ``attnkd.losses.token_divergence``)."""
+    outside them is dropped; see ``attnkd.losses.token_divergence``). With ``teacher.cache``
+    it must equal the cache's k, and the teacher's remaining mass is kept as one tail bucket
+    (``attnkd.losses.topk``)."""
     projector: bool = False
     """Learn a linear map student width -> teacher width (hidden/embedding terms)."""
     impl: str = "auto"

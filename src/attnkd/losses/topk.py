@@ -23,6 +23,7 @@ KL, JSD or TVD).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -30,7 +31,17 @@ from torch import Tensor
 from ._mask import check_mask
 from ._vocab_chunked import compute_dtype, resolve_kind
 
-__all__ = ["topk_divergence"]
+__all__ = ["TopKTargets", "topk_divergence"]
+
+
+@dataclass
+class TopKTargets:
+    """A top-k teacher's targets for a batch: ``ids`` (batch, seq, k) int, ``logp`` (batch,
+    seq, k) log-probs at the cache's temperature, ``tail`` (batch, seq) log of the rest."""
+
+    ids: Tensor
+    logp: Tensor
+    tail: Tensor
 
 
 def topk_divergence(
@@ -57,7 +68,9 @@ def topk_divergence(
     """
     kind = resolve_kind(kind, beta, temperature)
     if student_logits.dim() != 3:
-        raise ValueError(f"student logits must be (batch, seq, vocab), got {student_logits.dim()}-D")
+        raise ValueError(
+            f"student logits must be (batch, seq, vocab), got {student_logits.dim()}-D"
+        )
     batch, seq, vocab = student_logits.shape
     k = topk_ids.shape[-1]
     for name, t, shape in (

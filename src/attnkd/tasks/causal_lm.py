@@ -59,7 +59,12 @@ def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> Ta
             "%d training blocks dropped: they repeat %d lines of the select/eval blocks "
             "(is a source listed twice?)", copies.blocks, copies.lines,
         )  # fmt: skip
-    batches = LMBatches(splits.train, cfg.train.batch_size, cfg.train.seed)
+    if cfg.teacher.cache:  # the teacher's top-k targets come from disk (attnkd.lm.cache)
+        from attnkd.lm.cache_run import cached_batches
+
+        batches = cached_batches(cfg, teacher, tok, splits.train)
+    else:
+        batches = LMBatches(splits.train, cfg.train.batch_size, cfg.train.seed)
 
     def evaluate() -> dict[str, float]:
         r = perplexity(student, splits.select, batch_size=EVAL_BATCH)
