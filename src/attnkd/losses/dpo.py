@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DPOLoss", "dpo_loss", "sequence_logprobs"]
+__all__ = ["DPOLoss", "dpo_loss", "sequence_logprobs", "token_logprobs"]
 
 
 @dataclass
@@ -93,3 +93,15 @@ def sequence_logprobs(logits: Tensor, input_ids: Tensor, response_mask: Tensor) 
     out = torch.zeros(input_ids.shape[0], dtype=dtype, device=logits.device)
     row_of = torch.arange(input_ids.shape[0], device=logits.device)[:, None].expand_as(target)
     return out.index_add(0, row_of[keep], lp)
+
+
+def token_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
+    """(batch, seq - 1): log p(input_ids[:, t + 1] | input_ids[:, :t + 1]) from causal-LM
+    ``logits`` (batch, seq, vocab), in float32 (float64 stays float64)."""
+    if logits.shape[:2] != input_ids.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} do not fit input_ids {tuple(input_ids.shape)}"
+        )
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    lp = torch.log_softmax(logits[:, :-1].to(dtype), dim=-1)
+    return lp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
