@@ -164,6 +164,34 @@ class ConvertConfig:
 
 
 @dataclass
+class DPOConfig:
+    """Preference stage (``attnkd dpo``): DPO on student samples ranked by the teacher."""
+
+    beta: float = 0.1
+    """Implicit-reward scale of DPO (higher: stay closer to the reference)."""
+    reference: str = "teacher"
+    """'teacher' (LLaVA-MoD: the large model is the reference) or 'student' (the student as
+    the stage starts, as in the original DPO)."""
+    prompts: int = 48
+    """Training prompts: the first ``prompt_tokens`` of training blocks drawn with train.seed."""
+    samples_per_prompt: int = 4
+    """Student samples per prompt; the teacher's most and least likely form the pair."""
+    prompt_tokens: int = 32
+    new_tokens: int = 32
+    temperature: float = 1.0
+    min_margin: float = 0.0
+    """Keep a pair only if the teacher's mean log-likelihood per token differs by more."""
+    steps: int = 24
+    batch_size: int = 8
+    """Pairs per optimizer step."""
+    lr: float = 1.0e-5
+    eval_prompts: int = 32
+    """Held-out prompts (from the eval blocks) for the teacher-judged win rate."""
+    eval_blocks: int = 0
+    """Held-out blocks for perplexity before/after (0 = every eval block)."""
+
+
+@dataclass
 class DistillConfig:
     """A whole distillation run."""
 
@@ -178,6 +206,7 @@ class DistillConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
 
 def default_recipe() -> DistillConfig:

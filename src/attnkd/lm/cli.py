@@ -52,7 +52,7 @@ def cmd_generate_data(args) -> int:
 def cmd_dpo(args) -> int:
     from attnkd.lm.dpo_stage import run_dpo
 
-    res = run_dpo(args.items[0] if args.items else None, args.items[1:], json_path=args.json)
+    res = run_dpo(args.items, json_path=args.json)
     b, a = res["before"], res["after"]
     print(
         f"held-out perplexity {b['perplexity']:.2f} -> {a['perplexity']:.2f}; teacher-judged "
