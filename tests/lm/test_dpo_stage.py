@@ -95,6 +95,24 @@ def test_attnkd_dpo_on_a_finished_run(lm_root, capsys, tmp_path):
     assert "dpo.reference" in capsys.readouterr().err
     assert main(["dpo", str(tmp_path)]) == 2
     assert "not a finished run" in capsys.readouterr().err
-    recipe_args = ["dpo", *run_overrides(*lm_root), *DPO]
-    assert main(recipe_args) == 2  # a recipe whose student is a teacher cut: nothing trained yet
-    assert "student.init" in capsys.readouterr().err
+    # a recipe with a teacher-cut student: mimic distillation first, then the stage
+    code = main(["dpo", *run_overrides(*lm_root), "name=pipeline", "train.max_steps=2", *DPO])
+    assert code == 0
+    assert json.loads((runs / "pipeline" / "results.json").read_text())["train"]["steps"] == 2
+    assert json.loads((runs / "pipeline" / "dpo" / "results.json").read_text())["steps"] == 6
+
+
+def test_stage_kind_runner(lm_root, tmp_path):
+    from lm_fixtures import write_model
+
+    from attnkd.lm.dpo_stage import dpo_stage_kind
+
+    student = write_model(tmp_path / "student", seed=4)
+    cfg = _cfg(lm_root, f"student.init={student}", f"output_dir={tmp_path / 'out'}",
+               "name=stage-2")  # fmt: skip
+    res = dpo_stage_kind(cfg, resume=False, progress=False, overwrite=False)
+    folder = tmp_path / "out" / "stage-2"
+    assert (folder / "config.yaml").exists() and (folder / "student" / "config.json").exists()
+    assert dpo_stage_kind(cfg, resume=True, progress=False, overwrite=False) == json.loads(
+        (folder / "results.json").read_text())  # fmt: skip
+    assert res["student_from"] == str(student)

@@ -13,8 +13,10 @@
    held-out prompt the stage-start and the final student each sample one continuation (same
    random stream); the teacher prefers the one it finds more likely (a tie counts one half).
 
-:func:`run_dpo_stage` is the stage runner (``(cfg, student, teacher, run_dir)``), so a stage
-pipeline can register it as a stage kind; :func:`run_dpo` is ``attnkd dpo RUN_OR_RECIPE``.
+:func:`run_dpo_stage` runs the stage on models in memory (``(cfg, student, teacher,
+run_dir)``); :func:`dpo_stage_kind` has the stage-kind signature ``(cfg, resume, progress,
+overwrite)`` for a stage pipeline; :func:`run_dpo` is ``attnkd dpo RUN_OR_RECIPE`` (a recipe
+runs its mimic distillation first).
 """
 
 from __future__ import annotations
@@ -37,7 +39,14 @@ from attnkd.losses.dpo import dpo_loss, sequence_logprobs
 
 log = logging.getLogger("attnkd")
 
-__all__ = ["PreferencePairs", "build_pairs", "run_dpo", "run_dpo_stage", "win_rate"]
+__all__ = [
+    "PreferencePairs",
+    "build_pairs",
+    "dpo_stage_kind",
+    "run_dpo",
+    "run_dpo_stage",
+    "win_rate",
+]
 
 REFERENCES = ("teacher", "student")
 
@@ -249,37 +258,77 @@ def run_dpo_stage(
 
 
 def run_dpo(items: list[str], json_path: str | None = None) -> dict:
-    """``attnkd dpo``: ``items[0]`` is a finished run folder (its config.yaml and exported
-    student; the stage goes to ``RUN/dpo/``) or a recipe (file, shipped name, or none: the
-    default) whose ``student.init`` names the student to start from (the stage goes to
-    ``output_dir/name``); ``key=value`` overrides follow."""
+    """``attnkd dpo``: the preference stage after mimic distillation.
+
+    ``items[0]`` is a finished run folder (its config.yaml and exported student) or a recipe
+    (file, shipped name, or none: the default), then ``key=value`` overrides. A recipe whose
+    student is cut from the teacher (``student.init: teacher``) first runs its mimic
+    distillation (``attnkd distill``; a finished run folder is reused, an interrupted one
+    resumed); a recipe whose ``student.init`` names a trained model starts from it. The stage
+    writes ``RUN/dpo/`` (results.json, metrics.jsonl, student/).
+    """
     import argparse
 
     from attnkd.cli import _load, _split_args
     from attnkd.config.io import load_config
-    from attnkd.models.load import load_causal_lm
 
     run = Path(items[0]) if items else None
     if run is not None and run.is_dir():
         if not (run / "config.yaml").is_file() or not (run / "student" / "config.json").is_file():
             raise AttnkdError(f"{run}: not a finished run (needs config.yaml and student/)")
         cfg = load_config(run / "config.yaml", items[1:])
-        student_path, stage_dir = str(run / "student"), run / "dpo"
+        student_path = str(run / "student")
     else:
         cfg = _load(*_split_args(argparse.Namespace(items=items)))
+        check_dpo(cfg)
+        run = Path(cfg.output_dir) / cfg.name
+        student_path = cfg.student.init
         if cfg.student.init == "teacher":
-            raise ConfigError(
-                "student.init",
-                "the DPO stage starts from a trained student: give its folder "
-                "(e.g. runs/NAME/student) or a run folder",
-            )
-        student_path, stage_dir = cfg.student.init, Path(cfg.output_dir) / cfg.name
+            student_path = str(_mimic(cfg, run) / "student")
+    res = _stage(cfg, student_path, run / "dpo")
+    if json_path:
+        write_json(json_path, res)
+    return res
+
+
+def _mimic(cfg: DistillConfig, run: Path) -> Path:
+    """The recipe's mimic distillation: reused when finished, resumed when interrupted."""
+    from attnkd.distill import run_distill
+
+    if (run / "results.json").is_file() and (run / "student" / "config.json").is_file():
+        log.info("mimic distillation: reusing the finished run %s", run)
+    else:
+        resume = (run / "checkpoints").is_dir()
+        run_distill(cfg, resume=resume, progress=False)
+    return run
+
+
+def _stage(cfg: DistillConfig, student_path: str, stage_dir: Path) -> dict:
+    from attnkd.models.load import load_causal_lm
+
     check_dpo(cfg)
     torch.manual_seed(cfg.train.seed)
     teacher = load_causal_lm(cfg.teacher.name, cfg.teacher.attn_implementation)
     student = load_causal_lm(student_path, cfg.student.attn_implementation, tokenizer=False).model
     res = run_dpo_stage(cfg, student, teacher.model, stage_dir, tokenizer=teacher.tokenizer)
-    res = {"run_dir": str(stage_dir), "student_from": student_path, **res}
-    if json_path:
-        write_json(json_path, res)
-    return res
+    return {"run_dir": str(stage_dir), "student_from": student_path, **res}
+
+
+def dpo_stage_kind(cfg: DistillConfig, resume: bool, progress: bool, overwrite: bool) -> dict:
+    """Stage-kind runner (``run(cfg, resume, progress, overwrite)``): DPO on the model that
+    ``cfg.student.init`` names (the previous stage's export) into ``output_dir/name``. The
+    stage is short and keeps no step checkpoints: ``resume`` returns a finished stage's
+    results and reruns an unfinished one from its start."""
+    import json
+
+    from attnkd.config.io import dump_yaml
+
+    stage_dir = Path(cfg.output_dir) / cfg.name
+    done = stage_dir / "results.json"
+    if resume and done.is_file() and not overwrite:
+        return json.loads(done.read_text(encoding="utf-8"))
+    if cfg.student.init == "teacher":
+        raise ConfigError("student.init", "a dpo stage needs a trained student to start from")
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, stage_dir / "config.yaml")
+    return _stage(cfg, cfg.student.init, stage_dir)
