@@ -136,6 +136,13 @@ def test_mismatched_cache_is_refused_with_exit_2(tmp_path, lm_root, full_cache, 
     # another k asked for by the run
     code, err = _distill_exit(lm_root, capsys, *use[:1], "losses=[{name: logits, top_k: 3}]")
     assert code == 2 and "losses[0].top_k" in err and f"k = {k}" in err
+    # ... refused by `attnkd validate` too, before any model loads; and another temperature
+    args = ["validate", *run_overrides(*lm_root), use[0], "losses=[{name: logits, top_k: 3}]"]
+    assert main([*args, "--no-models", "--no-data"]) == 2
+    assert "losses[0].top_k" in capsys.readouterr().err
+    hot = f"losses=[{{name: logits, top_k: {k}, temperature: 2.0}}]"
+    code, err = _distill_exit(lm_root, capsys, use[0], hot)
+    assert code == 2 and "losses[0].temperature" in err
     # another teacher (same shape, other weights)
     other = write_model(tmp_path / "other-teacher", seed=9)
     code, err = _distill_exit(lm_root, capsys, *use, f"teacher.name={other}")

@@ -25,7 +25,13 @@ from attnkd.lm.fingerprint import (
 
 log = logging.getLogger("attnkd")
 
-__all__ = ["cached_batches", "default_cache_dir", "run_cache_teacher", "run_key"]
+__all__ = [
+    "cached_batches",
+    "check_cache_config",
+    "default_cache_dir",
+    "run_cache_teacher",
+    "run_key",
+]
 
 
 def run_key(
@@ -90,12 +96,26 @@ def run_cache_teacher(
     return {"path": str(out), **info}
 
 
-def cached_batches(
-    cfg: DistillConfig, teacher: nn.Module, tok: Any, train_blocks: Tensor
-) -> CachedLMBatches:
-    """Batches of ``train_blocks`` carrying targets from ``cfg.teacher.cache``, after checking
-    that the cache was made for this run and that every loss term can be served from it."""
-    cache = TeacherCache(cfg.teacher.cache)
+def check_cache_config(cfg: DistillConfig) -> None:
+    """Static checks of ``teacher.cache`` (no models, no checksums): the task, the folder and
+    its manifest, and loss terms the cache can serve (only ``logits``, with ``top_k`` = k and
+    the cache's temperature). Raises ConfigError."""
+    import json
+
+    path = Path(cfg.teacher.cache)
+    if cfg.task != "causal_lm":
+        raise ConfigError(
+            "teacher.cache", f"a teacher cache serves task 'causal_lm', not {cfg.task!r}"
+        )
+    try:
+        m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        k, tau = int(m["k"]), float(m["temperature"])
+    except (OSError, ValueError, KeyError) as err:
+        raise ConfigError(
+            "teacher.cache",
+            f"{path} is not a readable teacher cache ({err}); make one with "
+            "'attnkd cache-teacher RECIPE --top-k K'",
+        ) from err
     for i, term in enumerate(cfg.losses):
         if term.name != "logits":
             raise ConfigError(
@@ -103,14 +123,32 @@ def cached_batches(
                 f"teacher.cache serves only the 'logits' term; {term.name!r} needs the live "
                 "teacher's activations (remove teacher.cache or the term)",
             )
-        if term.top_k != cache.k:
+        if term.top_k != k:
             raise ConfigError(
                 f"losses[{i}].top_k",
-                f"must equal the cache's k = {cache.k} (top-k + tail-bucket loss, see "
+                f"must equal the cache's k = {k} (top-k + tail-bucket loss, see "
                 f"attnkd.losses.topk), got {term.top_k}",
             )
+        if term.temperature != tau:
+            raise ConfigError(
+                f"losses[{i}].temperature",
+                f"must equal the cache's temperature {tau} (its log-probs are at that "
+                f"temperature), got {term.temperature}",
+            )
+
+
+def cached_batches(
+    cfg: DistillConfig, teacher: nn.Module, tok: Any, train_blocks: Tensor
+) -> CachedLMBatches:
+    """Batches of ``train_blocks`` carrying targets from ``cfg.teacher.cache``, after checking
+    that the cache was made for this run and that every loss term can be served from it."""
+    check_cache_config(cfg)
+    cache = TeacherCache(cfg.teacher.cache)
     tau = _logits_temperature(cfg)
     cache.check(run_key(cfg, teacher, tok, train_blocks, cache.k, tau))
-    log.info("teacher targets from the cache %s (k=%d): the teacher does not run in training",
-             cache.path, cache.k)  # fmt: skip
+    log.info(
+        "teacher targets from the cache %s (k=%d): the teacher does not run in training",
+        cache.path,
+        cache.k,
+    )
     return CachedLMBatches(train_blocks, cfg.train.batch_size, cfg.train.seed, cache)
