@@ -30,7 +30,7 @@ from attnkd.errors import AttnkdError, ConfigError
 from attnkd.lm.cache import pop_cached_taps
 from attnkd.losses.terms import build_terms, collect_taps
 from attnkd.models.adapters import adapter_for, geometry
-from attnkd.models.load import count_parameters, freeze, freeze_input_embeddings
+from attnkd.models.load import count_parameters, freeze, freeze_input_embeddings, freeze_parts
 from attnkd.students.build import build_student, select_layers
 from attnkd.tasks import Task, get_task
 from attnkd.validate import validate
@@ -185,6 +185,9 @@ def _run(
     distiller = Distiller(student, terms)
     if cfg.train.freeze_embeddings:
         freeze_input_embeddings(student)  # says so when a tied LM head is frozen with them
+    if cfg.student.freeze:  # e.g. one stage of a staged run trains only some layers
+        frozen = freeze_parts(student, cfg.student.freeze)
+        log.info("student.freeze: %d parameter tensors frozen", len(frozen))
     teacher.to(dtype=teacher_dtype)  # dtype None: as loaded
     if not cfg.teacher.cache:  # with a cache the teacher only scores the eval split, where loaded
         teacher.to(device=device)

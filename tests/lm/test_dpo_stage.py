@@ -116,3 +116,32 @@ def test_stage_kind_runner(lm_root, tmp_path):
     assert dpo_stage_kind(cfg, resume=True, progress=False, overwrite=False) == json.loads(
         (folder / "results.json").read_text())  # fmt: skip
     assert res["student_from"] == str(student)
+
+
+def test_dpo_as_a_stage_after_mimic_distillation(lm_root, tmp_path, capsys):
+    """A staged recipe: stage 1 distils (kind distill), stage 2 is kind 'dpo' on its student."""
+    teacher, text, _ = lm_root
+    recipe = tmp_path / "staged.yaml"
+    recipe.write_text(
+        f"name: staged\ntask: causal_lm\noutput_dir: {tmp_path / 'runs'}\n"
+        f"teacher: {{name: {teacher}}}\nstudent: {{layers: [0, 2]}}\n"
+        "losses: [{name: logits, kind: fkl}]\n"
+        f"data: {{train_sources: ['file:{text}'], max_length: 16, val_fraction: 0.1, "
+        "eval_fraction: 0.1}\n"
+        "train: {max_steps: 2, max_minutes: null, eval_every: 2, save_every: 2, batch_size: 4, "
+        "lr: 0.003, warmup_ratio: 0.0}\n"
+        "dpo: {prompts: 8, samples_per_prompt: 3, prompt_tokens: 4, new_tokens: 5, steps: 3, "
+        "batch_size: 4, eval_prompts: 6, eval_blocks: 4}\n"
+        "stages:\n  - {name: mimic}\n  - {name: prefer, kind: dpo, dpo: {steps: 2}}\n",
+        encoding="utf-8",
+    )
+    assert main(["distill", str(recipe), "--no-progress"]) == 0
+    run = tmp_path / "runs" / "staged"
+    stage = json.loads((run / "stages" / "02-prefer" / "results.json").read_text())
+    assert stage["stage"] == "dpo" and stage["steps"] == 2 and 0 <= stage["win_rate"] <= 1
+    from attnkd.config.io import load_config
+
+    ran = load_config(run / "stages" / "02-prefer" / "config.yaml")
+    assert ran.student.init == str(run / "stages" / "01-mimic" / "student") and ran.dpo.steps == 2
+    final = json.loads((run / "results.json").read_text())
+    assert final["final_stage"] == "prefer" and (run / "student" / "config.json").exists()

@@ -7,6 +7,7 @@ Every field has a default, so ``DistillConfig()`` is the default recipe.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -40,6 +41,9 @@ class StudentConfig:
     num_heads: int | None = None
     intermediate_size: int | None = None
     attn_implementation: str = "sdpa"
+    freeze: list[str] = field(default_factory=list)
+    """Parameter-name prefixes of the student kept frozen (e.g. 'embeddings',
+    'encoder.layer.0'); each must match at least one parameter. Per stage in a staged run."""
 
 
 @dataclass
@@ -163,6 +167,49 @@ class ConvertConfig:
     linear only) or 'ce+mse'."""
 
 
+STAGE_SECTIONS = ("teacher", "student", "data", "train", "convert", "dpo")
+"""The sections a stage may override key by key (``losses`` it replaces whole)."""
+
+
+@dataclass
+class StageConfig:
+    """One stage of a staged run (``stages:``; see :mod:`attnkd.config.stages`).
+
+    The stage's sections are merged key by key over the recipe's top level (a key the stage
+    does not give keeps the top-level value, so ``key=value`` overrides of the top level reach
+    every stage that does not set that key); ``losses``, when given, replaces the list whole.
+    """
+
+    name: str = ""
+    """Short name (letters, digits, '-', '_'); the stage runs in ``runs/NAME/stages/NN-<name>``."""
+    kind: str = "distill"
+    """Stage runner ('distill'; ``attnkd ls stages`` lists the registered kinds)."""
+    carry: str = "student"
+    """What this stage takes from the one before: 'student' (continue training its exported
+    student), 'teacher' (its exported student is this stage's teacher: assistant chains) or
+    'none'. Ignored by the first stage."""
+    teacher: dict[str, Any] = field(default_factory=dict)
+    student: dict[str, Any] = field(default_factory=dict)
+    losses: list[LossTermConfig] | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    convert: dict[str, Any] = field(default_factory=dict)
+    dpo: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ChainConfig:
+    """Teacher-assistant chain (TAKD; MiniLM): teacher -> assistant -> student as two stages."""
+
+    assistant: dict[str, Any] | None = None
+    """None: no chain. Otherwise the assistant's ``student`` keys merged over the top-level
+    ``student`` (cut from the teacher); ``layers`` may be a number n (n teacher layers evenly
+    spread, first and last kept); ``{}`` picks n halfway between teacher and student depth. The
+    top-level ``student`` is then cut from the assistant (its ``layers`` index the assistant's)."""
+    assistant_train: dict[str, Any] = field(default_factory=dict)
+    """``train`` keys of the assistant stage (e.g. more steps), merged over the top level."""
+
+
 @dataclass
 class DPOConfig:
     """Preference stage (``attnkd dpo``): DPO on student samples ranked by the teacher."""
@@ -207,6 +254,10 @@ class DistillConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    stages: list[StageConfig] = field(default_factory=list)
+    """Empty: one stage (this config). Otherwise the run is these stages in order, each this
+    config with the stage's overrides merged over it; the student carries from stage to stage."""
+    chain: ChainConfig = field(default_factory=ChainConfig)
 
 
 def default_recipe() -> DistillConfig:

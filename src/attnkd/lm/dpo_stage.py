@@ -199,7 +199,7 @@ def run_dpo_stage(
     ``results.json``, ``metrics.jsonl`` and ``student/``. Returns the results."""
     from attnkd.eval.perplexity import perplexity
     from attnkd.export import export_student
-    from attnkd.models.load import freeze, load_causal_lm
+    from attnkd.models.load import count_parameters, freeze, load_causal_lm
     from attnkd.tasks.causal_lm import lm_splits
 
     check_dpo(cfg)
@@ -238,20 +238,29 @@ def run_dpo_stage(
     judged = win_rate(teacher, eval_prompts, after_samples, before_samples)
     teacher_ppl = perplexity(teacher, held)
     export_student(student, tok, run_dir / "student", sentence_transformers=False)
+    params = {"teacher": count_parameters(teacher), "student": count_parameters(student)}
     results = {
-        "stage": "dpo", "reference": d.reference, "beta": d.beta,
+        "name": cfg.name, "task": "causal_lm", "stage": "dpo", "reference": d.reference,
+        "beta": d.beta,
         "pairs": len(pairs), "prompts": pairs.candidates,
         "samples_per_prompt": d.samples_per_prompt, "steps": d.steps, "lr": d.lr,
         "eval_split": f"{held.shape[0]} eval blocks of {held.shape[1]} tokens",
         "before": {"perplexity": before.ppl, "nll": before.nll},
         "after": {"perplexity": after.ppl, "nll": after.nll},
-        "teacher": {"name": cfg.teacher.name, "perplexity": teacher_ppl.ppl},
+        "eval_tokens": after.tokens,
+        # the standard causal_lm entries (the final student against the teacher), as a stage
+        "teacher": {"name": cfg.teacher.name, "perplexity": teacher_ppl.ppl,
+                    "nll": teacher_ppl.nll, "params": params["teacher"]},
+        "student": {"perplexity": after.ppl, "nll": after.nll, "params": params["student"]},
+        "retention": teacher_ppl.nll / after.nll if after.nll > 0 else float("nan"),
+        "perplexity_ratio": after.ppl / teacher_ppl.ppl,
         "win_rate": judged["win_rate"], "judged_prompts": int(eval_prompts.shape[0]),
         "judge": "teacher log-likelihood of one sampled continuation each (ties 1/2)",
         "teacher_ll_per_token": {"after": judged["teacher_ll_per_token_a"],
                                  "before": judged["teacher_ll_per_token_b"]},
-        "train": {"first": history[0], "last": history[-1], "pairs_seconds": pairs_s,
-                  "train_seconds": train_s, "total_seconds": time.time() - t0},
+        "train": {"steps": d.steps, "first": history[0], "last": history[-1],
+                  "pairs_seconds": pairs_s, "train_seconds": train_s,
+                  "seconds_this_session": time.time() - t0},
     }  # fmt: skip
     write_json(run_dir / "results.json", results)
     return results
