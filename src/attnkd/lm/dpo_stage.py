@@ -289,6 +289,12 @@ def run_dpo(items: list[str], json_path: str | None = None) -> dict:
         student_path = str(run / "student")
     else:
         cfg = _load(*_split_args(argparse.Namespace(items=items)))
+        if cfg.stages or cfg.chain.assistant is not None:
+            raise ConfigError(
+                "stages",
+                "a staged recipe runs its dpo stage itself: attnkd distill RECIPE "
+                "(attnkd dpo takes a finished run or a one-stage recipe)",
+            )
         check_dpo(cfg)
         run = Path(cfg.output_dir) / cfg.name
         student_path = cfg.student.init
