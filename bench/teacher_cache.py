@@ -32,10 +32,10 @@ import torch
 
 from attnkd.atomic import write_json
 from attnkd.config.io import apply_overrides, load_config
+from attnkd.data.cache_match import run_key
 from attnkd.data.lm import LMBatches
+from attnkd.data.teacher_cache import CachedLMBatches, TeacherCache, write_cache
 from attnkd.distill import Distiller, make_step
-from attnkd.lm.cache import CachedLMBatches, TeacherCache, write_cache
-from attnkd.lm.cache_run import run_key
 from attnkd.losses.terms import build_terms
 from attnkd.models.adapters import geometry
 from attnkd.models.load import freeze, load_causal_lm

@@ -41,6 +41,12 @@ def _split_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     return config, items
 
 
+def _load_args(args: argparse.Namespace):
+    """``args.items`` (recipe, then key=value overrides) as a config, kept in ``args.cfg``."""
+    args.cfg = _load(*_split_args(args))
+    return args.cfg
+
+
 def _memory_estimate(cfg):
     """The predicted peak memory of a training step, or None when it cannot be formed (the
     config is then refused by validation, which says why)."""
@@ -474,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from attnkd.lm.cli import add_lm_commands  # cache-teacher, generate-data, dpo
 
-    add_lm_commands(sub)
+    add_lm_commands(sub, _load_args)
     return p
 
 

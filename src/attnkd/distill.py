@@ -22,12 +22,12 @@ from attnkd.atomic import write_json
 from attnkd.capture import Capture, Tap, Taps
 from attnkd.config.io import dump_yaml
 from attnkd.config.schema import DistillConfig
+from attnkd.data.teacher_cache import pop_cached_taps
 from attnkd.engine import distributed
 from attnkd.engine.checkpoint import load_checkpoint
 from attnkd.engine.device import resolve_device, teacher_dtype_of
 from attnkd.engine.loop import FitResult, StepOutput, fit
 from attnkd.errors import AttnkdError, ConfigError
-from attnkd.lm.cache import pop_cached_taps
 from attnkd.losses.terms import build_terms, collect_taps
 from attnkd.models.adapters import adapter_for, geometry
 from attnkd.models.load import count_parameters, freeze, freeze_input_embeddings, freeze_parts

@@ -85,7 +85,7 @@ def validate_static(cfg: DistillConfig) -> None:
         _check(0 <= term.beta <= 1, f"{key}.beta", f"must be in [0, 1], got {term.beta}")
         _check(term.top_k is None or term.top_k >= 1, f"{key}.top_k", "must be >= 1")
     if cfg.teacher.cache:  # an offline teacher cache: its manifest against the loss terms
-        from attnkd.lm.cache_run import check_cache_config
+        from attnkd.data.cache_match import check_cache_config
 
         check_cache_config(cfg)
     if s.init == "teacher" and not s.layers and not s.layer_rule and not cfg.convert.kind:

@@ -15,7 +15,7 @@ from lm_fixtures import make_tokenizer, run_overrides, tiny_llama, write_model, 
 from attnkd.cli import main
 from attnkd.config.io import apply_overrides
 from attnkd.config.schema import default_recipe
-from attnkd.lm.cache import CacheError, TeacherCache, teacher_targets
+from attnkd.data.teacher_cache import CacheError, TeacherCache, teacher_targets
 from attnkd.lm.cache_run import run_cache_teacher
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

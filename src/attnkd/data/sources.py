@@ -137,7 +137,7 @@ def _file(arg: str | None, data_dir: PathLike | None, bad_rows: str) -> ReadResu
 @SOURCES.register("seqkd")
 def _seqkd(arg: str | None, data_dir: PathLike | None, bad_rows: str) -> ReadResult[str]:
     """Teacher-written text (``attnkd generate-data``): ``seqkd:FOLDER``, checksum checked."""
-    from attnkd.lm.seqkd import read_seqkd
+    from attnkd.data.seqkd import read_seqkd
 
     return read_seqkd(arg)
 

@@ -1,30 +1,30 @@
 """Language-model data made by the teacher ahead of training, and the preference stage.
 
-- :mod:`attnkd.lm.cache` / :mod:`attnkd.lm.cache_run`: the offline teacher cache (top-k
-  log-probs + tail mass per token; ``attnkd cache-teacher``, ``teacher.cache``);
-- :mod:`attnkd.lm.seqkd`: sequence-level KD data (teacher samples stored as a ``seqkd:PATH``
-  source with their generation settings; ``attnkd generate-data``);
+- :mod:`attnkd.lm.cache_run`: ``attnkd cache-teacher`` (the offline teacher cache; its format,
+  reader and run matching live in :mod:`attnkd.data.teacher_cache` and
+  :mod:`attnkd.data.cache_match`; training reads it through ``teacher.cache``);
+- :mod:`attnkd.lm.seqkd`: sequence-level KD data (teacher samples stored with their generation
+  settings; ``attnkd generate-data``; read back as the ``seqkd:FOLDER`` source,
+  :mod:`attnkd.data.seqkd`);
 - :mod:`attnkd.lm.dpo_stage`: DPO after mimic distillation (pairs ranked by the teacher, the
-  teacher as reference; ``attnkd dpo``);
-- :mod:`attnkd.lm.fingerprint`: the fingerprints that tie these artifacts to their makers.
+  teacher as reference; ``attnkd dpo``, stage kind ``dpo``);
+- :mod:`attnkd.lm.sampling`: batched KV-cached sampling and scoring of continuations.
 """
 
-from attnkd.lm.cache import CachedLMBatches, CacheError, TeacherCache, teacher_targets, write_cache
-from attnkd.lm.fingerprint import (
-    ids_fingerprint,
-    model_fingerprint,
-    text_fingerprint,
-    tokenizer_fingerprint,
-)
+from attnkd.lm.cache_run import default_cache_dir, run_cache_teacher
+from attnkd.lm.dpo_stage import PreferencePairs, build_pairs, run_dpo_stage, win_rate
+from attnkd.lm.sampling import continuation_logprobs, sample_continuations
+from attnkd.lm.seqkd import GenerationSettings, run_generate_data
 
 __all__ = [
-    "CacheError",
-    "CachedLMBatches",
-    "TeacherCache",
-    "ids_fingerprint",
-    "model_fingerprint",
-    "teacher_targets",
-    "text_fingerprint",
-    "tokenizer_fingerprint",
-    "write_cache",
+    "GenerationSettings",
+    "PreferencePairs",
+    "build_pairs",
+    "continuation_logprobs",
+    "default_cache_dir",
+    "run_cache_teacher",
+    "run_dpo_stage",
+    "run_generate_data",
+    "sample_continuations",
+    "win_rate",
 ]

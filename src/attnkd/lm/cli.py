@@ -11,12 +11,13 @@ import argparse
 __all__ = ["add_lm_commands"]
 
 
-def _cfg(args):
-    from attnkd.cli import _load, _split_args
+_LOAD = None
+"""The main CLI's recipe loader (``args -> DistillConfig``), given to :func:`add_lm_commands`."""
 
-    config, overrides = _split_args(args)
-    args.cfg = _load(config, overrides)
-    return args.cfg
+
+def _cfg(args):
+    assert _LOAD is not None, "add_lm_commands(sub, load) was not called"
+    return _LOAD(args)
 
 
 def cmd_cache_teacher(args) -> int:
@@ -50,9 +51,15 @@ def cmd_generate_data(args) -> int:
 
 
 def cmd_dpo(args) -> int:
-    from attnkd.lm.dpo_stage import run_dpo
+    from pathlib import Path
 
-    res = run_dpo(args.items, json_path=args.json)
+    from attnkd.lm.dpo_stage import run_dpo_on_recipe, run_dpo_on_run
+
+    items = args.items
+    if items and Path(items[0]).is_dir():
+        res = run_dpo_on_run(Path(items[0]), items[1:], json_path=args.json)
+    else:
+        res = run_dpo_on_recipe(_cfg(args), json_path=args.json)
     b, a = res["before"], res["after"]
     print(
         f"held-out perplexity {b['perplexity']:.2f} -> {a['perplexity']:.2f}; teacher-judged "
@@ -63,7 +70,11 @@ def cmd_dpo(args) -> int:
     return 0
 
 
-def add_lm_commands(sub: argparse._SubParsersAction) -> None:
+def add_lm_commands(sub: argparse._SubParsersAction, load) -> None:
+    """Register the subcommands; ``load(args)`` turns ``args.items`` (recipe, then key=value
+    overrides) into a config the way ``attnkd distill`` does."""
+    global _LOAD
+    _LOAD = load
     items = {
         "nargs": "*",
         "metavar": "CONFIG|key=value",

@@ -15,8 +15,8 @@
 
 :func:`run_dpo_stage` runs the stage on models in memory (``(cfg, student, teacher,
 run_dir)``); :func:`dpo_stage_kind` has the stage-kind signature ``(cfg, resume, progress,
-overwrite)`` for a stage pipeline; :func:`run_dpo` is ``attnkd dpo RUN_OR_RECIPE`` (a recipe
-runs its mimic distillation first).
+overwrite)`` for a stage pipeline; :func:`run_dpo_on_run` / :func:`run_dpo_on_recipe` are
+``attnkd dpo RUN_OR_RECIPE`` (a recipe runs its mimic distillation first).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ __all__ = [
     "PreferencePairs",
     "build_pairs",
     "dpo_stage_kind",
-    "run_dpo",
+    "run_dpo_on_recipe",
+    "run_dpo_on_run",
     "run_dpo_stage",
     "win_rate",
 ]
@@ -266,41 +267,36 @@ def run_dpo_stage(
     return results
 
 
-def run_dpo(items: list[str], json_path: str | None = None) -> dict:
-    """``attnkd dpo``: the preference stage after mimic distillation.
-
-    ``items[0]`` is a finished run folder (its config.yaml and exported student) or a recipe
-    (file, shipped name, or none: the default), then ``key=value`` overrides. A recipe whose
-    student is cut from the teacher (``student.init: teacher``) first runs its mimic
-    distillation (``attnkd distill``; a finished run folder is reused, an interrupted one
-    resumed); a recipe whose ``student.init`` names a trained model starts from it. The stage
-    writes ``RUN/dpo/`` (results.json, metrics.jsonl, student/).
-    """
-    import argparse
-
-    from attnkd.cli import _load, _split_args
+def run_dpo_on_run(run: Path, overrides: list[str], json_path: str | None = None) -> dict:
+    """``attnkd dpo RUN``: the stage on a finished run's exported student, into ``RUN/dpo/``
+    (the run's config.yaml with ``overrides``)."""
     from attnkd.config.io import load_config
 
-    run = Path(items[0]) if items else None
-    if run is not None and run.is_dir():
-        if not (run / "config.yaml").is_file() or not (run / "student" / "config.json").is_file():
-            raise AttnkdError(f"{run}: not a finished run (needs config.yaml and student/)")
-        cfg = load_config(run / "config.yaml", items[1:])
-        student_path = str(run / "student")
-    else:
-        cfg = _load(*_split_args(argparse.Namespace(items=items)))
-        if cfg.stages or cfg.chain.assistant is not None:
-            raise ConfigError(
-                "stages",
-                "a staged recipe runs its dpo stage itself: attnkd distill RECIPE "
-                "(attnkd dpo takes a finished run or a one-stage recipe)",
-            )
-        check_dpo(cfg)
-        run = Path(cfg.output_dir) / cfg.name
-        student_path = cfg.student.init
-        if cfg.student.init == "teacher":
-            student_path = str(_mimic(cfg, run) / "student")
-    res = _stage(cfg, student_path, run / "dpo")
+    if not (run / "config.yaml").is_file() or not (run / "student" / "config.json").is_file():
+        raise AttnkdError(f"{run}: not a finished run (needs config.yaml and student/)")
+    cfg = load_config(run / "config.yaml", overrides)
+    return _report(_stage(cfg, str(run / "student"), run / "dpo"), json_path)
+
+
+def run_dpo_on_recipe(cfg: DistillConfig, json_path: str | None = None) -> dict:
+    """``attnkd dpo RECIPE``: a one-stage recipe whose student is cut from the teacher first
+    runs its mimic distillation (a finished run folder is reused, an interrupted one resumed);
+    one whose ``student.init`` names a trained model starts from it. Output: ``RUN/dpo/``."""
+    if cfg.stages or cfg.chain.assistant is not None:
+        raise ConfigError(
+            "stages",
+            "a staged recipe runs its dpo stage itself: attnkd distill RECIPE "
+            "(attnkd dpo takes a finished run or a one-stage recipe)",
+        )
+    check_dpo(cfg)
+    run = Path(cfg.output_dir) / cfg.name
+    student_path = cfg.student.init
+    if cfg.student.init == "teacher":
+        student_path = str(_mimic(cfg, run) / "student")
+    return _report(_stage(cfg, student_path, run / "dpo"), json_path)
+
+
+def _report(res: dict, json_path: str | None) -> dict:
     if json_path:
         write_json(json_path, res)
     return res

@@ -26,15 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from attnkd.atomic import atomic_dir, manifest, sha256, write_json
+from attnkd.atomic import atomic_dir, manifest, write_json
 from attnkd.config.schema import DistillConfig
-from attnkd.data.rows import ReadResult, ReadStats
-from attnkd.errors import AttnkdError, ConfigError, DataError
+from attnkd.data.seqkd import FORMAT, SAMPLES
+from attnkd.errors import AttnkdError, ConfigError
 
-__all__ = ["GenerationSettings", "generate_samples", "read_seqkd", "run_generate_data"]
-
-FORMAT = "attnkd-seqkd/1"
-SAMPLES = "samples.jsonl"
+__all__ = ["GenerationSettings", "generate_samples", "run_generate_data"]
 
 
 @dataclass
@@ -94,9 +91,9 @@ def run_generate_data(
 ) -> dict[str, Any]:
     """Teacher samples for ``cfg``'s causal_lm data into ``out`` (default
     ``{output_dir}/{name}-seqkd``); returns the manifest plus ``path``."""
+    from attnkd.data.fingerprint import model_fingerprint, text_fingerprint, tokenizer_fingerprint
     from attnkd.data.lm import lm_texts
     from attnkd.engine.device import resolve_device
-    from attnkd.lm.fingerprint import model_fingerprint, text_fingerprint, tokenizer_fingerprint
     from attnkd.models.load import freeze
     from attnkd.tasks import get_task
     from attnkd.tasks.causal_lm import lm_splits
@@ -131,30 +128,3 @@ def run_generate_data(
         info["files"] = manifest(tmp, [SAMPLES])
         write_json(tmp / "manifest.json", info)
     return {"path": str(out), **info}
-
-
-def read_seqkd(arg: str | None) -> ReadResult[str]:
-    """The texts of a ``seqkd:PATH`` folder, after checking its manifest and checksum."""
-    if not arg:
-        raise ConfigError("data.train_sources", "'seqkd:' needs a folder, e.g. 'seqkd:runs/x'")
-    folder = Path(arg).expanduser()
-    mpath = folder / "manifest.json"
-    if not mpath.is_file():
-        raise DataError(str(folder), None, "no manifest.json: not an 'attnkd generate-data' "
-                        "folder")  # fmt: skip
-    try:
-        m = json.loads(mpath.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise DataError(str(mpath), None, f"unreadable manifest ({err})") from err
-    if m.get("format") != FORMAT:
-        raise DataError(str(mpath), None, f"format {m.get('format')!r}, expected {FORMAT!r}")
-    path = folder / SAMPLES
-    want = m.get("files", {}).get(SAMPLES, {}).get("sha256")
-    if not path.is_file() or sha256(path) != want:
-        raise DataError(str(path), None, "missing, or its sha256 differs from manifest.json "
-                        "(edited or corrupt); generate it again")  # fmt: skip
-    texts = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            texts.append(json.loads(line)["text"])
-    return ReadResult(texts, ReadStats(path=str(path), rows=len(texts)))

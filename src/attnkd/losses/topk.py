@@ -1,9 +1,10 @@
 """Token-level KD against a top-k teacher: the teacher's k most likely tokens plus one tail bucket.
 
-An offline teacher cache (:mod:`attnkd.lm.cache`) keeps, per token, the teacher's top-k token
-ids ``S``, their log-probabilities ``log p_T(i)`` (i in S) and the log of the remaining mass
-``log t_T = log(1 - sum_{i in S} p_T(i))``. The loss compares two distributions over the same
-k + 1 outcomes ("token i" for each i in S, and "some token outside S"):
+An offline teacher cache (:mod:`attnkd.data.teacher_cache`) keeps, per token, the teacher's
+top-k token ids ``S``, their log-probabilities ``log p_T(i)`` (i in S) and the log of the
+remaining mass ``log t_T = log(1 - sum_{i in S} p_T(i))``. The loss compares two
+distributions over the same k + 1 outcomes ("token i" for each i in S, and "some token outside
+S"):
 
 - teacher: ``P = (p_T(i) for i in S, t_T)``, renormalised to sum to 1 (a no-op up to rounding;
   it absorbs the rounding of half-precision caches);

@@ -59,8 +59,8 @@ def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> Ta
             "%d training blocks dropped: they repeat %d lines of the select/eval blocks "
             "(is a source listed twice?)", copies.blocks, copies.lines,
         )  # fmt: skip
-    if cfg.teacher.cache:  # the teacher's top-k targets come from disk (attnkd.lm.cache)
-        from attnkd.lm.cache_run import cached_batches
+    if cfg.teacher.cache:  # the teacher's top-k targets come from disk (attnkd.data.teacher_cache)
+        from attnkd.data.cache_match import cached_batches
 
         batches = cached_batches(cfg, teacher, tok, splits.train)
     else:

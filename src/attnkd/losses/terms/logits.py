@@ -50,7 +50,7 @@ class LogitsTerm(LossTerm):
 
     def forward(self, t, s, mask):
         zs = s.get("logits", 0)
-        cached = getattr(t, "topk", None)  # attnkd.lm.cache.CachedTaps: a top-k teacher cache
+        cached = getattr(t, "topk", None)  # a top-k teacher cache (data.teacher_cache.CachedTaps)
         if cached is not None:
             value = topk_divergence(
                 zs, cached.ids, cached.logp, cached.tail, kind=self.cfg.kind, beta=self.cfg.beta,

@@ -1,5 +1,7 @@
 """Offline teacher cache: one teacher pass over the training blocks, stored per token as its
-top-k log-probs plus the log of the remaining mass; training reads it instead of the teacher.
+top-k log-probs plus the log of the remaining mass; training reads it instead of the teacher
+(written by ``attnkd cache-teacher``, :mod:`attnkd.lm.cache_run`; matched to a run by
+:mod:`attnkd.data.cache_match`).
 
 A cache is a folder written atomically (:func:`attnkd.atomic.atomic_dir`):
 
