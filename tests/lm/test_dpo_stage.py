@@ -78,6 +78,19 @@ def test_stage_lowers_the_dpo_loss_and_reports(tmp_path, lm_root, reference):
     assert saved["win_rate"] == res["win_rate"]
 
 
+def test_attnkd_dpo_bad_input_exits_2(lm_root, capsys, tmp_path):
+    """One line naming the key or the folder, before any model loads or anything trains."""
+    runs = lm_root[2]
+    assert main(["dpo", *run_overrides(*lm_root), "name=bad", "dpo.reference=oracle"]) == 2
+    assert "dpo.reference" in capsys.readouterr().err
+    assert main(["dpo", *run_overrides(*lm_root), "name=bad", "dpo.samples_per_prompt=1"]) == 2
+    assert "dpo.samples_per_prompt" in capsys.readouterr().err
+    assert main(["dpo", str(tmp_path)]) == 2
+    assert "not a finished run" in capsys.readouterr().err
+    assert not (runs / "bad").exists()
+
+
+@pytest.mark.slow
 def test_attnkd_dpo_on_a_finished_run(lm_root, capsys, tmp_path):
     teacher, text, runs = lm_root
     assert main(["distill", *run_overrides(*lm_root), "name=mimic", "train.max_steps=2",
@@ -90,11 +103,8 @@ def test_attnkd_dpo_on_a_finished_run(lm_root, capsys, tmp_path):
     res = json.loads(out.read_text())
     assert res["run_dir"] == str(runs / "mimic" / "dpo") and res["steps"] == 6
     assert (runs / "mimic" / "dpo" / "student" / "config.json").exists()
-    # bad input: exit 2, one line naming the key
     assert main(["dpo", str(runs / "mimic"), "dpo.reference=oracle"]) == 2
     assert "dpo.reference" in capsys.readouterr().err
-    assert main(["dpo", str(tmp_path)]) == 2
-    assert "not a finished run" in capsys.readouterr().err
     # a recipe with a teacher-cut student: mimic distillation first, then the stage
     code = main(["dpo", *run_overrides(*lm_root), "name=pipeline", "train.max_steps=2", *DPO])
     assert code == 0
