@@ -10,7 +10,7 @@ It sits above the packages it checks (config, data, losses, models, students), l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from attnkd.config.schema import DistillConfig
@@ -68,7 +68,8 @@ def validate_static(cfg: DistillConfig) -> None:
            f"expected one of {ATTN_IMPLS}")  # fmt: skip
     _check(s.attn_implementation in ATTN_IMPLS, "student.attn_implementation",
            f"expected one of {ATTN_IMPLS}")  # fmt: skip
-    _check(bool(cfg.losses) or bool(cfg.convert.kind), "losses", "needs at least one loss term")
+    _check(bool(cfg.losses) or bool(cfg.teachers) or bool(cfg.convert.kind), "losses",
+           "needs at least one loss term")  # fmt: skip
     _validate_convert(cfg)
     from attnkd.losses.terms import TERMS
 
@@ -298,11 +299,24 @@ def _validate_convert(cfg: DistillConfig) -> None:
 
 def validate(cfg: DistillConfig, check_data: bool = True, check_models: bool = True) -> None:
     """All checks, in order of cost; raises the first :class:`ConfigError`. A staged run
-    (``stages:`` / ``chain:``) is checked stage by stage (:func:`validate_stages`)."""
+    (``stages:`` / ``chain:``) is checked stage by stage (:func:`validate_stages`); a teacher set
+    or another teacher strategy teacher by teacher (:mod:`attnkd.teachers.validate`)."""
+    from attnkd.config.schema import StrategyConfig
     from attnkd.config.stages import is_staged
 
     if is_staged(cfg):
         return validate_stages(cfg, check_data, check_models)
+    if cfg.teachers and cfg.task == "sentence":
+        from attnkd.tasks.sentence_teachers import cached_sentence_set
+
+        if cached_sentence_set(cfg):  # each teacher tokenises for itself: sentence terms only
+            return _validate_cached_set(cfg, check_data, check_models)
+        if check_models:  # a per-token term of a teacher with another tokenizer: name both
+            _check_token_terms(cfg)
+    if cfg.teachers or cfg.strategy != StrategyConfig():
+        from attnkd.teachers.validate import validate_teaching
+
+        return validate_teaching(cfg, validate, validate_models, check_data, check_models)
     if cfg.task == "image_classification":  # its own models, losses and data
         from attnkd.vision.validate import validate_image
 
@@ -348,3 +362,61 @@ def validate_stages(cfg: DistillConfig, check_data: bool = True, check_models: b
             raise ConfigError(f"stages[{st.index}].{err.key}",
                               f"stage '{st.name}': {err.message}") from err  # fmt: skip
         previous, previous_known = c.student, models
+
+
+def _check_token_terms(cfg: DistillConfig) -> None:
+    """A set with per-token terms (the general runner): refuse those of a teacher whose
+    vocabulary differs from the student's, naming the teacher and the term
+    (:func:`attnkd.teachers.compat.check_tokenizer_compat`)."""
+    from attnkd.models.hub import vocabulary_fingerprint
+    from attnkd.teachers.compat import check_tokenizer_compat
+
+    student = cfg.student.init if cfg.student.init != "teacher" else cfg.teachers[0].name
+    reference = vocabulary_fingerprint(student)
+    for i, e in enumerate(cfg.teachers):
+        fp = vocabulary_fingerprint(e.name)
+        same = None if fp is None or reference is None else fp == reference
+        names = [t.name for t in e.losses] + [t.name for t in cfg.losses]
+        keys = [f"teachers[{i}].losses[{j}].name" for j in range(len(e.losses))]
+        keys += [f"losses[{j}].name" for j in range(len(cfg.losses))]
+        label = e.label or f"t{i}"
+        check_tokenizer_compat(f"{label} ({e.name})", names, keys, same)
+
+
+def _validate_cached_set(cfg: DistillConfig, check_data: bool, check_models: bool) -> None:
+    """All checks of a cached sentence-level teacher set (see :func:`cached_sentence_set`)."""
+    from attnkd.config.schema import TeacherConfig
+    from attnkd.tasks.sentence_teachers import check_teachers_models, check_teachers_static
+
+    check_teachers_static(cfg)
+    terms = [t for e in cfg.teachers for t in e.losses] + list(cfg.losses)
+    first = TeacherConfig(cfg.teachers[0].name, cfg.teachers[0].attn_implementation)
+    plain = replace(cfg, teachers=[], losses=terms, teacher=first)
+    validate_static(plain)
+    validate_output(cfg)
+    if check_models:
+        check_teachers_models(cfg, _cached_set_student_width(cfg))
+    if check_data:
+        validate_data(plain)
+
+
+def _cached_set_student_width(cfg: DistillConfig) -> int:
+    """The student's width from its config (or the first teacher's, for a cut)."""
+    from attnkd.models.hub import check_model_folder, resolve_model_path
+    from attnkd.models.load import load_config
+
+    s = cfg.student
+    key = "student.init" if s.init != "teacher" else "teachers[0].name"
+    name = s.init if s.init != "teacher" else cfg.teachers[0].name
+    try:
+        scfg = load_config(name)
+        resolved = resolve_model_path(name)
+        if resolved.source != "hub":
+            check_model_folder(resolved.path, name, tokenizer=True)
+    except AttnkdError as err:
+        raise ConfigError(key, f"{err} (the student reads its own tokenizer)") from err
+    limit = position_limit(scfg)
+    if limit is not None and cfg.data.max_length > limit:
+        raise ConfigError("data.max_length", f"{cfg.data.max_length} tokens is more than "
+                          f"'{name}' allows ({limit} positions)")  # fmt: skip
+    return int(s.hidden_size or scfg.hidden_size) if s.init == "teacher" else int(scfg.hidden_size)

@@ -71,6 +71,49 @@ class LossTermConfig:
     """Learn a linear map student width -> teacher width (hidden/embedding terms)."""
     impl: str = "auto"
     """'auto', 'naive' or 'chunked' for attention/relation/vocabulary losses."""
+    gt_weight: float = 0.0
+    """'mixed_kd': weight ξ of the true label in the target ξ·y + (1−ξ)·p_T (self-distillation
+    with ground-truth mixing); 'exit_kd': weight of the exit's own cross-entropy."""
+
+
+@dataclass
+class TeacherEntry:
+    """One member of a teacher set (``teachers:``); see docs/teachers.md."""
+
+    name: str = ""
+    """Hub id, local folder, packaged alias, or image builder / exported image-model folder."""
+    label: str = ""
+    """Short id used in loss labels and results; '' means 't0', 't1', ... by position."""
+    weight: float = 1.0
+    """Weight of this teacher in the ensemble targets (normalised over the set)."""
+    losses: list[LossTermConfig] = field(default_factory=list)
+    """Loss terms against this teacher alone (Hybrid Distill: relations from one teacher, logits
+    from another); the top-level ``losses`` are against the ensemble of all teachers."""
+    random_init: bool = False
+    """Re-initialise this teacher's weights at random (seeded by train.seed + position): a random
+    teacher (Sarnthein et al.) still teaches useful features."""
+    recipe: str = ""
+    """image_classification: the recipe that trains this teacher when ``name`` does not exist."""
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class StrategyConfig:
+    """Who teaches, beyond one frozen teacher (docs/teachers.md)."""
+
+    generations: int = 1
+    """Self-distillation generations: generation g >= 1 is a fresh run (``<name>-gen<g>``)
+    whose only teacher is generation g-1's exported student; generation 0 is the recipe as
+    written. 1 = no extra generations."""
+    peer: str = ""
+    """Mutual distillation: a second model (image builder or folder) trained together with the
+    student, each learning from the other's detached outputs through the recipe's loss terms
+    (Deep Mutual Learning, Trans-Encoder, CoMD); '' = off."""
+    partitions: int = 1
+    """Several students, each owning one of ``partitions`` disjoint parts of the training data
+    (runs ``<name>-part<j>``); 1 = off."""
+    part: int | None = None
+    """The part this run trains on (set per run by the partitions loop); None = all data."""
 
 
 @dataclass
@@ -248,11 +291,16 @@ class DistillConfig:
     """'sentence' (embeddings, STS Spearman), 'causal_lm' (next-token perplexity) or
     'image_classification' (Fashion-MNIST accuracy; CNN/ViT builders, see attnkd.vision)."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    teachers: list[TeacherEntry] = field(default_factory=list)
+    """A teacher set replacing ``teacher`` when non-empty (leave ``teacher`` unset then). On the
+    sentence task a set whose terms are all sentence-level runs from cached teacher embeddings,
+    each teacher tokenising for itself (:mod:`attnkd.tasks.sentence_teachers`)."""
     student: StudentConfig = field(default_factory=StudentConfig)
     losses: list[LossTermConfig] = field(default_factory=lambda: [LossTermConfig()])
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     stages: list[StageConfig] = field(default_factory=list)
     """Empty: one stage (this config). Otherwise the run is these stages in order, each this

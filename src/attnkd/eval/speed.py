@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,19 +30,27 @@ def measure_throughput(
     warmup: int = 1,
 ) -> dict[str, Throughput]:
     """Sentences/s of each model encoding the same batches; models alternate each round so
-    background load hits all of them alike. Tokenisation is done once, outside the timing."""
-    batches = [
-        tokenizer(list(sentences[i : i + batch_size]), padding=True, truncation=True,
-                  max_length=max_length, return_tensors="pt")
-        for i in range(0, len(sentences), batch_size)
-    ]  # fmt: skip
+    background load hits all of them alike. Tokenisation is done once, outside the timing.
+    ``tokenizer`` is one for all, or a mapping model name -> its own tokenizer (a teacher with
+    another vocabulary, e.g. MPNet beside BERT students)."""
+
+    def tokenize(tok) -> list:
+        return [
+            tok(list(sentences[i : i + batch_size]), padding=True, truncation=True,
+                max_length=max_length, return_tensors="pt")
+            for i in range(0, len(sentences), batch_size)
+        ]  # fmt: skip
+
+    own = isinstance(tokenizer, Mapping)
+    shared = None if own else tokenize(tokenizer)
+    batches = {k: tokenize(tokenizer[k]) if own else shared for k in models}
     for m in models.values():
         m.eval()
     times: dict[str, list[float]] = {k: [] for k in models}
     for r in range(warmup + rounds):
         for name, m in models.items():
             t0 = time.perf_counter()
-            for b in batches:
+            for b in batches[name]:
                 m(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
             dt = time.perf_counter() - t0
             if r >= warmup:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from scipy.stats import spearmanr
-from torch import nn
+from torch import Tensor, nn
 
 from attnkd.eval.encode import encode
 
@@ -33,10 +33,22 @@ def sts_eval(
     if not (len(sentences1) == len(sentences2) == len(scores)):
         raise ValueError("sentences1, sentences2 and scores must have the same length")
     uniq = sorted(set(sentences1) | set(sentences2))
-    pos = {s: i for i, s in enumerate(uniq)}
     emb = encode(model, tokenizer, uniq, batch_size=batch_size, max_length=max_length)
-    a = emb[[pos[s] for s in sentences1]]
-    b = emb[[pos[s] for s in sentences2]]
+    return sts_from_embeddings(dict(zip(uniq, emb)), sentences1, sentences2, scores)
+
+
+def sts_from_embeddings(
+    embeddings: Mapping[str, Tensor],
+    sentences1: Sequence[str],
+    sentences2: Sequence[str],
+    scores: Sequence[float],
+) -> StsResult:
+    """The STS figures from ready embeddings (``sentence -> (width,)``), e.g. a teacher's
+    cached ones; same protocol as :func:`sts_eval`."""
+    if not (len(sentences1) == len(sentences2) == len(scores)):
+        raise ValueError("sentences1, sentences2 and scores must have the same length")
+    a = torch.stack([embeddings[s] for s in sentences1]).float()
+    b = torch.stack([embeddings[s] for s in sentences2]).float()
     cos = torch.nn.functional.cosine_similarity(a, b, dim=-1).numpy()
     gold = torch.tensor(list(scores), dtype=torch.float64).numpy()
     rho = spearmanr(cos, gold).statistic

@@ -26,6 +26,11 @@ from attnkd.losses.features import (
     sentence_embedding_mse,
 )
 from attnkd.losses.logits import KDLoss, hinton_kd, token_divergence, token_divergence_from_hidden
+from attnkd.losses.sentence import (
+    cosine_similarity_matrix,
+    ensemble_similarity,
+    similarity_matrix_mse,
+)
 
 __all__ = [
     "KDLoss",
@@ -34,7 +39,9 @@ __all__ = [
     "attention_kl",
     "attention_output_mse",
     "attention_score_mse",
+    "cosine_similarity_matrix",
     "embedding_mse",
+    "ensemble_similarity",
     "hidden_cosine",
     "hidden_mse",
     "hinton_kd",
@@ -43,6 +50,7 @@ __all__ = [
     "relation_kl",
     "sentence_embedding_cosine",
     "sentence_embedding_mse",
+    "similarity_matrix_mse",
     "token_divergence",
     "token_divergence_from_hidden",
     "value_relation_kl",

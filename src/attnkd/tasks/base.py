@@ -44,6 +44,11 @@ class Task:
     make_step: Callable | None = None
     """``make_step(teacher, distiller) -> step_fn`` when the task's batches are not token
     batches (image classification); None uses :func:`attnkd.distill.make_step`."""
+    runs_teachers: Callable[[DistillConfig], bool] | None = None
+    """``runs_teachers(cfg)``: True when the task runs this ``teachers:`` set itself (sentence:
+    every term sentence-level) instead of the general teacher-set runner."""
+    run_teachers: Callable[..., dict] | None = None
+    """``run_teachers(cfg, run_dir, device, resume, progress) -> results`` for such a set."""
     prepare: Callable[[DistillConfig, Callable], None] | None = None
     """``prepare(cfg, run_recipe)`` runs before the models load (image classification: the
     teacher stage, run with ``run_recipe(cfg, resume)``, the recipe runner)."""

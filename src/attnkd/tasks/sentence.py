@@ -129,10 +129,14 @@ class GroupedBatches:
     def num_batches(self) -> int:
         return len(self.sampler.lengths) // self.sampler.batch_size
 
-    def batch_at(self, epoch: int, index: int) -> dict[str, Tensor]:
+    def rows_at(self, epoch: int, index: int) -> list[int]:
+        """Indices (into the sentences) of batch ``index`` of ``epoch``."""
         if epoch != self._epoch:
             self._epoch, self._order = epoch, self.sampler.batches(epoch)
-        return self.collate.pad([self.tokens.ids(i) for i in self._order[index]])
+        return list(self._order[index])
+
+    def batch_at(self, epoch: int, index: int) -> dict[str, Tensor]:
+        return self.collate.pad([self.tokens.ids(i) for i in self.rows_at(epoch, index)])
 
 
 def build_sentence_corpus(cfg: DistillConfig, splits: SentenceSplits) -> Corpus:
@@ -196,4 +200,19 @@ def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> Ta
     )  # fmt: skip
 
 
-TASK = Task("sentence", load_encoder, setup)
+def runs_teachers(cfg: DistillConfig) -> bool:
+    """A teacher set of sentence-level terms only: run from cached embeddings."""
+    from attnkd.tasks.sentence_teachers import cached_sentence_set
+
+    return cached_sentence_set(cfg)
+
+
+def run_teachers(cfg: DistillConfig, run_dir: Path, device, resume: bool, progress: bool) -> dict:
+    """See :func:`attnkd.tasks.sentence_teachers.run_teachers`."""
+    from attnkd.tasks.sentence_teachers import run_teachers as run
+
+    return run(cfg, run_dir, device, resume, progress)
+
+
+TASK = Task("sentence", load_encoder, setup, runs_teachers=runs_teachers,
+            run_teachers=run_teachers)  # fmt: skip

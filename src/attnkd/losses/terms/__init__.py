@@ -19,6 +19,7 @@ from attnkd.losses.terms.base import (
     LossTerm,
     TermError,
     TermSpec,
+    bind_terms,
     build_terms,
     collect_taps,
     register,
@@ -29,8 +30,10 @@ from attnkd.losses.terms.features import (
     HiddenMseTerm,
     SentenceCosineTerm,
     SentenceMseTerm,
+    SentenceSimilarityTerm,
 )
 from attnkd.losses.terms.logits import LogitsTerm
+from attnkd.losses.terms.teaching import ExitKDTerm, MixedKDTerm
 from attnkd.losses.terms.vision import VisionTerm
 
 __all__ = [
@@ -39,17 +42,21 @@ __all__ = [
     "AttentionScoreTerm",
     "AttentionTerm",
     "EmbeddingMseTerm",
+    "ExitKDTerm",
     "HiddenCosineTerm",
     "HiddenMseTerm",
     "LogitsTerm",
     "LossTerm",
+    "MixedKDTerm",
     "RelationTerm",
     "SentenceCosineTerm",
     "SentenceMseTerm",
+    "SentenceSimilarityTerm",
     "TermError",
     "TermSpec",
     "ValueRelationTerm",
     "VisionTerm",
+    "bind_terms",
     "build_terms",
     "collect_taps",
     "register",

@@ -6,6 +6,7 @@ from torch import Tensor
 
 from attnkd.capture import Taps
 from attnkd.losses import features as feat
+from attnkd.losses import sentence as sim
 from attnkd.losses.terms.base import LossTerm, TermError, register
 
 
@@ -64,6 +65,8 @@ class EmbeddingMseTerm(_FeatureTerm):
 
 @register("sentence_mse", "MSE of mean-pooled sentence embeddings, optional projector")
 class SentenceMseTerm(_FeatureTerm):
+    alignment = "sentence"
+
     def forward(self, t, s, mask):
         ht, hs = self.pair(t, s)
         return {"mse": feat.sentence_embedding_mse(hs, ht, mask=mask)}
@@ -71,6 +74,25 @@ class SentenceMseTerm(_FeatureTerm):
 
 @register("sentence_cosine", "1 - cosine of mean-pooled sentence embeddings")
 class SentenceCosineTerm(_FeatureTerm):
+    alignment = "sentence"
+
     def forward(self, t, s, mask):
         ht, hs = self.pair(t, s)
         return {"cos": feat.sentence_embedding_cosine(hs, ht, mask=mask)}
+
+
+@register("sentence_similarity", "MSE of a batch's sentence cosine-similarity matrices")
+class SentenceSimilarityTerm(LossTerm):
+    """Pooled hidden states of both models -> (batch, batch) cosine matrices -> MSE. Widths may
+    differ; with ``teachers:`` the targets come from cached teacher embeddings instead."""
+
+    alignment = "sentence"
+
+    def __init__(self, cfg, teacher, student):
+        super().__init__(cfg, teacher, student)
+        self.teacher_kinds = self.student_kinds = ("hidden",)
+
+    def forward(self, t, s, mask):
+        ht = feat.mean_pool(t.get("hidden", self.t_layer), mask)
+        hs = feat.mean_pool(s.get("hidden", self.s_layer), mask)
+        return {"mse": sim.similarity_matrix_mse(hs, sim.cosine_similarity_matrix(ht))}

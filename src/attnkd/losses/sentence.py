@@ -1,0 +1,54 @@
+"""Sentence-level relation loss: match the cosine-similarity matrix of a batch of sentences.
+
+Needs no projection (only ``batch x batch`` similarities are compared), so teacher and student
+may differ in width and in tokenizer; several teachers' matrices average into one ensemble
+target (mean of targets, as in MEAL V2 for soft labels). Related: similarity-preserving KD
+(Tung & Mori, 2019), here on L2-normalised sentence embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def cosine_similarity_matrix(emb: Tensor, eps: float = 1e-8) -> Tensor:
+    """(batch, width) sentence embeddings -> (batch, batch) pairwise cosine similarities."""
+    if emb.dim() != 2:
+        raise ValueError(f"embeddings must be (batch, width), got {tuple(emb.shape)}")
+    unit = emb / emb.norm(dim=-1, keepdim=True).clamp_min(eps)
+    return unit @ unit.T
+
+
+def ensemble_similarity(
+    teachers: Sequence[Tensor], weights: Sequence[float] | None = None
+) -> Tensor:
+    """Weighted mean of the teachers' (batch, batch) similarity matrices, each from its own
+    (batch, width_i) embeddings. ``weights`` default to equal; they need not sum to 1."""
+    if not teachers:
+        raise ValueError("ensemble_similarity needs at least one teacher")
+    w = [1.0] * len(teachers) if weights is None else [float(x) for x in weights]
+    if len(w) != len(teachers) or any(x < 0 for x in w) or sum(w) <= 0:
+        raise ValueError(f"need one weight >= 0 per teacher with a positive sum, got {w}")
+    total = sum(wi * cosine_similarity_matrix(t.detach().float()) for wi, t in zip(w, teachers))
+    return total / sum(w)
+
+
+def similarity_matrix_mse(student: Tensor, target: Tensor) -> Tensor:
+    """Mean squared difference between the student's cosine-similarity matrix and ``target``
+    over the off-diagonal pairs (the diagonal is 1 for both).
+
+    Shapes: student (batch, width) embeddings; target (batch, batch) similarities (e.g.
+    :func:`ensemble_similarity` of the teachers). A batch of one sentence has no pair: 0.
+    """
+    n = student.shape[0]
+    if target.shape != (n, n):
+        raise ValueError(f"target must be ({n}, {n}), got {tuple(target.shape)}")
+    if n < 2:
+        return student.sum() * 0.0
+    off = ~torch.eye(n, dtype=torch.bool, device=student.device)
+    s = cosine_similarity_matrix(student)
+    return F.mse_loss(s[off], target.detach().to(s.dtype)[off])
