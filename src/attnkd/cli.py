@@ -1,4 +1,5 @@
-"""Command line: ``attnkd distill | validate | repro | eval | report | ls | convert``.
+"""Command line: ``attnkd distill | validate | repro | eval | report | ls | convert`` (and the
+LM-data commands ``cache-teacher | generate-data | dpo``, see :mod:`attnkd.lm.cli`).
 
 Every user error (bad config, bad data, missing model) prints one clear line to stderr and
 exits non-zero (2 for config and data errors) without a traceback.
@@ -38,6 +39,12 @@ def _split_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     if items and ("=" not in items[0] or Path(items[0]).is_file()):
         config = items.pop(0)
     return config, items
+
+
+def _load_args(args: argparse.Namespace):
+    """``args.items`` (recipe, then key=value overrides) as a config, kept in ``args.cfg``."""
+    args.cfg = _load(*_split_args(args))
+    return args.cfg
 
 
 def _memory_estimate(cfg):
@@ -481,6 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also choose this many sharing layers, most alike first")  # fmt: skip
     sim.add_argument("--json", default=None, help="write the table and suggestion here")
     sim.set_defaults(fn=cmd_similarity)
+
+    from attnkd.lm.cli import add_lm_commands  # cache-teacher, generate-data, dpo
+
+    add_lm_commands(sub, _load_args)
     return p
 
 

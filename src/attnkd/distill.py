@@ -24,6 +24,7 @@ from attnkd.atomic import write_json
 from attnkd.capture import Capture, Tap, Taps
 from attnkd.config.io import dump_yaml
 from attnkd.config.schema import DistillConfig
+from attnkd.data.teacher_cache import pop_cached_taps
 from attnkd.engine import distributed
 from attnkd.engine.checkpoint import load_checkpoint
 from attnkd.engine.device import resolve_device, teacher_dtype_of
@@ -117,10 +118,13 @@ def make_step(teacher: nn.Module, distiller: Distiller, model: nn.Module | None 
     t_cap = Capture(teacher, collect_taps(distiller.terms)[0])
 
     def step(batch: dict[str, Tensor]) -> StepOutput:
-        if t_cap.requests:  # terms on the data alone (lm_ce) need no teacher forward
-            with torch.no_grad(), t_cap:
-                teacher(**batch)
-        out = model(batch, t_cap.taps)
+        taps = pop_cached_taps(batch)  # teacher.cache: targets read from disk, no teacher run
+        if taps is None:
+            if t_cap.requests:  # terms on the data alone (lm_ce) need no teacher forward
+                with torch.no_grad(), t_cap:
+                    teacher(**batch)
+            taps = t_cap.taps
+        out = model(batch, taps)
         t_cap.taps.clear()
         total = out.pop("loss")
         values = {k: float(v.detach()) for k, v in out.items()}
@@ -224,7 +228,9 @@ def _run(
         frozen = freeze_parts(student, cfg.student.freeze)
         log.info("student.freeze: %d parameter tensors frozen", len(frozen))
     for t in [m.model for m in members] or [teacher]:  # (a token peer: moved with the distiller)
-        t.to(device=device, dtype=teacher_dtype)  # dtype None: as loaded
+        t.to(dtype=teacher_dtype)  # dtype None: as loaded
+        if not cfg.teacher.cache:  # with a cache the teacher only scores the eval split
+            t.to(device=device)
     distiller.to(device)
     log.info("training on %s (teacher %s)", device, next(teacher.parameters()).dtype)
     # dist: train.batch_size is per rank; the task builds global batches, each rank its rows

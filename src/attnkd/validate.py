@@ -78,6 +78,9 @@ def validate_static(cfg: DistillConfig) -> None:
     _check(d.on_policy == 0.0 or 1 <= d.on_policy_prefix < d.max_length, "data.on_policy_prefix",
            f"must be in [1, {d.max_length - 1}] (data.max_length - 1), got "
            f"{d.on_policy_prefix}")  # fmt: skip
+    _check(d.on_policy == 0.0 or not cfg.teacher.cache, "data.on_policy",
+           "on-policy rows need the live teacher to score them; teacher.cache holds targets for "
+           "the fixed text only: set one or the other")  # fmt: skip
     _check(cfg.teacher.attn_implementation in ATTN_IMPLS, "teacher.attn_implementation",
            f"expected one of {ATTN_IMPLS}")  # fmt: skip
     _check(s.attn_implementation in ATTN_IMPLS, "student.attn_implementation",
@@ -99,6 +102,10 @@ def validate_static(cfg: DistillConfig) -> None:
         _check(term.kind in VOCAB_KINDS, f"{key}.kind", f"expected one of {VOCAB_KINDS}")
         _check(0 <= term.beta <= 1, f"{key}.beta", f"must be in [0, 1], got {term.beta}")
         _check(term.top_k is None or term.top_k >= 1, f"{key}.top_k", "must be >= 1")
+    if cfg.teacher.cache:  # an offline teacher cache: its manifest against the loss terms
+        from attnkd.data.cache_match import check_cache_config
+
+        check_cache_config(cfg)
     if s.init == "teacher" and not s.layers and not s.layer_rule and not cfg.convert.kind:
         raise ConfigError("student.layers", "give a list of teacher layers or student.layer_rule")
     if s.layers and s.layer_rule:

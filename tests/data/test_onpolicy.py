@@ -141,3 +141,15 @@ def test_batches_are_reproducible_and_the_teacher_scores_generated_tokens():
     out = make_step(teacher, distiller)(a)
     assert len(seen) == 1 and torch.equal(seen[0], a["input_ids"])
     assert torch.isfinite(out.loss) and out.loss.requires_grad
+
+
+def test_on_policy_with_an_offline_teacher_cache_is_refused():
+    """Cached targets exist for the fixed text only; generated rows need the live teacher."""
+    from attnkd.config.schema import DistillConfig
+    from attnkd.validate import validate_static
+
+    cfg = DistillConfig(task="causal_lm")
+    cfg.data.on_policy = 0.25
+    cfg.teacher.cache = "runs/some-cache"
+    with pytest.raises(ConfigError, match="data.on_policy.*live teacher"):
+        validate_static(cfg)

@@ -21,6 +21,9 @@ class TeacherConfig:
     recipe: str = ""
     """image_classification: a recipe that trains this teacher, run first when ``name`` (the
     folder it exports to) does not exist yet; '' means never."""
+    cache: str = ""
+    """causal_lm: a teacher cache folder (``attnkd cache-teacher``); training then reads the
+    teacher's top-k targets from it and never runs the teacher ('' = run the teacher)."""
 
 
 @dataclass
@@ -61,7 +64,9 @@ class LossTermConfig:
     beta: float = 0.5
     top_k: int | None = None
     """'logits' term: keep only the teacher's k most likely tokens (biased: the teacher's mass
-    outside them is dropped; see ``attnkd.losses.token_divergence``)."""
+    outside them is dropped; see ``attnkd.losses.token_divergence``). With ``teacher.cache``
+    it must equal the cache's k, and the teacher's remaining mass is kept as one tail bucket
+    (``attnkd.losses.topk``)."""
     projector: bool = False
     """Learn a linear map student width -> teacher width (hidden/embedding terms)."""
     impl: str = "auto"
@@ -228,7 +233,7 @@ class ConvertConfig:
     layers) or 'mixer' (the new parameters only)."""
 
 
-STAGE_SECTIONS = ("teacher", "student", "data", "train", "convert")
+STAGE_SECTIONS = ("teacher", "student", "data", "train", "convert", "dpo")
 """The sections a stage may override key by key (``losses`` and ``teachers`` it replaces
 whole)."""
 
@@ -259,6 +264,7 @@ class StageConfig:
     data: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     convert: dict[str, Any] = field(default_factory=dict)
+    dpo: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -272,6 +278,34 @@ class ChainConfig:
     top-level ``student`` is then cut from the assistant (its ``layers`` index the assistant's)."""
     assistant_train: dict[str, Any] = field(default_factory=dict)
     """``train`` keys of the assistant stage (e.g. more steps), merged over the top level."""
+
+
+@dataclass
+class DPOConfig:
+    """Preference stage (``attnkd dpo``): DPO on student samples ranked by the teacher."""
+
+    beta: float = 0.1
+    """Implicit-reward scale of DPO (higher: stay closer to the reference)."""
+    reference: str = "teacher"
+    """'teacher' (LLaVA-MoD: the large model is the reference) or 'student' (the student as
+    the stage starts, as in the original DPO)."""
+    prompts: int = 48
+    """Training prompts: the first ``prompt_tokens`` of training blocks drawn with train.seed."""
+    samples_per_prompt: int = 4
+    """Student samples per prompt; the teacher's most and least likely form the pair."""
+    prompt_tokens: int = 32
+    new_tokens: int = 32
+    temperature: float = 1.0
+    min_margin: float = 0.0
+    """Keep a pair only if the teacher's mean log-likelihood per token differs by more."""
+    steps: int = 24
+    batch_size: int = 8
+    """Pairs per optimizer step."""
+    lr: float = 1.0e-5
+    eval_prompts: int = 32
+    """Held-out prompts (from the eval blocks) for the teacher-judged win rate."""
+    eval_blocks: int = 0
+    """Held-out blocks for perplexity before/after (0 = every eval block)."""
 
 
 @dataclass
@@ -294,6 +328,7 @@ class DistillConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     stages: list[StageConfig] = field(default_factory=list)
     """Empty: one stage (this config). Otherwise the run is these stages in order, each this
     config with the stage's overrides merged over it; the student carries from stage to stage."""

@@ -3,7 +3,8 @@
 Specs: ``stsb:train`` / ``stsb:dev`` (both sentences of each pair), ``sst2:train``,
 ``mrpc:train``, ``rte:train`` (and the ``:dev`` of each), ``wikitext2`` (validation split,
 sentence chunks), ``tinyshakespeare`` (speeches), ``tinyshakespeare:raw`` (the file's lines as
-written, for language modelling), and ``file:PATH[#COLUMNS]`` (PATH relative to
+written, for language modelling), ``seqkd:FOLDER`` (teacher-written text from ``attnkd
+generate-data``, see :mod:`attnkd.lm.seqkd`), and ``file:PATH[#COLUMNS]`` (PATH relative to
 the working directory): ``.txt`` (one sentence per line), ``.tsv`` / ``.csv`` (header row
 required; default column ``sentence`` or ``text``, or the only one), ``.jsonl`` (default field
 ``text``). ``COLUMNS`` is a comma-separated list of names (or 0-based indices for tables);
@@ -28,7 +29,7 @@ from attnkd.registry import Registry
 
 SourceFn = Callable[[str | None, PathLike | None, str], ReadResult[str]]
 SOURCES: Registry[SourceFn] = Registry("data source")
-_PREFIXED = ("file",)
+_PREFIXED = ("file", "seqkd")
 """Sources whose spec carries an argument after the colon."""
 _DEFAULT_COLUMNS = ("sentence", "text")
 
@@ -133,9 +134,18 @@ def _file(arg: str | None, data_dir: PathLike | None, bad_rows: str) -> ReadResu
     raise DataError(str(path), None, f"unknown file type {ext!r}; use .txt, .tsv, .csv or .jsonl")
 
 
+@SOURCES.register("seqkd")
+def _seqkd(arg: str | None, data_dir: PathLike | None, bad_rows: str) -> ReadResult[str]:
+    """Teacher-written text (``attnkd generate-data``): ``seqkd:FOLDER``, checksum checked."""
+    from attnkd.data.seqkd import read_seqkd
+
+    return read_seqkd(arg)
+
+
 def known_sources() -> list[str]:
     """Names accepted by :func:`load_source` (``file`` takes ``file:PATH[#COLUMNS]``)."""
-    return [f"{n}:PATH[#COLUMNS]" if n in _PREFIXED else n for n in SOURCES.names()]
+    args = {"file": "PATH[#COLUMNS]", "seqkd": "FOLDER"}
+    return [f"{n}:{args[n]}" if n in _PREFIXED else n for n in SOURCES.names()]
 
 
 def load_source(

@@ -65,4 +65,11 @@ def _run_convert(cfg: DistillConfig, resume: bool, progress: bool, overwrite: bo
     return run_convert(cfg, resume=resume, progress=progress, overwrite=overwrite)
 
 
+@register_kind("dpo", "preference stage: DPO on student samples ranked by the teacher (LLaVA-MoD)")
+def _run_dpo(cfg: DistillConfig, resume: bool, progress: bool, overwrite: bool) -> dict | None:
+    from attnkd.lm.dpo_stage import dpo_stage_kind
+
+    return dpo_stage_kind(cfg, resume, progress, overwrite)
+
+
 __all__ = ["KINDS", "StageKind", "StageRunner", "get_kind", "register_kind"]

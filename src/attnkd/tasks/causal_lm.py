@@ -64,7 +64,12 @@ def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> Ta
             "%d training blocks dropped: they repeat %d lines of the select/eval blocks "
             "(is a source listed twice?)", copies.blocks, copies.lines,
         )  # fmt: skip
-    batches = LMBatches(splits.train, cfg.train.batch_size, cfg.train.seed)
+    if cfg.teacher.cache:  # the teacher's top-k targets come from disk (attnkd.data.teacher_cache)
+        from attnkd.data.cache_match import cached_batches
+
+        batches = cached_batches(cfg, teacher, tok, splits.train)
+    else:
+        batches = LMBatches(splits.train, cfg.train.batch_size, cfg.train.seed)
     if d.on_policy > 0:  # GKD / DistillSpec: λ of each batch's rows continued by the student
         batches = OnPolicyBatches(batches, student, d.on_policy, d.on_policy_prefix,
                                   seed=cfg.train.seed)  # fmt: skip

@@ -6,6 +6,7 @@ from attnkd.losses._vocab_chunked import KINDS as DIVERGENCE_KINDS
 from attnkd.losses.logits import token_divergence
 from attnkd.losses.next_token import next_token_ce
 from attnkd.losses.terms.base import LossTerm, TermError, register
+from attnkd.losses.topk import topk_divergence
 
 
 @register(
@@ -50,7 +51,15 @@ class LogitsTerm(LossTerm):
         return self.kind
 
     def forward(self, t, s, mask):
-        zt, zs = t.get("logits", 0), s.get("logits", 0)
+        zs = s.get("logits", 0)
+        cached = getattr(t, "topk", None)  # a top-k teacher cache (data.teacher_cache.CachedTaps)
+        if cached is not None:
+            value = topk_divergence(
+                zs, cached.ids, cached.logp, cached.tail, kind=self.cfg.kind, beta=self.cfg.beta,
+                temperature=self.cfg.temperature, mask=mask,
+            )  # fmt: skip
+            return {self.cfg.kind: value}
+        zt = t.get("logits", 0)
         if zt.shape[-1] != zs.shape[-1]:
             raise TermError("name", _vocab_message(zt.shape[-1], zs.shape[-1]))
         cfg = self.cfg
