@@ -21,7 +21,7 @@ from attnkd.models.adapters import AttentionGeometry, adapter_for, geometry
 IMPLS = ("auto", "naive", "chunked")
 ATTN_IMPLS = ("sdpa", "eager")
 EVAL_TASKS = ("stsb:dev", "stsb:val")
-TASKS = ("sentence", "causal_lm", "image_classification")
+TASKS = ("sentence", "causal_lm", "image_classification", "sequence_classification")
 VOCAB_KINDS = ("fkl", "rkl", "jsd", "tvd")
 CONVERT_KINDS = ("linear", "window", "hybrid")
 CONVERT_LOSSES = ("mse", "ce", "ce+mse")
@@ -59,8 +59,14 @@ def validate_static(cfg: DistillConfig) -> None:
     _check(d.val_fraction + d.eval_fraction < 1, "data.eval_fraction",
            "data.val_fraction + data.eval_fraction must leave blocks to train on")  # fmt: skip
     _check(d.bad_rows in ("error", "skip"), "data.bad_rows", "expected 'error' or 'skip'")
-    _check(d.eval_task in EVAL_TASKS, "data.eval_task", f"expected one of {EVAL_TASKS}")
-    _check(d.select_task in EVAL_TASKS, "data.select_task", f"expected one of {EVAL_TASKS}")
+    if cfg.task == "sequence_classification":
+        from attnkd.data.cls_splits import EVAL_SPLITS, SELECT_SPLITS
+
+        evals, selects = EVAL_SPLITS, SELECT_SPLITS
+    else:
+        evals = selects = EVAL_TASKS
+    _check(d.eval_task in evals, "data.eval_task", f"expected one of {evals}")
+    _check(d.select_task in selects, "data.select_task", f"expected one of {selects}")
     _check(d.select_task != d.eval_task, "data.select_task",
            f"'{d.select_task}' is also data.eval_task; select on 'stsb:val'")  # fmt: skip
     _check(bool(d.train_sources), "data.train_sources", "needs at least one source")
@@ -98,6 +104,10 @@ def validate_data(cfg: DistillConfig) -> None:
     from attnkd.data.benchmarks import read_stsb
     from attnkd.data.sources import load_source
 
+    if cfg.task == "sequence_classification":  # labelled splits of one data set
+        from attnkd.tasks.sequence_classification import validate_data as validate_cls
+
+        return validate_cls(cfg)
     total = 0
     for i, spec in enumerate(cfg.data.train_sources):
         try:
@@ -142,7 +152,7 @@ def validate_models(cfg: DistillConfig) -> Geometries:
     _check_positions(cfg.data.max_length, tcfg, "teacher", cfg.teacher.name)
     if family.causal != (cfg.task == "causal_lm"):
         kind = "a decoder (causal LM)" if family.causal else "an encoder"
-        fits = "causal_lm" if family.causal else "sentence"
+        fits = "causal_lm" if family.causal else "sentence' or 'sequence_classification"
         raise ConfigError(
             "task", f"'{cfg.task}' does not fit the teacher, {kind} ({family.family}): use '{fits}'"
         )

@@ -18,7 +18,7 @@ class TeacherConfig:
     attn_implementation: str = "sdpa"
     """'sdpa' (fused) or 'eager'. q/k/v capture works on both."""
     recipe: str = ""
-    """image_classification: a recipe that trains this teacher, run first when ``name`` (the
+    """image_classification, sequence_classification: a recipe that trains this teacher, run first when ``name`` (the
     folder it exports to) does not exist yet; '' means never."""
 
 
@@ -74,11 +74,19 @@ class DataConfig:
     """Unlabeled sentence sources: 'stsb:train', 'sst2:train', 'mrpc:train', 'rte:train',
     'wikitext2', 'tinyshakespeare', or 'file:PATH' (one sentence per line / tsv / jsonl)."""
     max_sentences: int | None = None
+    """Cap on the training sentences (seeded choice; sequence_classification: labelled rows)."""
     eval_task: str = "stsb:dev"
-    """Final evaluation split: 'stsb:dev' or 'stsb:val' (a held-out part of STS-B train)."""
+    """Final evaluation split: 'stsb:dev' or 'stsb:val' (a held-out part of STS-B train);
+    sequence_classification: 'sst2:heldout', 'mrpc:dev' or 'rte:dev'."""
     select_task: str = "stsb:val"
     """Split evaluated every train.eval_every steps to pick the best checkpoint; keeping it apart
-    from eval_task means the reported figure is not tuned on."""
+    from eval_task means the reported figure is not tuned on (sequence_classification: 'sst2:val',
+    'mrpc:val' or 'rte:val', held out of the data set's train file)."""
+    unlabeled_sources: list[str] = field(default_factory=list)
+    """sequence_classification: unlabeled sentence sources (train_sources syntax) added to the
+    labelled rows with no label, so only the teacher's soft labels teach them (SSLD)."""
+    max_unlabeled: int | None = None
+    """Cap on the unlabeled sentences (seeded choice); None keeps them all."""
     exclude_files: list[str] = field(default_factory=list)
     """Sentence task: files whose sentences must never be trained on (e.g. a test set you will
     score on later). Each is a plain path, read like 'file:PATH', or a source spec
@@ -166,7 +174,8 @@ class DistillConfig:
     output_dir: str = "runs"
     task: str = "sentence"
     """'sentence' (embeddings, STS Spearman), 'causal_lm' (next-token perplexity) or
-    'image_classification' (Fashion-MNIST accuracy; CNN/ViT builders, see attnkd.vision)."""
+    'image_classification' (Fashion-MNIST accuracy; CNN/ViT builders, see attnkd.vision) or
+    'sequence_classification' (SST-2/MRPC/RTE accuracy and F1, see attnkd.tasks)."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     losses: list[LossTermConfig] = field(default_factory=lambda: [LossTermConfig()])
