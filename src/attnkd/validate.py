@@ -302,6 +302,26 @@ def _validate_convert(cfg: DistillConfig) -> None:
     _check(c.chunk is None or c.chunk >= 1, "convert.chunk", f"must be >= 1, got {c.chunk}")
 
 
+def _teacher_stand_in(cfg: DistillConfig) -> DistillConfig:
+    """``cfg`` itself, or, when ``teacher.name`` is a folder a ``teacher.recipe`` stage will
+    export (not there yet), ``cfg`` with the model that stage starts from as the teacher: the
+    exported teacher has its layers, heads and widths, so the student checks hold for it."""
+    from dataclasses import replace
+
+    from attnkd.config.io import load_config
+    from attnkd.recipes import find_recipe
+
+    t = cfg.teacher
+    if not t.recipe or Path(t.name).exists():
+        return cfg
+    path = t.recipe if Path(t.recipe).is_file() else find_recipe(t.recipe)
+    if path is None:
+        raise ConfigError("teacher.recipe", f"recipe not found: {t.recipe}")
+    stage = load_config(path)
+    start = stage.teacher.name if stage.student.init == "teacher" else stage.student.init
+    return replace(cfg, teacher=replace(t, name=start))
+
+
 def validate(cfg: DistillConfig, check_data: bool = True, check_models: bool = True) -> None:
     """All checks, in order of cost; raises the first :class:`ConfigError`."""
     if cfg.task == "image_classification":  # its own models, losses and data
@@ -314,6 +334,6 @@ def validate(cfg: DistillConfig, check_data: bool = True, check_models: bool = T
         _check(Path(cfg.data.data_dir).is_dir(), "data.data_dir",
                f"folder not found: {cfg.data.data_dir}")  # fmt: skip
     if check_models:
-        validate_models(cfg)
+        validate_models(_teacher_stand_in(cfg))
     if check_data:
         validate_data(cfg)
