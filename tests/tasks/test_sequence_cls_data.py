@@ -90,8 +90,11 @@ def test_mrpc_dev_labels_read_as_glue_numbers_them(cls_data):
 
 @pytest.mark.parametrize(
     ("ev", "sel", "key"),
-    [("sst2:dev", "sst2:val", "data.eval_task"), ("mrpc:dev", "stsb:val", "data.select_task"),
-     ("mrpc:dev", "rte:val", "data.select_task")],  # fmt: skip
+    [
+        ("sst2:dev", "sst2:val", "data.eval_task"),
+        ("mrpc:dev", "stsb:val", "data.select_task"),
+        ("mrpc:dev", "rte:val", "data.select_task"),
+    ],
 )
 def test_bad_split_names_are_config_errors(cls_data, ev, sel, key):
     with pytest.raises(ConfigError) as err:

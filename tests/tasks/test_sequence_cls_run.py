@@ -59,10 +59,15 @@ def test_teacher_stage_then_distilled_student_exports_with_labels(
     assert (teacher_out / "model.safetensors").is_file()  # the stage ran first
     assert res["train"]["teacher_used"] and res["student"]["layers"] == 2
     assert 0.0 <= res["teacher"]["accuracy"] <= 1.0 and "f1" in res["teacher"]
-    assert res["retention"] == pytest.approx(res["student"]["accuracy"] / res["teacher"]["accuracy"])
+    assert res["retention"] == pytest.approx(
+        res["student"]["accuracy"] / res["teacher"]["accuracy"]
+    )
     assert res["eval_split"] == "mrpc:dev" and res["train"]["held_out_removed"]["mrpc:dev"] >= 1
-    terms = [line for line in (tmp_path / "runs/s/metrics.jsonl").read_text().splitlines()
-             if '"train"' in line and "cls_kd" in line]  # fmt: skip
+    terms = [
+        line
+        for line in (tmp_path / "runs/s/metrics.jsonl").read_text().splitlines()
+        if '"train"' in line and "cls_kd" in line
+    ]
     assert terms, "the KD term was logged"
 
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "runs/s/student")

@@ -18,8 +18,8 @@ class TeacherConfig:
     attn_implementation: str = "sdpa"
     """'sdpa' (fused) or 'eager'. q/k/v capture works on both."""
     recipe: str = ""
-    """image_classification, sequence_classification: a recipe that trains this teacher, run first when ``name`` (the
-    folder it exports to) does not exist yet; '' means never."""
+    """image_classification, sequence_classification: a recipe that trains this teacher, run
+    first when ``name`` (the folder it exports to) does not exist yet; '' means never."""
 
 
 @dataclass
@@ -58,6 +58,8 @@ class LossTermConfig:
     top_k: int | None = None
     """'logits' term: keep only the teacher's k most likely tokens (biased: the teacher's mass
     outside them is dropped; see ``attnkd.losses.token_divergence``)."""
+    gamma: float = 1.0
+    """'cls_ofa': OFA-KD target-enhancement exponent (1 = plain soft cross-entropy)."""
     projector: bool = False
     """Learn a linear map student width -> teacher width (hidden/embedding terms)."""
     impl: str = "auto"

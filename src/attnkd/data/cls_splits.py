@@ -75,23 +75,32 @@ class ClsSplits:
         return LABEL_NAMES[self.dataset]
 
     def info(self) -> dict:
-        return {"train_examples": len(self.train), "select_examples": len(self.select),
-                "eval_examples": len(self.eval), "held_out_removed": dict(self.removed)}  # fmt: skip
+        return {
+            "train_examples": len(self.train),
+            "select_examples": len(self.select),
+            "eval_examples": len(self.eval),
+            "held_out_removed": dict(self.removed),
+        }
 
 
 def dataset_of(split: str) -> str:
     return split.partition(":")[0]
 
 
-def read_examples(dataset: str, split: str, data_dir: PathLike | None = None,
-                  bad_rows: str = "error") -> list[ClsExample]:  # fmt: skip
+def read_examples(
+    dataset: str, split: str, data_dir: PathLike | None = None, bad_rows: str = "error"
+) -> list[ClsExample]:
     """Every labelled row of ``dataset``'s ``split`` file ('train' or 'dev') as examples."""
     if dataset == "sst2":
-        return [ClsExample(r.sentence, r.label) for r in bm.read_sst2(split, data_dir,
-                                                                     bad_rows=bad_rows)]  # fmt: skip
+        return [
+            ClsExample(r.sentence, r.label)
+            for r in bm.read_sst2(split, data_dir, bad_rows=bad_rows)
+        ]
     reader = {"mrpc": bm.read_mrpc, "rte": bm.read_rte}[dataset]
-    return [ClsExample(p.sentence1, p.label, p.sentence2)
-            for p in reader(split, data_dir, bad_rows=bad_rows)]  # fmt: skip
+    return [
+        ClsExample(p.sentence1, p.label, p.sentence2)
+        for p in reader(split, data_dir, bad_rows=bad_rows)
+    ]
 
 
 def words(text: str) -> tuple[str, ...]:
@@ -140,8 +149,10 @@ def _sst2_splits(rows: list[ClsExample], select_seed: int) -> ClsSplits:
     heldout = _draw(whole, SST2_HELDOUT, HELDOUT_SEED)
     rest = sorted(set(whole) - set(heldout))
     val = _draw(rest, SST2_HELDOUT, select_seed)
-    banned = {name: set().union(*(spans(words(rows[i].text)) for i in idx))
-              for name, idx in (("sst2:heldout", heldout), ("sst2:val", val))}  # fmt: skip
+    banned = {
+        name: set().union(*(spans(words(rows[i].text)) for i in idx))
+        for name, idx in (("sst2:heldout", heldout), ("sst2:val", val))
+    }
     taken = set(heldout) | set(val)
     train, removed = [], {"sst2:heldout": 0, "sst2:val": 0}
     for i, r in enumerate(rows):
@@ -151,18 +162,32 @@ def _sst2_splits(rows: list[ClsExample], select_seed: int) -> ClsSplits:
             removed[name] += 1
         if i not in taken and not hits:
             train.append(r)
-    return ClsSplits("sst2", train, [rows[i] for i in val], [rows[i] for i in heldout],
-                     "sst2:val", "sst2:heldout", removed)  # fmt: skip
+    return ClsSplits(
+        "sst2",
+        train,
+        [rows[i] for i in val],
+        [rows[i] for i in heldout],
+        "sst2:val",
+        "sst2:heldout",
+        removed,
+    )
 
 
-def _pair_splits(dataset: str, rows: list[ClsExample], dev: list[ClsExample],
-                 val_fraction: float, select_seed: int) -> ClsSplits:  # fmt: skip
+def _pair_splits(
+    dataset: str,
+    rows: list[ClsExample],
+    dev: list[ClsExample],
+    val_fraction: float,
+    select_seed: int,
+) -> ClsSplits:
     n_val = min(max(1, round(val_fraction * len(rows))), len(rows) - 1)
     perm = np.random.default_rng(select_seed).permutation(len(rows))
     val_idx = set(int(k) for k in perm[:n_val])
     val = [r for i, r in enumerate(rows) if i in val_idx]
-    keys = {f"{dataset}:dev": {sentence_key(s) for r in dev for s in r.sentences()},
-            f"{dataset}:val": {sentence_key(s) for r in val for s in r.sentences()}}  # fmt: skip
+    keys = {
+        f"{dataset}:dev": {sentence_key(s) for r in dev for s in r.sentences()},
+        f"{dataset}:val": {sentence_key(s) for r in val for s in r.sentences()},
+    }
     # the selection split itself must not share a sentence with dev
     val = [r for r in val if not {sentence_key(s) for s in r.sentences()} & keys[f"{dataset}:dev"]]
     train, removed = [], dict.fromkeys(keys, 0)
@@ -178,9 +203,14 @@ def _pair_splits(dataset: str, rows: list[ClsExample], dev: list[ClsExample],
     return ClsSplits(dataset, train, val, dev, f"{dataset}:val", f"{dataset}:dev", removed)
 
 
-def build_splits(eval_split: str, select_split: str, data_dir: PathLike | None = None,
-                 val_fraction: float = 0.1, seed: int = 0,
-                 bad_rows: str = "error") -> ClsSplits:  # fmt: skip
+def build_splits(
+    eval_split: str,
+    select_split: str,
+    data_dir: PathLike | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    bad_rows: str = "error",
+) -> ClsSplits:
     """The three splits of the data set named by ``eval_split`` (see the module docstring).
 
     ConfigError (at ``data.eval_task`` / ``data.select_task``) for an unknown split name or

@@ -67,8 +67,10 @@ def load(name: str, attn_implementation: str = "sdpa", tokenizer: bool = True) -
         except ValueError as err:
             raise AttnkdError(f"cannot use model '{name}': {err}") from None
         if adapter.causal:
-            raise AttnkdError(f"model '{name}' is a decoder; sequence_classification needs an "
-                              "encoder (BERT, MPNet)")  # fmt: skip
+            raise AttnkdError(
+                f"model '{name}' is a decoder; sequence_classification needs an "
+                "encoder (BERT, MPNet)"
+            )
         if resolved.source != "hub":
             check_model_folder(resolved.path, name, tokenizer=tokenizer)
         model_cls = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
@@ -95,8 +97,9 @@ def _cached_splits(eval_task, select_task, data_dir, val_fraction, seed, bad_row
 def task_splits(cfg: DistillConfig) -> ClsSplits:
     """The run's training, selection and evaluation splits (built once per process)."""
     d = cfg.data
-    return _cached_splits(d.eval_task, d.select_task, d.data_dir, d.val_fraction, cfg.train.seed,
-                          d.bad_rows)  # fmt: skip
+    return _cached_splits(
+        d.eval_task, d.select_task, d.data_dir, d.val_fraction, cfg.train.seed, d.bad_rows
+    )
 
 
 def validate_data(cfg: DistillConfig) -> None:
@@ -109,14 +112,22 @@ def validate_data(cfg: DistillConfig) -> None:
         splits = task_splits(cfg)
     except DataError as err:
         raise ConfigError("data.eval_task", str(err)) from err
-    n = len(splits.train) if cfg.data.max_sentences is None else min(len(splits.train),
-                                                                     cfg.data.max_sentences)  # fmt: skip
+    n = (
+        len(splits.train)
+        if cfg.data.max_sentences is None
+        else min(len(splits.train), cfg.data.max_sentences)
+    )
     if n < cfg.train.batch_size:
-        raise ConfigError("train.batch_size", f"{cfg.train.batch_size} is more than the {n} "
-                          f"training rows of {splits.dataset}")  # fmt: skip
+        raise ConfigError(
+            "train.batch_size",
+            f"{cfg.train.batch_size} is more than the {n} training rows of {splits.dataset}",
+        )
     if cfg.data.unlabeled_sources and splits.train[0].text_pair is not None:
-        raise ConfigError("data.unlabeled_sources", f"{splits.dataset} classifies sentence "
-                          "pairs; unlabeled text is single sentences (use it with sst2)")  # fmt: skip
+        raise ConfigError(
+            "data.unlabeled_sources",
+            f"{splits.dataset} classifies sentence "
+            "pairs; unlabeled text is single sentences (use it with sst2)",
+        )
     for i, spec in enumerate(cfg.data.unlabeled_sources):
         try:
             load_source(spec, cfg.data.data_dir, bad_rows=cfg.data.bad_rows)
@@ -158,12 +169,16 @@ class Encoded:
         else:
             enc = tokenizer(texts, truncation=True, max_length=max_length)
         types = enc.get("token_type_ids") or [[0] * len(ids) for ids in enc["input_ids"]]
-        self.rows = [{"input_ids": ids, "token_type_ids": tt, "label": e.label}
-                     for ids, tt, e in zip(enc["input_ids"], types, examples, strict=True)]  # fmt: skip
+        self.rows = [
+            {"input_ids": ids, "token_type_ids": tt, "label": e.label}
+            for ids, tt, e in zip(enc["input_ids"], types, examples, strict=True)
+        ]
         self.collator = DynamicPaddingCollator(tokenizer, max_length, token_type_ids=True)
 
     def pad(self, rows: list[dict]) -> dict[str, Tensor]:
-        batch = self.collator.pad([r["input_ids"] for r in rows], [r["token_type_ids"] for r in rows])
+        batch = self.collator.pad(
+            [r["input_ids"] for r in rows], [r["token_type_ids"] for r in rows]
+        )
         batch["labels"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
         return batch
 
@@ -177,8 +192,10 @@ class ClsBatches:
 
     def __init__(self, encoded: Encoded, batch_size: int, seed: int):
         if len(encoded.rows) < batch_size:
-            raise ConfigError("train.batch_size",
-                              f"{batch_size} is more than the {len(encoded.rows)} training rows")  # fmt: skip
+            raise ConfigError(
+                "train.batch_size",
+                f"{batch_size} is more than the {len(encoded.rows)} training rows",
+            )
         self.encoded = encoded
         lengths = [len(r["input_ids"]) for r in encoded.rows]
         self.sampler = LengthGroupedBatches(lengths, batch_size, seed=seed, drop_last=True)
@@ -204,8 +221,10 @@ def config_uses_teacher(cfg: DistillConfig) -> bool:
     from attnkd.losses.terms import TERMS
 
     classes = [TERMS.get(c.name).cls for c in cfg.losses]
-    return any(getattr(c, "uses_teacher", True) if issubclass(c, ClassificationTerm) else True
-               for c in classes)  # fmt: skip
+    return any(
+        getattr(c, "uses_teacher", True) if issubclass(c, ClassificationTerm) else True
+        for c in classes
+    )
 
 
 def make_step(teacher: nn.Module, distiller: nn.Module, model: nn.Module | None = None):
@@ -256,14 +275,23 @@ def unlabeled_examples(cfg: DistillConfig, splits: ClsSplits, pairs: bool) -> li
     if not d.unlabeled_sources:
         return []
     if pairs:
-        raise ConfigError("data.unlabeled_sources",
-                          f"{splits.dataset} classifies sentence pairs; unlabeled text is "
-                          "single sentences (use it with sst2)")  # fmt: skip
-    held = {name: [s for e in rows for s in e.sentences()]
-            for name, rows in ((splits.eval_name, splits.eval),
-                               (splits.select_name, splits.select))}  # fmt: skip
-    corpus = build_corpus(d.unlabeled_sources, d.data_dir, max_sentences=d.max_unlabeled,
-                          seed=cfg.train.seed, exclude=held, bad_rows=d.bad_rows)  # fmt: skip
+        raise ConfigError(
+            "data.unlabeled_sources",
+            f"{splits.dataset} classifies sentence pairs; unlabeled text is "
+            "single sentences (use it with sst2)",
+        )
+    held = {
+        name: [s for e in rows for s in e.sentences()]
+        for name, rows in ((splits.eval_name, splits.eval), (splits.select_name, splits.select))
+    }
+    corpus = build_corpus(
+        d.unlabeled_sources,
+        d.data_dir,
+        max_sentences=d.max_unlabeled,
+        seed=cfg.train.seed,
+        exclude=held,
+        bad_rows=d.bad_rows,
+    )
     log.info("unlabeled: %s", corpus.summary())
     return [ClsExample(s, IGNORE_INDEX) for s in corpus.sentences]
 
@@ -285,8 +313,10 @@ def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> Ta
     train_rows = _subsample(splits.train, d.max_sentences, cfg.train.seed)
     extra = unlabeled_examples(cfg, splits, pairs)
     train = Encoded(tok, train_rows + extra, d.max_length)
-    select, evalset = Encoded(tok, splits.select, d.max_length), Encoded(tok, splits.eval,
-                                                                          d.max_length)  # fmt: skip
+    select, evalset = (
+        Encoded(tok, splits.select, d.max_length),
+        Encoded(tok, splits.eval, d.max_length),
+    )
     batches = ClsBatches(train, cfg.train.batch_size, cfg.train.seed)
     has_teacher = config_uses_teacher(cfg)
 
@@ -312,8 +342,12 @@ def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> Ta
     def export(folder: Path) -> Path:
         return export_student(student, tok, folder, sentence_transformers=False)
 
-    info = {**splits.info(), "train_rows_used": len(train_rows), "unlabeled_rows": len(extra),
-            "teacher_used": has_teacher}  # fmt: skip
+    info = {
+        **splits.info(),
+        "train_rows_used": len(train_rows),
+        "unlabeled_rows": len(extra),
+        "teacher_used": has_teacher,
+    }
     return TaskSetup(batches, evaluate, "accuracy", "max", final, export, train_info=info)
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnkd.capture import split_heads
+from attnkd.losses.cls_losses import attention_entropy, ofa_target_loss
 from attnkd.losses.logits import IGNORE_INDEX, hinton_kd
 from attnkd.losses.terms.base import LossTerm, register
 
@@ -60,3 +62,32 @@ class ClsKDTerm(ClsCrossEntropyTerm):
     def forward(self, t_logits, s_logits, labels):
         kd = hinton_kd(s_logits, t_logits, temperature=self.cfg.temperature)
         return {"kd": kd.kd}
+
+
+@register("cls_ofa", "OFA-KD target-enhanced soft cross-entropy on class logits, exponent `gamma`")
+class ClsOfaTerm(ClsCrossEntropyTerm):
+    """:func:`attnkd.losses.cls_losses.ofa_target_loss` with ``eps = gamma``."""
+
+    uses_teacher = True
+
+    def forward(self, t_logits, s_logits, labels):
+        value = ofa_target_loss(s_logits, t_logits, labels, self.cfg.gamma, self.cfg.temperature)
+        return {"ofa": value}
+
+
+@register("attention_entropy", "AEM: maximise the student's attention entropy (−λ·H) at a layer")
+class AttentionEntropyTerm(LossTerm):
+    """``-mean H(A)`` of the student's attention at ``student_layer`` from captured q and k
+    (its weight is λ); the teacher is not read. For any transformer task; a relative-position
+    bias (MPNet) is not added, so there it regularises the content part of the scores."""
+
+    student_kinds = ("q", "k")
+
+    def forward(self, t, s, mask):
+        heads, dim = self.sg.num_heads, self.sg.head_dim
+        q = split_heads(s.get("q", self.s_layer), heads)
+        k = split_heads(s.get("k", self.s_layer), self.sg.num_kv_heads)
+        if k.shape[1] != heads:  # grouped-query attention: each key head serves a group
+            k = k.repeat_interleave(heads // k.shape[1], dim=1)
+        assert q.shape[-1] == dim
+        return {"neg_entropy": -attention_entropy(q, k, mask).mean()}
