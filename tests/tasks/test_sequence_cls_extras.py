@@ -132,3 +132,31 @@ def test_unlabeled_sentences_join_with_no_label_and_no_held_out_sentence(
         "the old horse is sitting in the field .",
     ]
     assert all(r.label == -100 for r in rows)
+
+
+def _naive_dcd(s, t, k, tau):
+    s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
+    total = 0.0
+    for i in range(s.shape[0]):
+        others = sorted((j for j in range(s.shape[0]) if j != i), key=lambda j: -float(t[i] @ t[j]))
+        cand = [i, *others[:k]]
+        logits = torch.stack([s[i] @ t[j] for j in cand]) / tau
+        total -= float(torch.log_softmax(logits, 0)[0])
+    return total / s.shape[0]
+
+
+def test_hard_negative_contrastive_matches_naive_and_mines_with_the_teacher():
+    from attnkd.losses.cls_losses import hard_negative_contrastive
+
+    torch.manual_seed(4)
+    s, t = torch.randn(7, 5), torch.randn(7, 5)
+    got = hard_negative_contrastive(s, t, negatives=3, temperature=0.1)
+    assert got.item() == pytest.approx(_naive_dcd(s, t, 3, 0.1), rel=1e-5)
+    # capped at batch - 1 negatives: with all of them it is InfoNCE over the whole batch
+    full = hard_negative_contrastive(s, t, negatives=50, temperature=0.1)
+    logits = F.normalize(s, dim=-1) @ F.normalize(t, dim=-1).T / 0.1
+    assert full.item() == pytest.approx(F.cross_entropy(logits, torch.arange(7)).item(), rel=1e-5)
+    x = torch.randn(4, 5, requires_grad=True)
+    loss = hard_negative_contrastive(x, torch.randn(4, 5), negatives=2)
+    loss.backward()
+    assert torch.isfinite(x.grad).all()

@@ -5,6 +5,8 @@
   (``-λ·H(A)``).
 - :func:`ofa_target_loss`: OFA-KD's target-enhanced distillation loss (Hao et al. 2023, "One-for-
   All: Bridge the Gap Between Heterogeneous Architectures in Knowledge Distillation").
+- :func:`hard_negative_contrastive`: contrastive embedding distillation with negatives mined by
+  the teacher (the hard-negative part of Dynamic Contrastive Distillation, Rao et al. 2023).
 
 Both are pure functions of tensors; shapes are in the docstrings.
 """
@@ -19,7 +21,7 @@ from torch import Tensor
 
 from attnkd.losses.logits import IGNORE_INDEX
 
-__all__ = ["attention_entropy", "ofa_target_loss"]
+__all__ = ["attention_entropy", "hard_negative_contrastive", "ofa_target_loss"]
 
 
 def attention_entropy(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -70,3 +72,35 @@ def ofa_target_loss(
     y[known] = F.one_hot(labels[known], pt.shape[-1]).to(pt.dtype)
     w = (pt + y).pow(eps) - y
     return -(w * log_ps).sum(-1).mean()
+
+
+def hard_negative_contrastive(
+    student: Tensor, teacher: Tensor, negatives: int = 4, temperature: float = 0.05
+) -> Tensor:
+    """InfoNCE from each student embedding to its own teacher embedding against hard negatives.
+
+    Shapes: student, teacher (batch, width) (same width; project first if they differ). Both
+    are L2-normalised. For row i the negatives are the ``negatives`` other rows j whose *teacher*
+    embeddings are most similar to teacher row i (mined by the teacher, not the student), and
+    ``loss_i = -log softmax([ŝ_i·t̂_i, ŝ_i·t̂_j1, ...] / temperature)[0]``; mean over rows.
+    ``negatives`` is capped at batch - 1. The paper's dynamic per-sample weighting is not
+    applied: every row counts equally.
+    """
+    if student.shape != teacher.shape or student.dim() != 2:
+        raise ValueError(
+            f"student and teacher must be (batch, width) alike, got {tuple(student.shape)} and "
+            f"{tuple(teacher.shape)}"
+        )
+    b = student.shape[0]
+    n = min(negatives, b - 1)
+    s_hat = F.normalize(student.float(), dim=-1)
+    t_hat = F.normalize(teacher.detach().float(), dim=-1)
+    sim = s_hat @ t_hat.T  # (batch, batch): student row i against every teacher row
+    pos = sim.diagonal()[:, None]
+    if n <= 0:
+        return torch.zeros((), device=student.device) * sim.sum()
+    t_sim = t_hat @ t_hat.T
+    t_sim.fill_diagonal_(float("-inf"))
+    hard = t_sim.topk(n, dim=-1).indices  # (batch, n) teacher-mined negatives
+    logits = torch.cat([pos, sim.gather(1, hard)], dim=1) / temperature
+    return -torch.log_softmax(logits, dim=-1)[:, 0].mean()

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnkd.capture import split_heads
-from attnkd.losses.cls_losses import attention_entropy, ofa_target_loss
+from attnkd.losses import features as feat
+from attnkd.losses.cls_losses import attention_entropy, hard_negative_contrastive, ofa_target_loss
 from attnkd.losses.logits import IGNORE_INDEX, hinton_kd
-from attnkd.losses.terms.base import LossTerm, register
+from attnkd.losses.terms.base import LossTerm, TermError, register
 
 
 class ClassificationTerm(LossTerm):
@@ -91,3 +92,33 @@ class AttentionEntropyTerm(LossTerm):
             k = k.repeat_interleave(heads // k.shape[1], dim=1)
         assert q.shape[-1] == dim
         return {"neg_entropy": -attention_entropy(q, k, mask).mean()}
+
+
+@register("dcd", "contrastive distillation of mean-pooled hidden states, teacher-mined negatives")
+class HardNegativeContrastiveTerm(LossTerm):
+    """:func:`attnkd.losses.cls_losses.hard_negative_contrastive` on the mean-pooled hidden
+    states of ``teacher_layer`` and ``student_layer`` (``projector: true`` when widths differ);
+    ``relation_heads`` (default 4) is the number of negatives, ``temperature`` the InfoNCE one."""
+
+    teacher_kinds = student_kinds = ("hidden",)
+
+    def __init__(self, cfg, teacher, student):
+        super().__init__(cfg, teacher, student)
+        if cfg.projector:
+            self.projector = feat.Projector(student.hidden_size, teacher.hidden_size)
+        elif student.hidden_size != teacher.hidden_size:
+            raise TermError(
+                "projector",
+                f"student width {student.hidden_size} != teacher width {teacher.hidden_size}: "
+                "set projector: true",
+            )
+        else:
+            self.projector = None
+
+    def forward(self, t, s, mask):
+        hs = s.get("hidden", self.s_layer)
+        if self.projector is not None:
+            hs = self.projector(hs)
+        ps, pt = feat.mean_pool(hs, mask), feat.mean_pool(t.get("hidden", self.t_layer), mask)
+        k = self.cfg.relation_heads or 4
+        return {"nce": hard_negative_contrastive(ps, pt, k, self.cfg.temperature)}
