@@ -1,4 +1,4 @@
-"""Command line: ``attnkd distill | validate | eval | report | ls | convert``.
+"""Command line: ``attnkd distill | validate | repro | eval | report | ls | convert``.
 
 Every user error (bad config, bad data, missing model) prints one clear line to stderr and
 exits non-zero (2 for config and data errors) without a traceback.
@@ -52,18 +52,28 @@ def _memory_estimate(cfg):
 
 
 def cmd_distill(args) -> int:
-    from attnkd.distill import run_distill
+    from attnkd.stages import is_staged, run_recipe
 
     config, overrides = _split_args(args)
     cfg = args.cfg = _load(config, overrides)
-    estimate = _memory_estimate(cfg)
+    estimate = None if is_staged(cfg) else _memory_estimate(cfg)
     if estimate is not None and estimate.warning():
         logging.getLogger("attnkd").warning("%s", estimate.warning())
-    results = run_distill(
+    results = run_recipe(
         cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite
     )
     if results is None:  # a rank other than 0 under torchrun: rank 0 reports
         return 0
+    for st in results.get("stages", []):
+        print(f"stage {st['stage']} ({st['kind']}): {_quality(st['results'])}")
+    print(f"\n{_quality(results)}")
+    files = "stages/, stages.json" if "stages" in results else "metrics.jsonl"
+    print(f"run folder: {Path(cfg.output_dir) / cfg.name} (student/, results.json, {files})")
+    return 0
+
+
+def _quality(results: dict) -> str:
+    """One line: the task's metric for teacher and student, and the parameter counts."""
     t, s = results["teacher"], results["student"]
     if results.get("task", "sentence") == "causal_lm":
         quality = (
@@ -85,8 +95,23 @@ def cmd_distill(args) -> int:
             f"{results['eval_split']} Spearman x100: teacher {t['spearman']:.2f}, "
             f"student {s['spearman']:.2f} (retention {100 * results['retention']:.1f}%)"
         )
-    print(f"\n{quality}; params {t['params'] / 1e6:.1f}M -> {s['params'] / 1e6:.1f}M")
-    print(f"run folder: {Path(cfg.output_dir) / cfg.name} (student/, results.json, metrics.jsonl)")
+    return f"{quality}; params {t['params'] / 1e6:.1f}M -> {s['params'] / 1e6:.1f}M"
+
+
+def cmd_repro(args) -> int:
+    from attnkd.repro import run_repro
+
+    config, overrides = _split_args(args)
+    cfg = args.cfg = _load(config, overrides)
+    seeds = args.seed_list or list(range(args.seeds))
+    command = " ".join(
+        ["attnkd repro", *args.items, f"--seeds {args.seeds}"]
+        + (["--seed-list", *map(str, args.seed_list)] if args.seed_list else [])
+    )
+    out = run_repro(cfg, seeds, resume=args.resume, progress=not args.no_progress,
+                    overwrite=args.overwrite, json_path=args.json, command=command)  # fmt: skip
+    print(out["table"])
+    print(f"\n{len(seeds)} seeds in {out['wall_seconds']:.0f} s; written: {out['json']}")
     return 0
 
 
@@ -95,8 +120,14 @@ def cmd_validate(args) -> int:
 
     config, overrides = _split_args(args)
     cfg = args.cfg = _load(config, overrides)
+    from attnkd.stages import check_kinds, is_staged, stage_plan
+
+    check_kinds(stage_plan(cfg))
     validate(cfg, check_data=not args.no_data, check_models=not args.no_models)
-    if not args.no_models:
+    if is_staged(cfg):
+        names = ", ".join(f"{st.folder} ({st.kind})" for st in stage_plan(cfg))
+        print(f"stages: {names}")
+    elif not args.no_models:
         estimate = _memory_estimate(cfg)
         if estimate is not None:
             print(estimate.table())
@@ -212,6 +243,12 @@ def cmd_ls(args) -> int:
 
         for s in known_sources():
             print(f"  {s}")
+    elif args.what == "stages":
+        from attnkd.stages import KINDS
+
+        print("stage kinds (use as stages[i].kind):")
+        for name in KINDS:
+            print(f"  {name:16s} {KINDS.get(name).summary}")
     elif args.what == "recipes":
         from attnkd.recipes import description, recipe_files
 
@@ -338,6 +375,21 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-models", action="store_true", help="skip reading model configs")
     v.set_defaults(fn=cmd_validate)
 
+    rp = sub.add_parser("repro", help="run a recipe under several seeds: mean ± std of metrics")
+    rp.add_argument("items", nargs="*", metavar="CONFIG|key=value")
+    rp.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    rp.add_argument("--seed-list", type=int, nargs="+", default=None, help="these seeds instead")
+    rp.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="where repro.json goes (default <output_dir>/<name>-repro.json)",
+    )
+    rp.add_argument("--resume", action="store_true", help="skip finished seeds, continue the rest")
+    rp.add_argument("--overwrite", action="store_true", help="start every seed's run again")
+    rp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rp.set_defaults(fn=cmd_repro)
+
     e = sub.add_parser(
         "eval", help="quality (STS Spearman or perplexity), size and speed: student vs teacher"
     )
@@ -373,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_report)
 
     ls = sub.add_parser("ls", help="list losses, packaged models, data sources or recipes")
-    ls.add_argument("what", choices=["losses", "models", "sources", "recipes"])
+    ls.add_argument("what", choices=["losses", "models", "sources", "recipes", "stages"])
     ls.set_defaults(fn=cmd_ls)
 
     k = sub.add_parser(

@@ -4,7 +4,9 @@ One function, :func:`run_distill`, reads top to bottom: validate, load the teach
 student and the loss terms, let the task (``cfg.task``: sentence embeddings or causal LM, see
 :mod:`attnkd.tasks`) build the data and its evaluation, train with the engine, evaluate teacher
 and student side by side, export. The teacher is frozen, runs under ``torch.no_grad()`` and stays
-outside the module the optimizer sees.
+outside the module the optimizer sees. A teacher set (``teachers:``), a peer trained alongside
+(``strategy.peer``) and chained runs (``strategy.generations`` / ``partitions``) take the single
+teacher's place through :mod:`attnkd.teachers` (docs/teachers.md).
 """
 
 from __future__ import annotations
@@ -27,11 +29,23 @@ from attnkd.engine.checkpoint import load_checkpoint
 from attnkd.engine.device import resolve_device, teacher_dtype_of
 from attnkd.engine.loop import FitResult, StepOutput, fit
 from attnkd.errors import AttnkdError, ConfigError
-from attnkd.losses.terms import build_terms, collect_taps
+from attnkd.losses.terms import bind_terms, build_terms, collect_taps
 from attnkd.models.adapters import adapter_for, geometry
-from attnkd.models.load import count_parameters, freeze, freeze_input_embeddings
+from attnkd.models.load import count_parameters, freeze, freeze_input_embeddings, freeze_parts
 from attnkd.students.build import build_student, select_layers
 from attnkd.tasks import Task, get_task
+from attnkd.teachers.load import load_members, prepare_members
+from attnkd.teachers.partition import partition_batches
+from attnkd.teachers.results import scored_teacher, teaching_results
+from attnkd.teachers.runs import generation_configs, partition_configs, run_chain
+from attnkd.teachers.set import Member, TeacherTaps, build_set_terms
+from attnkd.teachers.steps import (
+    MutualPair,
+    make_image_set_step,
+    make_mutual_step,
+    make_set_step,
+    make_token_mutual_step,
+)
 from attnkd.validate import validate
 
 log = logging.getLogger("attnkd")
@@ -70,7 +84,9 @@ class Distiller(nn.Module):
         out: dict[str, Tensor] = {}
         total: Tensor | None = None
         with torch.autocast(mask.device.type, enabled=False):
-            t, s = float32_taps(teacher_taps), float32_taps(self._capture.taps)
+            t = (teacher_taps.map(float32_taps) if isinstance(teacher_taps, TeacherTaps)
+                 else float32_taps(teacher_taps))  # fmt: skip
+            s = float32_taps(self._capture.taps)
             for term in self.terms:
                 for name, v in term(t, s, mask).items():
                     out[f"{term.label}/{name}"] = v
@@ -130,8 +146,15 @@ def run_distill(
     exports and writes, and returns the results; the other ranks return None.
     """
     validate(cfg)  # includes train.distributed
+    st = cfg.strategy
+    if st.generations > 1 or (st.partitions > 1 and st.part is None):  # chained runs
+        chain = generation_configs(cfg) if st.generations > 1 else partition_configs(cfg)
+        kind = "generations" if st.generations > 1 else "partitions"
+        return run_chain(cfg, chain, kind, run_distill, resume, progress, overwrite)
     task = get_task(cfg.task)
-    if task.prepare is not None:  # e.g. the image task's teacher stage
+    if cfg.teachers:  # each teacher's recipe first, where one is missing
+        prepare_members(cfg, task, run_distill)
+    elif task.prepare is not None:  # e.g. the image task's teacher stage
         task.prepare(cfg, run_distill)
     run_dir = Path(cfg.output_dir) / cfg.name
     if run_dir.exists() and (run_dir / "checkpoints").exists() and not (resume or overwrite):
@@ -173,22 +196,42 @@ def _run(
         dump_yaml(cfg, run_dir / "config.yaml")
     torch.manual_seed(cfg.train.seed)
 
-    teacher_m = task.load(cfg.teacher.name, cfg.teacher.attn_implementation)
-    teacher, tok = freeze(teacher_m.model), teacher_m.tokenizer
+    members: list[Member] = []
+    peer = None
+    if cfg.teachers:  # a teacher set (attnkd.teachers): the first stands where `teacher` did
+        members, tok = load_members(cfg, task)
+        teacher, t_geometry = members[0].model, members[0].geometry
+    elif cfg.strategy.peer and task.make_step is None:  # token mutual: the peer's tokenizer
+        peer_m = task.load(cfg.strategy.peer, cfg.student.attn_implementation)
+        peer, tok, t_geometry = peer_m.model.train(), peer_m.tokenizer, peer_m.geometry
+        teacher = peer  # no frozen teacher: the peer trains alongside (inside the distiller)
+    else:
+        teacher_m = task.load(cfg.teacher.name, cfg.teacher.attn_implementation)
+        teacher, tok, t_geometry = freeze(teacher_m.model), teacher_m.tokenizer, teacher_m.geometry
     student = _make_student(cfg, teacher, task)
     sg = geometry(student.config)
-    terms = build_terms(cfg.losses, teacher_m.geometry, sg)
-    distiller = Distiller(student, terms)
+    distiller = _make_distiller(cfg, task, student, t_geometry, sg, members, peer)
     if cfg.train.freeze_embeddings:
         freeze_input_embeddings(student)  # says so when a tied LM head is frozen with them
-    teacher.to(device=device, dtype=teacher_dtype)  # dtype None: as loaded
+    if cfg.student.freeze:  # e.g. one stage of a staged run trains only some layers
+        frozen = freeze_parts(student, cfg.student.freeze)
+        log.info("student.freeze: %d parameter tensors frozen", len(frozen))
+    for t in [m.model for m in members] or [teacher]:  # (a token peer: moved with the distiller)
+        t.to(device=device, dtype=teacher_dtype)  # dtype None: as loaded
     distiller.to(device)
     log.info("training on %s (teacher %s)", device, next(teacher.parameters()).dtype)
     # dist: train.batch_size is per rank; the task builds global batches, each rank its rows
     world_cfg = replace(
         cfg, train=replace(cfg.train, batch_size=ctx.world_size * cfg.train.batch_size)
     )
-    setup = task.setup(world_cfg, teacher, student, tok)
+    scored = scored_teacher(cfg, teacher, members, distiller)  # "the teacher" in results
+    setup = task.setup(world_cfg, scored, student, tok)
+    if cfg.strategy.part is not None:  # this student's own part of the data
+        parts = cfg.strategy.partitions
+        setup.batches = partition_batches(setup.batches, parts, cfg.strategy.part, cfg.train.seed)
+        setup.train_info["partition"] = {
+            "part": cfg.strategy.part, "of": parts, "items": len(setup.batches.data)
+        }
     batches = distributed.RankShard(setup.batches, ctx.rank, ctx.world_size)
     if cfg.train.max_steps > 0:  # DDP wrapper or FSDP2 shards; the teacher stays outside
         model = distributed.wrap(distiller, cfg.train.distributed)
@@ -200,8 +243,16 @@ def _run(
     if cfg.train.max_steps == 0:  # evaluate and export the student as built (baselines)
         result = FitResult(0, None, None, {}, False, run_dir)
     else:
+        if isinstance(distiller, MutualPair):
+            mutual = make_mutual_step if task.make_step is not None else make_token_mutual_step
+            step = mutual(distiller)
+        elif members:
+            set_step = make_image_set_step if task.make_step is not None else make_set_step
+            step = set_step(members, distiller, model)
+        else:
+            step = (task.make_step or make_step)(teacher, distiller, model)
         result = fit(
-            cfg.train, distiller, (task.make_step or make_step)(teacher, distiller, model),
+            cfg.train, distiller, step,
             batches, run_dir,
             evaluate=setup.evaluate, select_metric=setup.select_metric, resume=resume,
             progress=progress, select_mode=setup.select_mode,
@@ -217,7 +268,7 @@ def _run(
         setup = task.setup(world_cfg, teacher, student, tok)
     if distributed.is_sharded(distiller):  # FSDP2: rebuild the student whole from a checkpoint
         student = _make_student(cfg, teacher, task)
-        distiller = Distiller(student, build_terms(cfg.losses, teacher_m.geometry, sg))
+        distiller = _make_distiller(cfg, task, student, t_geometry, sg, members, peer)
         distiller.to(device)
         if result.best_step is None:
             load_checkpoint(run_dir / "checkpoints" / "last", distiller)
@@ -237,6 +288,13 @@ def _run(
         **final["teacher"],
         "params": count_parameters(teacher),
     }
+    if members or isinstance(distiller, MutualPair):
+        results.update(teaching_results(cfg, task, world_cfg, members, distiller, tok, run_dir))
+        if isinstance(distiller, MutualPair):
+            results["teacher"] = {"name": cfg.teacher.name}
+        else:
+            results["teacher"]["name"] = "ensemble of " + ", ".join(m.label for m in members)
+            results["teacher"]["params"] = sum(count_parameters(m.model) for m in members)
     results["student"] = {
         **final["student"],
         "params": count_parameters(student),
@@ -254,6 +312,27 @@ def _run(
     }
     _write_json(run_dir / "results.json", results)
     return results
+
+
+def _make_distiller(cfg, task, student, t_geometry, sg, members, peer=None) -> nn.Module:
+    """The trained module: student + terms (a teacher set's routed terms), or, with
+    ``strategy.peer``, the student and its peer (loaded here unless given) trained together
+    (:class:`MutualPair`)."""
+    if cfg.strategy.peer:
+        if peer is None:
+            peer = task.load(cfg.strategy.peer, cfg.student.attn_implementation).model
+            peer.train()
+        pg = geometry(peer.config)
+        terms, peer_terms = build_terms(cfg.losses, pg, sg), build_terms(cfg.losses, sg, pg)
+        bind_terms(terms, student)
+        bind_terms(peer_terms, peer)
+        return MutualPair(student, peer, terms, peer_terms)
+    if members:
+        terms = build_set_terms(cfg, [m.geometry for m in members], sg)
+    else:
+        terms = build_terms(cfg.losses, t_geometry, sg)
+    bind_terms(terms, student)
+    return Distiller(student, terms)
 
 
 def _clear_previous_run(run_dir: Path) -> None:

@@ -33,7 +33,7 @@ class ConfigError(AttnkdError):
     exit_code = 2
 
     def __init__(self, key: str, message: str):
-        self.key = key
+        self.key, self.message = key, message
         super().__init__(f"config error at '{key}': {message}")
 
 

@@ -323,7 +323,18 @@ def _teacher_stand_in(cfg: DistillConfig) -> DistillConfig:
 
 
 def validate(cfg: DistillConfig, check_data: bool = True, check_models: bool = True) -> None:
-    """All checks, in order of cost; raises the first :class:`ConfigError`."""
+    """All checks, in order of cost; raises the first :class:`ConfigError`. A staged run
+    (``stages:`` / ``chain:``) is checked stage by stage (:func:`validate_stages`); a teacher set
+    or another teacher strategy teacher by teacher (:mod:`attnkd.teachers.validate`)."""
+    from attnkd.config.schema import StrategyConfig
+    from attnkd.config.stages import is_staged
+
+    if is_staged(cfg):
+        return validate_stages(cfg, check_data, check_models)
+    if cfg.teachers or cfg.strategy != StrategyConfig():
+        from attnkd.teachers.validate import validate_teaching
+
+        return validate_teaching(cfg, validate, validate_models, check_data, check_models)
     if cfg.task == "image_classification":  # its own models, losses and data
         from attnkd.vision.validate import validate_image
 
@@ -337,3 +348,35 @@ def validate(cfg: DistillConfig, check_data: bool = True, check_models: bool = T
         validate_models(_teacher_stand_in(cfg))
     if check_data:
         validate_data(cfg)
+
+
+def validate_stages(cfg: DistillConfig, check_data: bool = True, check_models: bool = True) -> None:
+    """Every stage of a staged run, in order, as :func:`validate` checks one run.
+
+    A stage that continues a student not exported yet is checked with the student it will
+    receive stood in by the previous stage's student section (cut from this stage's teacher,
+    exact when the stages' teachers share an architecture); a stage taught by a student not
+    exported yet (an assistant chain) gets every check but the model ones, which run when the
+    stage starts. Errors name the stage: ``stages[1].train.lr``.
+    """
+    from dataclasses import replace
+
+    from attnkd.config.stages import stage_plan
+
+    validate_output(cfg)
+    previous, previous_known = None, True
+    for st in stage_plan(cfg):
+        c, models = st.cfg, check_models
+        if st.index and st.carry == "student" and not Path(c.student.init).exists():
+            s = c.student
+            c = replace(c, student=replace(previous, freeze=s.freeze,
+                                           attn_implementation=s.attn_implementation))  # fmt: skip
+            models = models and previous_known
+        if st.index and st.carry == "teacher" and not Path(c.teacher.name).exists():
+            models = False
+        try:
+            validate(c, check_data, models)
+        except ConfigError as err:
+            raise ConfigError(f"stages[{st.index}].{err.key}",
+                              f"stage '{st.name}': {err.message}") from err  # fmt: skip
+        previous, previous_known = c.student, models

@@ -1,13 +1,16 @@
 """Read, check, override and write typed configs (YAML is only the serialised form).
 
 Generic over any tree of dataclasses whose fields are ``str``, ``int``, ``float``, ``bool``,
-``list[X]``, ``X | None`` or another dataclass, so the schema can grow without touching this file.
+``list[X]``, ``X | None``, another dataclass or ``dict[str, Any]`` (a free mapping: a stage's
+overrides, checked when :mod:`attnkd.config.stages` merges them), so the schema can grow without
+touching this file.
 Every problem raises :class:`attnkd.errors.ConfigError` naming the dotted key (``losses[1].weight``)
 and, for files, ``file:line``. YAML is read with the safe loader only: no tags that run code.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import functools
@@ -53,7 +56,26 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Disti
         line = lines.get(bad.key)
         where = f"{path}:{line}" if line is not None else str(path)
         raise ConfigError(bad.key or _ROOT, f"{where}: {bad.message}") from None
-    return apply_overrides(cfg, overrides)
+    from attnkd.config.stages import check_stages
+
+    try:
+        check_stages(cfg)  # each stage's overrides merge into a valid config
+    except ConfigError as bad:
+        line = _nearest_line(lines, bad.key)
+        where = f"{path}:{line}" if line is not None else str(path)
+        raise ConfigError(bad.key, f"{where}: {bad.message}") from None
+    cfg = apply_overrides(cfg, overrides)
+    check_stages(cfg)
+    return cfg
+
+
+def _nearest_line(lines: dict[str, int], key: str) -> int | None:
+    """The line of ``key`` or of the nearest enclosing key that has one."""
+    while key:
+        if key in lines:
+            return lines[key]
+        key = key.rpartition(".")[0] if "." in key else key.rpartition("[")[0]
+    return None
 
 
 def from_dict(cls: type[T], data: Any, where: str = "") -> T:
@@ -134,6 +156,8 @@ def _type_name(tp: Any) -> str:
         return f"{_type_name(inner)} or null"
     if typing.get_origin(tp) is list:
         return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    if typing.get_origin(tp) is dict:
+        return "a mapping"
     if dataclasses.is_dataclass(tp):
         return f"a mapping ({tp.__name__})"
     return getattr(tp, "__name__", str(tp))
@@ -175,6 +199,13 @@ def _build(tp: Any, value: Any, key: str, nullable: bool = False) -> Any:
                 raise _unknown(_join(key, name), name, hints)
             kwargs[name] = _build(hints[name], item, _join(key, name))
         return tp(**kwargs)
+    if typing.get_origin(tp) is dict and typing.get_args(tp) == (str, Any):  # checked later
+        if not isinstance(value, dict):
+            raise _Invalid(key, _expected(tp, value, nullable))
+        for name in value:
+            if not isinstance(name, str):
+                raise _Invalid(key, f"keys must be strings, {_got(name)}")
+        return copy.deepcopy(value)
     if typing.get_origin(tp) is list:
         if not isinstance(value, list):
             raise _Invalid(key, _expected(tp, value, nullable))
@@ -238,7 +269,9 @@ def _set_path(data: dict[str, Any], parts: list[str], value: Any) -> None:
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
         if isinstance(node, dict):
-            if part not in node:
+            # a stage's section (stages.N.train) is a free mapping: a new key may be added
+            free = parts[0] in ("stages", "chain") and depth >= (3 if parts[0] == "stages" else 2)
+            if part not in node and not (free and last):
                 raise _unknown(_join(key, part), part, node)
             key = _join(key, part)
             if last:

@@ -7,6 +7,7 @@ Every field has a default, so ``DistillConfig()`` is the default recipe.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -37,6 +38,9 @@ class StudentConfig:
     num_heads: int | None = None
     intermediate_size: int | None = None
     attn_implementation: str = "sdpa"
+    freeze: list[str] = field(default_factory=list)
+    """Parameter-name prefixes of the student kept frozen (e.g. 'embeddings',
+    'encoder.layer.0'); each must match at least one parameter. Per stage in a staged run."""
 
 
 @dataclass
@@ -64,6 +68,49 @@ class LossTermConfig:
     """Learn a linear map student width -> teacher width (hidden/embedding terms)."""
     impl: str = "auto"
     """'auto', 'naive' or 'chunked' for attention/relation/vocabulary losses."""
+    gt_weight: float = 0.0
+    """'mixed_kd': weight ξ of the true label in the target ξ·y + (1−ξ)·p_T (self-distillation
+    with ground-truth mixing); 'exit_kd': weight of the exit's own cross-entropy."""
+
+
+@dataclass
+class TeacherEntry:
+    """One member of a teacher set (``teachers:``); see docs/teachers.md."""
+
+    name: str = ""
+    """Hub id, local folder, packaged alias, or image builder / exported image-model folder."""
+    label: str = ""
+    """Short id used in loss labels and results; '' means 't0', 't1', ... by position."""
+    weight: float = 1.0
+    """Weight of this teacher in the ensemble targets (normalised over the set)."""
+    losses: list[LossTermConfig] = field(default_factory=list)
+    """Loss terms against this teacher alone (Hybrid Distill: relations from one teacher, logits
+    from another); the top-level ``losses`` are against the ensemble of all teachers."""
+    random_init: bool = False
+    """Re-initialise this teacher's weights at random (seeded by train.seed + position): a random
+    teacher (Sarnthein et al.) still teaches useful features."""
+    recipe: str = ""
+    """image_classification: the recipe that trains this teacher when ``name`` does not exist."""
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class StrategyConfig:
+    """Who teaches, beyond one frozen teacher (docs/teachers.md)."""
+
+    generations: int = 1
+    """Self-distillation generations: generation g >= 1 is a fresh run (``<name>-gen<g>``)
+    whose only teacher is generation g-1's exported student; generation 0 is the recipe as
+    written. 1 = no extra generations."""
+    peer: str = ""
+    """Mutual distillation: a second model (image builder or folder) trained together with the
+    student, each learning from the other's detached outputs through the recipe's loss terms
+    (Deep Mutual Learning, Trans-Encoder, CoMD); '' = off."""
+    partitions: int = 1
+    """Several students, each owning one of ``partitions`` disjoint parts of the training data
+    (runs ``<name>-part<j>``); 1 = off."""
+    part: int | None = None
+    """The part this run trains on (set per run by the partitions loop); None = all data."""
 
 
 @dataclass
@@ -168,6 +215,48 @@ class ConvertConfig:
     linear only) or 'ce+mse'."""
 
 
+STAGE_SECTIONS = ("teacher", "student", "data", "train", "convert")
+"""The sections a stage may override key by key (``losses`` it replaces whole)."""
+
+
+@dataclass
+class StageConfig:
+    """One stage of a staged run (``stages:``; see :mod:`attnkd.config.stages`).
+
+    The stage's sections are merged key by key over the recipe's top level (a key the stage
+    does not give keeps the top-level value, so ``key=value`` overrides of the top level reach
+    every stage that does not set that key); ``losses``, when given, replaces the list whole.
+    """
+
+    name: str = ""
+    """Short name (letters, digits, '-', '_'); the stage runs in ``runs/NAME/stages/NN-<name>``."""
+    kind: str = "distill"
+    """Stage runner ('distill'; ``attnkd ls stages`` lists the registered kinds)."""
+    carry: str = "student"
+    """What this stage takes from the one before: 'student' (continue training its exported
+    student), 'teacher' (its exported student is this stage's teacher: assistant chains) or
+    'none'. Ignored by the first stage."""
+    teacher: dict[str, Any] = field(default_factory=dict)
+    student: dict[str, Any] = field(default_factory=dict)
+    losses: list[LossTermConfig] | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    convert: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ChainConfig:
+    """Teacher-assistant chain (TAKD; MiniLM): teacher -> assistant -> student as two stages."""
+
+    assistant: dict[str, Any] | None = None
+    """None: no chain. Otherwise the assistant's ``student`` keys merged over the top-level
+    ``student`` (cut from the teacher); ``layers`` may be a number n (n teacher layers evenly
+    spread, first and last kept); ``{}`` picks n halfway between teacher and student depth. The
+    top-level ``student`` is then cut from the assistant (its ``layers`` index the assistant's)."""
+    assistant_train: dict[str, Any] = field(default_factory=dict)
+    """``train`` keys of the assistant stage (e.g. more steps), merged over the top level."""
+
+
 @dataclass
 class DistillConfig:
     """A whole distillation run."""
@@ -179,11 +268,18 @@ class DistillConfig:
     'image_classification' (Fashion-MNIST accuracy; CNN/ViT builders, see attnkd.vision) or
     'sequence_classification' (SST-2/MRPC/RTE accuracy and F1, see attnkd.tasks)."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    teachers: list[TeacherEntry] = field(default_factory=list)
+    """A teacher set replacing ``teacher`` when non-empty (leave ``teacher`` unset then)."""
     student: StudentConfig = field(default_factory=StudentConfig)
     losses: list[LossTermConfig] = field(default_factory=lambda: [LossTermConfig()])
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    stages: list[StageConfig] = field(default_factory=list)
+    """Empty: one stage (this config). Otherwise the run is these stages in order, each this
+    config with the stage's overrides merged over it; the student carries from stage to stage."""
+    chain: ChainConfig = field(default_factory=ChainConfig)
 
 
 def default_recipe() -> DistillConfig:

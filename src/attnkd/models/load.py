@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from attnkd.errors import AttnkdError
+from attnkd.errors import AttnkdError, ConfigError
 from attnkd.models.adapters import (
     AttentionGeometry,
     adapter_for,
@@ -130,6 +130,27 @@ def freeze(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def freeze_parts(model: nn.Module, prefixes: list[str]) -> list[str]:
+    """Freeze every parameter whose name is one of ``prefixes`` or starts with ``prefix.``
+    (e.g. 'embeddings', 'encoder.layer.0'); returns the frozen names. A prefix matching no
+    parameter raises :class:`ConfigError` listing the model's top-level parameter groups."""
+    named = list(model.named_parameters())
+    frozen = []
+    for prefix in prefixes:
+        hits = [(n, p) for n, p in named if n == prefix or n.startswith(prefix.rstrip(".") + ".")]
+        if not hits:
+            groups = sorted({".".join(n.split(".")[:2]) for n, _ in named})
+            raise ConfigError(
+                "student.freeze",
+                f"'{prefix}' matches no parameter of the student "
+                f"({type(model).__name__}); its parameters start with: {', '.join(groups[:12])}",
+            )
+        for name, p in hits:
+            p.requires_grad_(False)
+            frozen.append(name)
+    return frozen
 
 
 @dataclass

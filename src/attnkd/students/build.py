@@ -30,7 +30,8 @@ class StudentReport:
 def select_layers(num_layers: int, layers: list[int] | None = None, rule: str = "") -> list[int]:
     """Teacher layer indices kept in the student, from an explicit list or a rule.
 
-    Rules: ``every:k`` (layers k-1, 2k-1, ... so the last layer is kept), ``first:n``, ``last:n``.
+    Rules: ``every:k`` (layers k-1, 2k-1, ... so the last layer is kept), ``first:n``, ``last:n``,
+    ``even:n`` (n layers evenly spread, the first and the last kept).
     """
     if layers:
         out = [resolve_layer(i, num_layers, "student.layers") for i in layers]
@@ -44,7 +45,7 @@ def select_layers(num_layers: int, layers: list[int] | None = None, rule: str = 
         k = int(arg)
     except ValueError:
         raise ValueError(
-            f"layer rule '{rule}': expected 'every:k', 'first:n' or 'last:n'"
+            f"layer rule '{rule}': expected 'every:k', 'first:n', 'last:n' or 'even:n'"
         ) from None
     if not 1 <= k <= num_layers:
         raise ValueError(f"layer rule '{rule}': {k} must be in 1..{num_layers}")
@@ -54,7 +55,18 @@ def select_layers(num_layers: int, layers: list[int] | None = None, rule: str = 
         return list(range(k))
     if kind == "last":
         return list(range(num_layers - k, num_layers))
-    raise ValueError(f"layer rule '{rule}': expected 'every:k', 'first:n' or 'last:n'")
+    if kind == "even":
+        return even_layers(num_layers, k)
+    raise ValueError(f"layer rule '{rule}': expected 'every:k', 'first:n', 'last:n' or 'even:n'")
+
+
+def even_layers(num_layers: int, n: int) -> list[int]:
+    """``n`` of ``num_layers`` layers evenly spread (nearest index, halves to even), the first
+    and the last kept: ``even_layers(6, 3) == [0, 2, 5]``, ``even_layers(6, 4) == [0, 2, 3, 5]``;
+    ``n == 1`` keeps the last layer."""
+    if n == 1:
+        return [num_layers - 1]
+    return sorted({round(i * (num_layers - 1) / (n - 1)) for i in range(n)})
 
 
 def build_student(

@@ -20,6 +20,7 @@ from attnkd.losses.terms.base import (
     LossTerm,
     TermError,
     TermSpec,
+    bind_terms,
     build_terms,
     collect_taps,
     register,
@@ -33,6 +34,7 @@ from attnkd.losses.terms.features import (
     SentenceMseTerm,
 )
 from attnkd.losses.terms.logits import LogitsTerm
+from attnkd.losses.terms.teaching import ExitKDTerm, MixedKDTerm
 from attnkd.losses.terms.vision import VisionTerm
 
 __all__ = [
@@ -42,10 +44,12 @@ __all__ = [
     "AttentionTerm",
     "ClassificationTerm",
     "EmbeddingMseTerm",
+    "ExitKDTerm",
     "HiddenCosineTerm",
     "HiddenMseTerm",
     "LogitsTerm",
     "LossTerm",
+    "MixedKDTerm",
     "RelationTerm",
     "SentenceCosineTerm",
     "SentenceMseTerm",
@@ -53,6 +57,7 @@ __all__ = [
     "TermSpec",
     "ValueRelationTerm",
     "VisionTerm",
+    "bind_terms",
     "build_terms",
     "collect_taps",
     "register",

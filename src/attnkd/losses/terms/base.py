@@ -51,6 +51,9 @@ class LossTerm(nn.Module):
     kind = ""
     teacher_kinds: tuple[str, ...] = ()
     student_kinds: tuple[str, ...] = ()
+    alignment = "tokens"
+    """What teacher and student must share (:mod:`attnkd.teachers.compat`): 'tokens' (one token
+    sequence), 'vocabulary', 'sentence' (nothing: sentence-level targets) or 'images'."""
 
     def __init__(self, cfg: LossTermConfig, teacher: AttentionGeometry, student: AttentionGeometry):
         super().__init__()
@@ -79,6 +82,15 @@ def build_terms(
 ) -> nn.ModuleList:
     """Instantiate every configured term (raises ValueError/IndexError on bad settings)."""
     return nn.ModuleList(TERMS.get(c.name).cls(c, teacher, student) for c in cfgs)
+
+
+def bind_terms(terms: nn.ModuleList, student: nn.Module) -> None:
+    """Let terms that size modules of their own from the student (``exit_kd``'s exit heads) do
+    so; call once the student exists and before the optimizer is built."""
+    for term in terms:
+        bind = getattr(term, "bind", None)
+        if bind is not None:
+            bind(student)
 
 
 def collect_taps(terms: nn.ModuleList) -> tuple[list[Tap], list[Tap]]:

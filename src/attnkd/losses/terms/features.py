@@ -64,6 +64,8 @@ class EmbeddingMseTerm(_FeatureTerm):
 
 @register("sentence_mse", "MSE of mean-pooled sentence embeddings, optional projector")
 class SentenceMseTerm(_FeatureTerm):
+    alignment = "sentence"
+
     def forward(self, t, s, mask):
         ht, hs = self.pair(t, s)
         return {"mse": feat.sentence_embedding_mse(hs, ht, mask=mask)}
@@ -71,6 +73,8 @@ class SentenceMseTerm(_FeatureTerm):
 
 @register("sentence_cosine", "1 - cosine of mean-pooled sentence embeddings")
 class SentenceCosineTerm(_FeatureTerm):
+    alignment = "sentence"
+
     def forward(self, t, s, mask):
         ht, hs = self.pair(t, s)
         return {"cos": feat.sentence_embedding_cosine(hs, ht, mask=mask)}

@@ -21,6 +21,7 @@ class LogitsTerm(LossTerm):
     """
 
     teacher_kinds = student_kinds = ("logits",)
+    alignment = "vocabulary"
 
     def __init__(self, cfg, teacher, student):
         super().__init__(cfg, teacher, student)

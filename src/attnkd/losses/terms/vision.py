@@ -20,6 +20,8 @@ from attnkd.losses.terms.base import LossTerm, register
 class VisionTerm(LossTerm):
     """Base of the image terms: taps are :class:`VisionTap` s at the configured layers."""
 
+    alignment = "images"
+
     def taps(self) -> tuple[list[VisionTap], list[VisionTap]]:
         t = [VisionTap(k, self.t_layer) for k in self.teacher_kinds]
         return t, [VisionTap(k, self.s_layer) for k in self.student_kinds]
