@@ -321,10 +321,9 @@ def cmd_condense(args) -> int:
 
     for ipc in args.ipc:
         for seed in args.seeds:
-            cfg = CondenseConfig(
-                args.method, ipc, args.iterations, args.lr, args.real_batch, seed=seed
-            )
-            r = run_condense(cfg, args.out, args.image_dir, args.eval_steps)
+            cfg = CondenseConfig(args.method, ipc, args.iterations, args.lr, args.real_batch,
+                                 seed=seed, augment=not args.no_augment)  # fmt: skip
+            r = run_condense(cfg, args.out, args.image_dir, args.eval_steps, args.judge_seeds)
             print(f"{args.method} ipc={ipc} seed={seed}: test accuracy "
                   f"{100 * r['test_accuracy']:.2f}% ({r['total_seconds']:.0f}s)")  # fmt: skip
     print(f"written under {args.out}/condense-{args.method}-ipc*-s*/ (images.png, results.json)")
@@ -438,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--real-batch", type=int, default=128, help="real images per class and step")
     k.add_argument("--seeds", type=int, nargs="+", default=[0])
     k.add_argument("--eval-steps", type=int, default=300, help="steps training the judge network")
+    k.add_argument("--judge-seeds", type=int, nargs="+", default=None,
+                   help="one judge network per seed (default: the condensation seed)")
+    k.add_argument("--no-augment", action="store_true",
+                   help="match without the siamese shift/flip augmentation")
     k.add_argument("--image-dir", default=None, help="Fashion-MNIST idx folder")
     k.add_argument("--out", default="runs", help="output folder")
     k.set_defaults(fn=cmd_condense)

@@ -12,8 +12,11 @@ Methods (``method``):
 - ``random``: a random real subset of the same size (no optimisation).
 
 Synthetic images start from random real images of their class, live in normalised pixel space and
-are clamped to the valid pixel range after every step. Not implemented here: the differentiable
-siamese augmentation both papers apply while matching.
+are clamped to the valid pixel range after every step. With ``augment`` (on by default), each
+class's real batch and synthetic images go through the same random transform every iteration
+before matching (differentiable siamese augmentation, Zhao & Bilen 2021, in a reduced form: one
+shift of up to ``shift`` pixels with black fill and one left-right flip per class and iteration;
+the papers also scale, rotate and change colour).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnkd.capture.images import FeatureCapture, VisionTap
@@ -53,6 +57,10 @@ class CondenseConfig:
     mmd_weight: float = 1.0
     net: str = "cnn:condense"
     seed: int = 0
+    augment: bool = True
+    """Siamese augmentation: the same random shift/flip for a class's real and synthetic images."""
+    shift: int = 3
+    """Largest shift (pixels) of the siamese augmentation."""
 
 
 @dataclass
@@ -64,6 +72,16 @@ class CondenseResult:
     losses: list[float] = field(default_factory=list)
     moved: float = 0.0
     """Mean absolute change of the pixels from their real starting images (normalised units)."""
+
+
+def siamese_augment(x: Tensor, dy: int, dx: int, flip: bool) -> Tensor:
+    """Shift ``x`` (B, C, H, W) by (dy, dx) pixels with black fill, then flip it left-right when
+    ``flip``: the same transform for every image, differentiable in ``x``."""
+    h, w = x.shape[-2:]
+    p = max(abs(dy), abs(dx))
+    if p:
+        x = F.pad(x, (p, p, p, p), value=LOW)[..., p - dy : p - dy + h, p - dx : p - dx + w]
+    return x.flip(-1) if flip else x
 
 
 def _by_class(data: ImageSet, num_classes: int) -> list[Tensor]:
@@ -129,9 +147,13 @@ def condense(data: ImageSet, cfg: CondenseConfig, num_classes: int = 10) -> Cond
         total = syn.new_zeros(())
         for c, pool in enumerate(pools):
             pick = pool[torch.randint(len(pool), (cfg.real_batch,), generator=g)]
-            real = to_float(data.images[pick])
-            total = total + matching_loss(net, real, syn[c * n : (c + 1) * n], cfg.method,
-                                          cfg.power, cfg.mmd_weight)  # fmt: skip
+            real, mine = to_float(data.images[pick]), syn[c * n : (c + 1) * n]
+            if cfg.augment:
+                dy, dx = torch.randint(-cfg.shift, cfg.shift + 1, (2,), generator=g).tolist()
+                flip = bool(torch.rand((), generator=g) < 0.5)
+                real, mine = (siamese_augment(t, dy, dx, flip) for t in (real, mine))
+            total = total + matching_loss(net, real, mine, cfg.method, cfg.power,
+                                          cfg.mmd_weight)  # fmt: skip
         opt.zero_grad()
         total.backward()
         opt.step()

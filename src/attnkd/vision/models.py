@@ -1,8 +1,9 @@
 """Image classifiers built from a name: small CNNs (stages of conv-BN-ReLU) and a small ViT.
 
-Builder names (``student.init`` / ``teacher.name`` in a recipe): ``cnn:teacher``,
-``cnn:small``, ``cnn:tiny``, ``vit:tiny`` (with a DeiT distillation token). Each model carries an
-:class:`ImageModelConfig` as ``.config`` (so geometry, layer indices and export work as for the
+Builder names (``student.init`` / ``teacher.name`` in a recipe): ``cnn:large`` (the
+Fashion-MNIST teacher), ``cnn:teacher``, ``cnn:small``, ``cnn:tiny``, ``cnn:condense`` (the
+condensation papers' ConvNet-3), ``vit:tiny`` (with a DeiT distillation token). Each model carries
+an :class:`ImageModelConfig` as ``.config`` (so geometry, layer indices and export work as for the
 transformer tasks) and says where its taps live by module path (:meth:`tap_path`).
 
 CNN: stage ``i`` is ``convs`` 3×3 conv-BN-ReLU layers of ``widths[i]`` channels followed by 2×2
@@ -45,6 +46,11 @@ class ImageModelConfig:
     norm: str = "batch"
     """CNN normalisation: 'batch' (BatchNorm) or 'instance' (per-image, as dataset
     condensation's ConvNet uses: statistics do not depend on the batch's classes)."""
+    pool: str = "max"
+    """CNN: 2×2 pooling, 'max' or 'avg' (the condensation papers' ConvNet)."""
+    head: str = "gap"
+    """CNN: 'gap' (pool between stages, global average pool before the linear head) or 'flatten'
+    (pool after every stage, flatten the last map into the head, as the papers' ConvNet-3)."""
     model_type: str = "attnkd_cnn"
 
     # the attributes attnkd.models.adapters.geometry reads
@@ -67,10 +73,16 @@ class ImageModelConfig:
 BUILDERS: Registry[ImageModelConfig] = Registry("image model")
 for _name, _cfg in {
     "cnn:teacher": ImageModelConfig("cnn:teacher", widths=[32, 64, 128], convs=[1, 1, 2]),
+    "cnn:large": ImageModelConfig("cnn:large", widths=[32, 64, 128], convs=[2, 2, 2]),
     "cnn:small": ImageModelConfig("cnn:small", widths=[16, 32, 60], convs=[1, 1, 2]),
     "cnn:tiny": ImageModelConfig("cnn:tiny", widths=[4, 8, 8], convs=[1, 1, 1]),
-    "cnn:condense": ImageModelConfig(
-        "cnn:condense", widths=[32, 32, 32], convs=[1, 1, 1], norm="instance"
+    "cnn:condense": ImageModelConfig(  # ConvNet-3 of DC/DM/DataDAM: 28 -> 14 -> 7 -> 3
+        "cnn:condense", widths=[128, 128, 128], convs=[1, 1, 1], norm="instance", pool="avg",
+        head="flatten",
+    ),
+    "cnn:condense-micro": ImageModelConfig(  # the same layout, 8 channels (tests)
+        "cnn:condense-micro", widths=[8, 8, 8], convs=[1, 1, 1], norm="instance", pool="avg",
+        head="flatten",
     ),
     "vit:tiny": ImageModelConfig(
         "vit:tiny", kind="vit", widths=[64], depth=4, heads=4, patch=7, model_type="attnkd_vit"
@@ -90,7 +102,9 @@ def _conv(cin: int, cout: int, norm: str = "batch") -> nn.Sequential:
 
 
 class ImageCNN(nn.Module):
-    """Stages of conv-BN-ReLU (+ 2×2 max pool between stages), global average pool, linear head.
+    """Stages of conv-norm-ReLU (+ 2×2 pooling), then a linear head on the globally averaged
+    (``head='gap'``; pooling between stages) or flattened (``'flatten'``; pooling after every
+    stage) last feature map.
 
     ``forward(pixel_values (B, C, H, W) float) -> logits (B, classes)``.
     """
@@ -98,16 +112,22 @@ class ImageCNN(nn.Module):
     def __init__(self, config: ImageModelConfig):
         super().__init__()
         self.config = config
-        stages, cin = [], config.in_channels
+        if config.pool not in ("max", "avg") or config.head not in ("gap", "flatten"):
+            raise ValueError(f"pool must be 'max'/'avg' and head 'gap'/'flatten', got "
+                             f"'{config.pool}'/'{config.head}'")  # fmt: skip
+        pool = nn.MaxPool2d if config.pool == "max" else nn.AvgPool2d
+        flatten = config.head == "flatten"
+        stages, cin, size = [], config.in_channels, config.image_size
         for i, (w, n) in enumerate(zip(config.widths, config.convs, strict=True)):
             layers = [_conv(cin if j == 0 else w, w, config.norm) for j in range(n)]
-            if i < len(config.widths) - 1:
-                layers.append(nn.MaxPool2d(2))
+            if flatten or i < len(config.widths) - 1:
+                layers.append(pool(2))
+                size //= 2
             stages.append(nn.Sequential(*layers))
             cin = w
         self.stages = nn.ModuleList(stages)
         self.drop = nn.Dropout(config.dropout)
-        self.head = nn.Linear(cin, config.num_classes)
+        self.head = nn.Linear(cin * size * size if flatten else cin, config.num_classes)
 
     def tap_path(self, kind: str, layer: int = 0) -> str:
         """Module path of a tap: 'fmap' stage output, 'embedding' head input, 'logits'."""
@@ -117,7 +137,8 @@ class ImageCNN(nn.Module):
         x = pixel_values
         for stage in self.stages:
             x = stage(x)
-        return self.head(self.drop(x.mean(dim=(2, 3))))
+        x = x.flatten(1) if self.config.head == "flatten" else x.mean(dim=(2, 3))
+        return self.head(self.drop(x))
 
 
 class _Attention(nn.Module):

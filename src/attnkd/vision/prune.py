@@ -41,6 +41,8 @@ def prune_channels(model: ImageCNN, ratio: float, criterion: str = "bn") -> Imag
     """A new, narrower CNN keeping ``1 - ratio`` of every stage's channels (at least one)."""
     if not isinstance(model, ImageCNN):
         raise ValueError("channel pruning needs an attnkd CNN (cnn:* builders)")
+    if model.config.head != "gap":
+        raise ValueError("channel pruning needs a CNN with a global-average-pool head ('gap')")
     if not 0 <= ratio < 1:
         raise ValueError(f"ratio must be in [0, 1), got {ratio}")
     widths = [max(1, round(w * (1 - ratio))) for w in model.config.widths]
