@@ -92,6 +92,11 @@ def _quality(results: dict) -> str:
     elif results.get("task") == "image_classification":
         t_acc = f"teacher {100 * t['accuracy']:.2f}%, " if "accuracy" in t else ""
         quality = f"{results['eval_split']} accuracy: {t_acc}student {100 * s['accuracy']:.2f}%"
+    elif results.get("task") == "sequence_classification":
+        t_acc = (f"teacher {100 * t['accuracy']:.2f}% (F1 {100 * t['f1']:.2f}), "
+                 if "accuracy" in t else "")  # fmt: skip
+        quality = (f"{results['eval_split']} accuracy: {t_acc}student {100 * s['accuracy']:.2f}% "
+                   f"(F1 {100 * s['f1']:.2f})")  # fmt: skip
     else:
         quality = (
             f"{results['eval_split']} Spearman x100: teacher {t['spearman']:.2f}, "

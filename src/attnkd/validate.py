@@ -21,7 +21,7 @@ from attnkd.models.adapters import AttentionGeometry, adapter_for, geometry
 IMPLS = ("auto", "naive", "chunked")
 ATTN_IMPLS = ("sdpa", "eager")
 EVAL_TASKS = ("stsb:dev", "stsb:val")
-TASKS = ("sentence", "causal_lm", "image_classification")
+TASKS = ("sentence", "causal_lm", "image_classification", "sequence_classification")
 VOCAB_KINDS = ("fkl", "rkl", "jsd", "tvd")
 CONVERT_KINDS = ("linear", "window", "hybrid", "shared", "sparse", "mla")
 CONVERT_LOSSES = ("mse", "ce", "ce+mse", "kl")
@@ -64,8 +64,14 @@ def validate_static(cfg: DistillConfig) -> None:
     _check(d.val_fraction + d.eval_fraction < 1, "data.eval_fraction",
            "data.val_fraction + data.eval_fraction must leave blocks to train on")  # fmt: skip
     _check(d.bad_rows in ("error", "skip"), "data.bad_rows", "expected 'error' or 'skip'")
-    _check(d.eval_task in EVAL_TASKS, "data.eval_task", f"expected one of {EVAL_TASKS}")
-    _check(d.select_task in EVAL_TASKS, "data.select_task", f"expected one of {EVAL_TASKS}")
+    if cfg.task == "sequence_classification":
+        from attnkd.data.cls_splits import EVAL_SPLITS, SELECT_SPLITS
+
+        evals, selects = EVAL_SPLITS, SELECT_SPLITS
+    else:
+        evals = selects = EVAL_TASKS
+    _check(d.eval_task in evals, "data.eval_task", f"expected one of {evals}")
+    _check(d.select_task in selects, "data.select_task", f"expected one of {selects}")
     _check(d.select_task != d.eval_task, "data.select_task",
            f"'{d.select_task}' is also data.eval_task; select on 'stsb:val'")  # fmt: skip
     _check(bool(d.train_sources), "data.train_sources", "needs at least one source")
@@ -120,6 +126,10 @@ def validate_data(cfg: DistillConfig) -> None:
     from attnkd.data.benchmarks import read_stsb
     from attnkd.data.sources import load_source
 
+    if cfg.task == "sequence_classification":  # labelled splits of one data set
+        from attnkd.tasks.sequence_classification import validate_data as validate_cls
+
+        return validate_cls(cfg)
     total = 0
     for i, spec in enumerate(cfg.data.train_sources):
         try:
@@ -164,7 +174,7 @@ def validate_models(cfg: DistillConfig) -> Geometries:
     _check_positions(cfg.data.max_length, tcfg, "teacher", cfg.teacher.name)
     if family.causal != (cfg.task == "causal_lm"):
         kind = "a decoder (causal LM)" if family.causal else "an encoder"
-        fits = "causal_lm" if family.causal else "sentence"
+        fits = "causal_lm" if family.causal else "sentence' or 'sequence_classification"
         raise ConfigError(
             "task", f"'{cfg.task}' does not fit the teacher, {kind} ({family.family}): use '{fits}'"
         )
@@ -330,6 +340,26 @@ def _validate_convert(cfg: DistillConfig) -> None:
     _check(c.chunk is None or c.chunk >= 1, "convert.chunk", f"must be >= 1, got {c.chunk}")
 
 
+def _teacher_stand_in(cfg: DistillConfig) -> DistillConfig:
+    """``cfg`` itself, or, when ``teacher.name`` is a folder a ``teacher.recipe`` stage will
+    export (not there yet), ``cfg`` with the model that stage starts from as the teacher: the
+    exported teacher has its layers, heads and widths, so the student checks hold for it."""
+    from dataclasses import replace
+
+    from attnkd.config.io import load_config
+    from attnkd.recipes import find_recipe
+
+    t = cfg.teacher
+    if not t.recipe or Path(t.name).exists():
+        return cfg
+    path = t.recipe if Path(t.recipe).is_file() else find_recipe(t.recipe)
+    if path is None:
+        raise ConfigError("teacher.recipe", f"recipe not found: {t.recipe}")
+    stage = load_config(path)
+    start = stage.teacher.name if stage.student.init == "teacher" else stage.student.init
+    return replace(cfg, teacher=replace(t, name=start))
+
+
 def validate(cfg: DistillConfig, check_data: bool = True, check_models: bool = True) -> None:
     """All checks, in order of cost; raises the first :class:`ConfigError`. A staged run
     (``stages:`` / ``chain:``) is checked stage by stage (:func:`validate_stages`); a teacher set
@@ -360,7 +390,7 @@ def validate(cfg: DistillConfig, check_data: bool = True, check_models: bool = T
         _check(Path(cfg.data.data_dir).is_dir(), "data.data_dir",
                f"folder not found: {cfg.data.data_dir}")  # fmt: skip
     if check_models:
-        validate_models(cfg)
+        validate_models(_teacher_stand_in(cfg))
     if check_data:
         validate_data(cfg)
 

@@ -19,8 +19,8 @@ class TeacherConfig:
     attn_implementation: str = "sdpa"
     """'sdpa' (fused) or 'eager'. q/k/v capture works on both."""
     recipe: str = ""
-    """image_classification: a recipe that trains this teacher, run first when ``name`` (the
-    folder it exports to) does not exist yet; '' means never."""
+    """image_classification, sequence_classification: a recipe that trains this teacher, run
+    first when ``name`` (the folder it exports to) does not exist yet; '' means never."""
     cache: str = ""
     """causal_lm: a teacher cache folder (``attnkd cache-teacher``); training then reads the
     teacher's top-k targets from it and never runs the teacher ('' = run the teacher)."""
@@ -67,6 +67,8 @@ class LossTermConfig:
     outside them is dropped; see ``attnkd.losses.token_divergence``). With ``teacher.cache``
     it must equal the cache's k, and the teacher's remaining mass is kept as one tail bucket
     (``attnkd.losses.topk``)."""
+    gamma: float = 1.0
+    """'cls_ofa': OFA-KD target-enhancement exponent (1 = plain soft cross-entropy)."""
     projector: bool = False
     """Learn a linear map student width -> teacher width (hidden/embedding terms)."""
     impl: str = "auto"
@@ -126,11 +128,19 @@ class DataConfig:
     """Unlabeled sentence sources: 'stsb:train', 'sst2:train', 'mrpc:train', 'rte:train',
     'wikitext2', 'tinyshakespeare', or 'file:PATH' (one sentence per line / tsv / jsonl)."""
     max_sentences: int | None = None
+    """Cap on the training sentences (seeded choice; sequence_classification: labelled rows)."""
     eval_task: str = "stsb:dev"
-    """Final evaluation split: 'stsb:dev' or 'stsb:val' (a held-out part of STS-B train)."""
+    """Final evaluation split: 'stsb:dev' or 'stsb:val' (a held-out part of STS-B train);
+    sequence_classification: 'sst2:heldout', 'mrpc:dev' or 'rte:dev'."""
     select_task: str = "stsb:val"
     """Split evaluated every train.eval_every steps to pick the best checkpoint; keeping it apart
-    from eval_task means the reported figure is not tuned on."""
+    from eval_task means the reported figure is not tuned on (sequence_classification: 'sst2:val',
+    'mrpc:val' or 'rte:val', held out of the data set's train file)."""
+    unlabeled_sources: list[str] = field(default_factory=list)
+    """sequence_classification: unlabeled sentence sources (train_sources syntax) added to the
+    labelled rows with no label, so only the teacher's soft labels teach them (SSLD)."""
+    max_unlabeled: int | None = None
+    """Cap on the unlabeled sentences (seeded choice); None keeps them all."""
     exclude_files: list[str] = field(default_factory=list)
     """Sentence task: files whose sentences must never be trained on (e.g. a test set you will
     score on later). Each is a plain path, read like 'file:PATH', or a source spec
@@ -316,7 +326,8 @@ class DistillConfig:
     output_dir: str = "runs"
     task: str = "sentence"
     """'sentence' (embeddings, STS Spearman), 'causal_lm' (next-token perplexity) or
-    'image_classification' (Fashion-MNIST accuracy; CNN/ViT builders, see attnkd.vision)."""
+    'image_classification' (Fashion-MNIST accuracy; CNN/ViT builders, see attnkd.vision) or
+    'sequence_classification' (SST-2/MRPC/RTE accuracy and F1, see attnkd.tasks)."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     teachers: list[TeacherEntry] = field(default_factory=list)
     """A teacher set replacing ``teacher`` when non-empty (leave ``teacher`` unset then). On the

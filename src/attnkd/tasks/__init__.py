@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from attnkd.tasks.base import Task, TaskSetup
 
-TASK_NAMES = ("sentence", "causal_lm", "image_classification")
+TASK_NAMES = ("sentence", "causal_lm", "image_classification", "sequence_classification")
 
 
 def get_task(name: str) -> Task:
-    """The task module for ``name`` ('sentence', 'causal_lm' or 'image_classification')."""
+    """The task module for ``name`` (one of :data:`TASK_NAMES`)."""
     if name == "sentence":
         from attnkd.tasks import sentence
 
@@ -26,6 +26,10 @@ def get_task(name: str) -> Task:
         from attnkd.tasks import image_classification
 
         return image_classification.TASK
+    if name == "sequence_classification":
+        from attnkd.tasks import sequence_classification
+
+        return sequence_classification.TASK
     raise ValueError(f"unknown task '{name}'; expected one of {TASK_NAMES}")
 
 

@@ -2,7 +2,8 @@
 
 ``TERMS`` maps each name a recipe can use to its class; importing this package registers them
 all (attention and relation terms, the vocabulary ``logits`` term, feature terms, and the image
-terms of :mod:`attnkd.losses.terms.vision`).
+terms of :mod:`attnkd.losses.terms.vision`, the class-logit terms of
+:mod:`attnkd.losses.terms.classification`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from attnkd.losses.terms.base import (
     collect_taps,
     register,
 )
+from attnkd.losses.terms.classification import ClassificationTerm
 from attnkd.losses.terms.features import (
     EmbeddingMseTerm,
     HiddenCosineTerm,
@@ -41,6 +43,7 @@ __all__ = [
     "TERMS",
     "AttentionScoreTerm",
     "AttentionTerm",
+    "ClassificationTerm",
     "EmbeddingMseTerm",
     "ExitKDTerm",
     "HiddenCosineTerm",

@@ -1,0 +1,354 @@
+"""Sequence classification (SST-2, MRPC, RTE): labelled sentences or pairs in, accuracy/F1 out.
+
+Models are Hugging Face ``AutoModelForSequenceClassification`` encoders (BERT, MPNet): a
+pretrained encoder gets a fresh classification head, a folder an earlier run exported keeps
+its own. Students cut from the teacher (``student.init: teacher``) keep the teacher's head.
+
+Splits (:mod:`attnkd.data.cls_splits`): ``data.eval_task`` is the never-trained-on split the
+results report (``mrpc:dev``, ``rte:dev``, ``sst2:heldout``), ``data.select_task`` picks the
+best checkpoint (``DATASET:val``, from train); training rows overlapping either are removed.
+``data.max_sentences`` caps the labelled training rows (seeded), ``data.unlabeled_sources``
+adds unlabeled text (label -100: only the teacher's soft labels teach it, SSLD).
+
+Loss terms: the class-logit terms of :mod:`attnkd.losses.terms.classification` (``cls_ce``,
+``cls_kd``) get the models' logits and the labels; every other term (``hidden_mse``,
+``relation``, ...) gets captured taps and the attention mask, as in the other text tasks. The
+teacher runs only when a term needs it; when none does (a baseline trained from labels alone),
+the results hold no teacher score. ``teacher.recipe`` runs the teacher stage first when
+``teacher.name`` (the folder it exports) does not exist yet.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from attnkd.capture import Capture
+from attnkd.config.schema import DistillConfig
+from attnkd.data.cls_splits import ClsExample, ClsSplits, build_splits
+from attnkd.data.collate import DynamicPaddingCollator, LengthGroupedBatches
+from attnkd.data.corpus import build_corpus
+from attnkd.engine.loop import StepOutput
+from attnkd.errors import AttnkdError, ConfigError
+from attnkd.eval.classification import ClsScores, predict, score
+from attnkd.export import export_student
+from attnkd.losses.logits import IGNORE_INDEX
+from attnkd.losses.terms import ClassificationTerm
+from attnkd.models.adapters import adapter_for, attn_implementation_for, geometry
+from attnkd.models.hub import check_model_folder, resolve_model_path
+from attnkd.models.load import LoadedModel
+from attnkd.tasks.base import Task, TaskSetup
+from attnkd.tasks.image_classification import prepare as run_teacher_stage
+
+log = logging.getLogger("attnkd")
+
+
+def load(name: str, attn_implementation: str = "sdpa", tokenizer: bool = True) -> LoadedModel:
+    """An encoder with a sequence-classification head (fresh if the folder has none).
+
+    Safetensors weights only; the head's size is set for the task in :func:`setup`.
+    """
+    from transformers import (
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    resolved = resolve_model_path(name)
+    try:
+        config = AutoConfig.from_pretrained(resolved.path)
+        try:
+            adapter = adapter_for(config.model_type)
+        except ValueError as err:
+            raise AttnkdError(f"cannot use model '{name}': {err}") from None
+        if adapter.causal:
+            raise AttnkdError(
+                f"model '{name}' is a decoder; sequence_classification needs an "
+                "encoder (BERT, MPNet)"
+            )
+        if resolved.source != "hub":
+            check_model_folder(resolved.path, name, tokenizer=tokenizer)
+        model_cls = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
+        impl = attn_implementation_for(model_cls, attn_implementation)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolved.path, attn_implementation=impl, use_safetensors=True
+        )
+        tok = AutoTokenizer.from_pretrained(resolved.path) if tokenizer else None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise AttnkdError(f"cannot load model '{name}' from {resolved.path}: {err}") from err
+    return LoadedModel(model, tok, resolved.path, resolved.source, geometry(model.config))
+
+
+def prepare(cfg: DistillConfig, run_recipe) -> None:
+    """The teacher stage: ``teacher.recipe`` runs first when ``teacher.name`` is missing."""
+    run_teacher_stage(cfg, run_recipe)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_splits(eval_task, select_task, data_dir, val_fraction, seed, bad_rows) -> ClsSplits:
+    return build_splits(eval_task, select_task, data_dir, val_fraction, seed, bad_rows)
+
+
+def task_splits(cfg: DistillConfig) -> ClsSplits:
+    """The run's training, selection and evaluation splits (built once per process)."""
+    d = cfg.data
+    return _cached_splits(
+        d.eval_task, d.select_task, d.data_dir, d.val_fraction, cfg.train.seed, d.bad_rows
+    )
+
+
+def validate_data(cfg: DistillConfig) -> None:
+    """The splits build (files read, names consistent), leave a batch to train on, and every
+    ``data.unlabeled_sources`` item reads (ConfigError naming the key)."""
+    from attnkd.data.sources import load_source
+    from attnkd.errors import DataError
+
+    try:
+        splits = task_splits(cfg)
+    except DataError as err:
+        raise ConfigError("data.eval_task", str(err)) from err
+    n = (
+        len(splits.train)
+        if cfg.data.max_sentences is None
+        else min(len(splits.train), cfg.data.max_sentences)
+    )
+    if n < cfg.train.batch_size:
+        raise ConfigError(
+            "train.batch_size",
+            f"{cfg.train.batch_size} is more than the {n} training rows of {splits.dataset}",
+        )
+    if cfg.data.unlabeled_sources and splits.train[0].text_pair is not None:
+        raise ConfigError(
+            "data.unlabeled_sources",
+            f"{splits.dataset} classifies sentence "
+            "pairs; unlabeled text is single sentences (use it with sst2)",
+        )
+    for i, spec in enumerate(cfg.data.unlabeled_sources):
+        try:
+            load_source(spec, cfg.data.data_dir, bad_rows=cfg.data.bad_rows)
+        except DataError as err:
+            raise ConfigError(f"data.unlabeled_sources[{i}]", str(err)) from err
+
+
+def set_labels(model: nn.Module, names: tuple[str, ...]) -> None:
+    """Give ``model`` a head of ``len(names)`` classes named ``names`` (``id2label``).
+
+    A head of another size is replaced by a freshly initialised one (said in the log).
+    """
+    head = getattr(model, "classifier", None)
+    out = getattr(head, "out_proj", head)  # MPNet/RoBERTa: a small MLP ending in out_proj
+    if not isinstance(out, nn.Linear):
+        raise AttnkdError(f"{type(model).__name__}: no linear classification head found")
+    if out.out_features != len(names):
+        log.info("classification head: %d -> %d classes (fresh)", out.out_features, len(names))
+        new = nn.Linear(out.in_features, len(names)).to(out.weight.device, out.weight.dtype)
+        if head is out:
+            model.classifier = new
+        else:
+            head.out_proj = new
+    model.config.num_labels = len(names)
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {n: i for i, n in enumerate(names)}
+
+
+class Encoded:
+    """Examples tokenised once (``input_ids``, ``token_type_ids``, ``label``) and a padder."""
+
+    def __init__(self, tokenizer, examples: list[ClsExample], max_length: int):
+        texts = [e.text for e in examples]
+        pairs = [e.text_pair for e in examples]
+        if any(p is not None for p in pairs):
+            if any(p is None for p in pairs):
+                raise AttnkdError("a batch mixes sentence pairs and single sentences")
+            enc = tokenizer(texts, pairs, truncation="longest_first", max_length=max_length)
+        else:
+            enc = tokenizer(texts, truncation=True, max_length=max_length)
+        types = enc.get("token_type_ids") or [[0] * len(ids) for ids in enc["input_ids"]]
+        self.rows = [
+            {"input_ids": ids, "token_type_ids": tt, "label": e.label}
+            for ids, tt, e in zip(enc["input_ids"], types, examples, strict=True)
+        ]
+        self.collator = DynamicPaddingCollator(tokenizer, max_length, token_type_ids=True)
+
+    def pad(self, rows: list[dict]) -> dict[str, Tensor]:
+        batch = self.collator.pad(
+            [r["input_ids"] for r in rows], [r["token_type_ids"] for r in rows]
+        )
+        batch["labels"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
+        return batch
+
+    @property
+    def labels(self) -> list[int]:
+        return [r["label"] for r in self.rows]
+
+
+class ClsBatches:
+    """Length-grouped training batches addressable by (epoch, index), for exact resume."""
+
+    def __init__(self, encoded: Encoded, batch_size: int, seed: int):
+        if len(encoded.rows) < batch_size:
+            raise ConfigError(
+                "train.batch_size",
+                f"{batch_size} is more than the {len(encoded.rows)} training rows",
+            )
+        self.encoded = encoded
+        lengths = [len(r["input_ids"]) for r in encoded.rows]
+        self.sampler = LengthGroupedBatches(lengths, batch_size, seed=seed, drop_last=True)
+        self._epoch, self._order = -1, []
+
+    @property
+    def num_batches(self) -> int:
+        return len(self.sampler)
+
+    def batch_at(self, epoch: int, index: int) -> dict[str, Tensor]:
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, self.sampler.batches(epoch)
+        return self.encoded.pad([self.encoded.rows[i] for i in self._order[index]])
+
+
+def uses_teacher(terms: nn.ModuleList) -> bool:
+    """Whether any term reads the teacher (its logits or its taps)."""
+    return any(t.uses_teacher if isinstance(t, ClassificationTerm) else True for t in terms)
+
+
+def config_uses_teacher(cfg: DistillConfig) -> bool:
+    """:func:`uses_teacher` for the configured terms, without building them."""
+    from attnkd.losses.terms import TERMS
+
+    classes = [TERMS.get(c.name).cls for c in cfg.losses]
+    return any(
+        getattr(c, "uses_teacher", True) if issubclass(c, ClassificationTerm) else True
+        for c in classes
+    )
+
+
+def make_step(teacher: nn.Module, distiller: nn.Module, model: nn.Module | None = None):
+    """Teacher forward (no grad, only when a term needs it), student forward, weighted terms.
+
+    Single-process: ``model`` (a DDP wrapper under torchrun) is not used.
+    """
+    terms = distiller.terms
+    t_req, s_req = [], []
+    for term in terms:
+        t, s = term.taps()
+        t_req, s_req = t_req + t, s_req + s
+    need_teacher = uses_teacher(terms)
+    t_cap = Capture(teacher, t_req) if need_teacher else None
+    s_cap = Capture(distiller.student, s_req)
+
+    def step(batch: dict[str, Tensor]) -> StepOutput:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        labels, mask = batch["labels"], batch["attention_mask"].bool()
+        t_logits = None
+        if t_cap is not None:
+            with torch.no_grad(), t_cap:
+                t_logits = teacher(**inputs).logits.float()
+        with s_cap:
+            s_logits = distiller.student(**inputs).logits.float()
+        total: Tensor | None = None
+        values: dict[str, float] = {}
+        for term in terms:
+            if isinstance(term, ClassificationTerm):
+                out = term(t_logits, s_logits, labels)
+            else:
+                out = term(t_cap.taps, s_cap.taps, mask)
+            for name, v in out.items():
+                values[f"{term.label}/{name}"] = float(v.detach())
+                total = term.weight * v if total is None else total + term.weight * v
+        if t_cap is not None:
+            t_cap.taps.clear()
+        s_cap.taps.clear()
+        assert total is not None, "a run needs at least one loss term"
+        return StepOutput(loss=total, terms=values, num_items=int(labels.shape[0]))
+
+    return step
+
+
+def unlabeled_examples(cfg: DistillConfig, splits: ClsSplits, pairs: bool) -> list[ClsExample]:
+    """``data.unlabeled_sources`` sentences (label -100), less every held-out sentence."""
+    d = cfg.data
+    if not d.unlabeled_sources:
+        return []
+    if pairs:
+        raise ConfigError(
+            "data.unlabeled_sources",
+            f"{splits.dataset} classifies sentence pairs; unlabeled text is "
+            "single sentences (use it with sst2)",
+        )
+    held = {
+        name: [s for e in rows for s in e.sentences()]
+        for name, rows in ((splits.eval_name, splits.eval), (splits.select_name, splits.select))
+    }
+    corpus = build_corpus(
+        d.unlabeled_sources,
+        d.data_dir,
+        max_sentences=d.max_unlabeled,
+        seed=cfg.train.seed,
+        exclude=held,
+        bad_rows=d.bad_rows,
+    )
+    log.info("unlabeled: %s", corpus.summary())
+    return [ClsExample(s, IGNORE_INDEX) for s in corpus.sentences]
+
+
+def _subsample(rows: list[ClsExample], n: int | None, seed: int) -> list[ClsExample]:
+    if n is None or n >= len(rows):
+        return rows
+    import numpy as np
+
+    keep = sorted(int(i) for i in np.random.default_rng(seed).permutation(len(rows))[:n])
+    return [rows[i] for i in keep]
+
+
+def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> TaskSetup:
+    d = cfg.data
+    splits = task_splits(cfg)
+    set_labels(student, splits.label_names)
+    pairs = splits.train[0].text_pair is not None
+    train_rows = _subsample(splits.train, d.max_sentences, cfg.train.seed)
+    extra = unlabeled_examples(cfg, splits, pairs)
+    train = Encoded(tok, train_rows + extra, d.max_length)
+    select, evalset = (
+        Encoded(tok, splits.select, d.max_length),
+        Encoded(tok, splits.eval, d.max_length),
+    )
+    batches = ClsBatches(train, cfg.train.batch_size, cfg.train.seed)
+    has_teacher = config_uses_teacher(cfg)
+
+    def scores(model: nn.Module, enc: Encoded) -> ClsScores:
+        return score(predict(model, enc.rows, enc.pad), enc.labels)
+
+    def evaluate() -> dict[str, float]:
+        return scores(student, select).as_dict()
+
+    def final() -> dict:
+        s = scores(student, evalset)
+        t = scores(teacher, evalset) if has_teacher else None
+        return {
+            "eval_split": splits.eval_name,
+            "select_split": splits.select_name,
+            "labels": list(splits.label_names),
+            "teacher": {} if t is None else t.as_dict(),
+            "student": {**s.as_dict(), "select": scores(student, select).as_dict()},
+            "retention": None if t is None else s.accuracy / t.accuracy,
+            "retention_f1": None if t is None or not t.f1 else s.f1 / t.f1,
+        }
+
+    def export(folder: Path) -> Path:
+        return export_student(student, tok, folder, sentence_transformers=False)
+
+    info = {
+        **splits.info(),
+        "train_rows_used": len(train_rows),
+        "unlabeled_rows": len(extra),
+        "teacher_used": has_teacher,
+    }
+    return TaskSetup(batches, evaluate, "accuracy", "max", final, export, train_info=info)
+
+
+TASK = Task("sequence_classification", load, setup, make_step=make_step, prepare=prepare)
