@@ -102,7 +102,10 @@ def _quality(results: dict) -> str:
             f"{results['eval_split']} Spearman x100: teacher {t['spearman']:.2f}, "
             f"student {s['spearman']:.2f} (retention {100 * results['retention']:.1f}%)"
         )
-    return f"{quality}; params {t['params'] / 1e6:.1f}M -> {s['params'] / 1e6:.1f}M"
+    if "params" not in s:
+        return quality
+    t_params = f"{t['params'] / 1e6:.1f}M -> " if "params" in t else ""  # cached teachers: none
+    return f"{quality}; params {t_params}{s['params'] / 1e6:.1f}M"
 
 
 def cmd_repro(args) -> int:

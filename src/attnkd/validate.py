@@ -84,6 +84,9 @@ def validate_static(cfg: DistillConfig) -> None:
     _check(d.on_policy == 0.0 or 1 <= d.on_policy_prefix < d.max_length, "data.on_policy_prefix",
            f"must be in [1, {d.max_length - 1}] (data.max_length - 1), got "
            f"{d.on_policy_prefix}")  # fmt: skip
+    _check(not (cfg.teacher.cache and t.select_metric.startswith("alpha")), "train.select_metric",
+           "alpha needs the live teacher's logits; a run with teacher.cache never runs the "
+           "teacher: select by perplexity ('') or drop teacher.cache")  # fmt: skip
     _check(d.on_policy == 0.0 or not cfg.teacher.cache, "data.on_policy",
            "on-policy rows need the live teacher to score them; teacher.cache holds targets for "
            "the fixed text only: set one or the other")  # fmt: skip

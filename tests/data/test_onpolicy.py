@@ -153,3 +153,14 @@ def test_on_policy_with_an_offline_teacher_cache_is_refused():
     cfg.teacher.cache = "runs/some-cache"
     with pytest.raises(ConfigError, match="data.on_policy.*live teacher"):
         validate_static(cfg)
+
+
+def test_alpha_selection_with_an_offline_teacher_cache_is_refused():
+    from attnkd.config.schema import DistillConfig
+    from attnkd.validate import validate_static
+
+    cfg = DistillConfig(task="causal_lm")
+    cfg.train.select_metric = "alpha"
+    cfg.teacher.cache = "runs/some-cache"
+    with pytest.raises(ConfigError, match="train.select_metric.*live teacher"):
+        validate_static(cfg)

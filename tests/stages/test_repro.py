@@ -93,3 +93,14 @@ def test_seed_config_names_the_run_and_sets_the_seed():
     assert cfg.name == "minilm-sentence-seed7" and cfg.train.seed == 7
     with pytest.raises(ConfigError):
         repro.run_repro(default_recipe(), [1, 1])
+
+
+def test_the_cli_summary_line_of_a_cached_teacher_set_run():
+    """A sentence run taught by cached teachers has no teacher parameter count."""
+    from attnkd.cli import _quality
+
+    res = {"task": "sentence", "eval_split": "stsb:dev", "retention": 0.98,
+           "teacher": {"spearman": 88.1}, "student": {"spearman": 86.5, "params": 17_241_984}}
+    assert _quality(res).endswith("params 17.2M")
+    res["teacher"]["params"] = 109_486_464
+    assert _quality(res).endswith("params 109.5M -> 17.2M")

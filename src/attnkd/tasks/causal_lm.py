@@ -73,11 +73,12 @@ def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> Ta
     if d.on_policy > 0:  # GKD / DistillSpec: λ of each batch's rows continued by the student
         batches = OnPolicyBatches(batches, student, d.on_policy, d.on_policy_prefix,
                                   seed=cfg.train.seed)  # fmt: skip
-    alpha = AlphaProbe(teacher, splits.select[:ALPHA_BLOCKS])  # the student judged as a draft
+    # the student judged as a draft; not with teacher.cache, whose runs never run the teacher
+    alpha = None if cfg.teacher.cache else AlphaProbe(teacher, splits.select[:ALPHA_BLOCKS])
 
     def evaluate() -> dict[str, float]:
         r = perplexity(student, splits.select, batch_size=EVAL_BATCH)
-        out = {"perplexity": r.ppl, "nll": r.nll, **alpha(student)}
+        out = {"perplexity": r.ppl, "nll": r.nll, **(alpha(student) if alpha else {})}
         if isinstance(batches, OnPolicyBatches):  # generation cost so far
             out["onpolicy_gen_seconds"] = batches.seconds
             out["onpolicy_gen_tokens"] = float(batches.tokens)
