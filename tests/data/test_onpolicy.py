@@ -16,37 +16,20 @@ from attnkd.data.onpolicy import (
     sample_continuations,
 )
 from attnkd.errors import ConfigError
+from tiny_lms import single_thread, tiny_gpt2, tiny_llama
 
 V = 11
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 def llama(seed: int, layers: int = 2):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-        initializer_range=0.5, bos_token_id=None, eos_token_id=None, pad_token_id=None,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg)
+    return tiny_llama(seed, V, layers)
 
 
 def gpt2(seed: int, layers: int = 2):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(vocab_size=V, n_embd=16, n_layer=layers, n_head=2, n_positions=64,
-                     bos_token_id=0, eos_token_id=0)  # fmt: skip
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(cfg)
+    return tiny_gpt2(seed, V, layers)
 
 
 def data(b: int = 8, length: int = 12) -> torch.Tensor:

@@ -17,37 +17,20 @@ from attnkd.eval.drafts import (
 )
 from attnkd.eval.spec_cost import acceptance_from_logits, teacher_forced_acceptance
 from attnkd.losses.next_token import next_token_ce
+from tiny_lms import single_thread, tiny_gpt2, tiny_llama
 
 V = 13
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 def llama(seed: int, layers: int = 2):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-        initializer_range=0.5, bos_token_id=None, eos_token_id=None, pad_token_id=None,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(seed, V, layers).eval()
 
 
 def gpt2(seed: int, layers: int = 2):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(vocab_size=V, n_embd=16, n_layer=layers, n_head=2, n_positions=64,
-                     bos_token_id=0, eos_token_id=0)  # fmt: skip
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(cfg).eval()
+    return tiny_gpt2(seed, V, layers).eval()
 
 
 SHORT = torch.tensor([0, 2, 3, 7, 11])
