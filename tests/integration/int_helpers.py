@@ -183,3 +183,19 @@ def make_decoder_tokenizer(words: list[str], pad: bool = False):
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", **extra
     )
+
+
+def save_tiny_llama_folder(folder: Path) -> Path:
+    """A local model folder: ``tiny_llama(seed=0)`` sized to the word-level decoder tokenizer
+    over ``WORDS``, saved with that tokenizer."""
+    tok = make_decoder_tokenizer(WORDS)
+    tiny_llama(seed=0, vocab_size=len(tok)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def write_story(path: Path, seed: int, lines: int = 300) -> Path:
+    """A text file of ``lines`` random sentences over ``WORDS`` (a ``file:`` data source)."""
+    rng = random.Random(seed)
+    path.write_text("\n".join(make_sentence(rng) for _ in range(lines)) + "\n", encoding="utf-8")
+    return path

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from pathlib import Path
 
 import pytest
 import torch
-from int_helpers import WORDS, make_decoder_tokenizer, make_sentence, tiny_llama
+from int_helpers import save_tiny_llama_folder, write_story
 
 from attnkd.cli import main
 from attnkd.config.io import apply_overrides
@@ -25,14 +24,8 @@ def lm_setup(tmp_path_factory):
     """A tiny Llama teacher (GQA, RoPE, peaked weights) with a word-level tokenizer, saved as a
     local model folder, and a text file of 300 sentences."""
     root = tmp_path_factory.mktemp("lm")
-    teacher = root / "tiny-llama"
-    tok = make_decoder_tokenizer(WORDS)
-    tiny_llama(seed=0, vocab_size=len(tok)).save_pretrained(teacher)
-    tok.save_pretrained(teacher)
-    rng = random.Random(5)
-    text = root / "story.txt"
-    text.write_text("\n".join(make_sentence(rng) for _ in range(300)) + "\n", encoding="utf-8")
-    return teacher, text, root / "runs"
+    teacher = save_tiny_llama_folder(root / "tiny-llama")
+    return teacher, write_story(root / "story.txt", seed=5), root / "runs"
 
 
 def _cfg(lm_setup, *extra):

@@ -6,11 +6,10 @@ the refusals of bad settings."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
-from int_helpers import WORDS, make_decoder_tokenizer, make_sentence, tiny_llama
+from int_helpers import save_tiny_llama_folder, write_story
 
 from attnkd.cli import main
 from attnkd.config.io import apply_overrides
@@ -25,14 +24,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.fixture(scope="module")
 def lm_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("drafts")
-    teacher = root / "tiny-llama"
-    tok = make_decoder_tokenizer(WORDS)
-    tiny_llama(seed=0, vocab_size=len(tok)).save_pretrained(teacher)
-    tok.save_pretrained(teacher)
-    rng = random.Random(3)
-    text = root / "story.txt"
-    text.write_text("\n".join(make_sentence(rng) for _ in range(300)) + "\n", encoding="utf-8")
-    return teacher, text, root / "runs"
+    teacher = save_tiny_llama_folder(root / "tiny-llama")
+    return teacher, write_story(root / "story.txt", seed=3), root / "runs"
 
 
 def _cfg(lm_setup, *extra):
