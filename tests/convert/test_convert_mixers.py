@@ -82,6 +82,37 @@ def test_window_and_hybrid_equal_naive(kind, causal, padding, window, chunk):
     )
 
 
+@pytest.mark.parametrize("kind", ["window", "hybrid"])
+@pytest.mark.parametrize("padding", [None, "left", "right"])
+@pytest.mark.parametrize("window", [1, 4, 5, 16, 50])
+def test_terraced_window_equals_naive(kind, padding, window):
+    q, k, v = _inputs()
+    mask = None if padding is None else _padding(padding == "left")
+    cls = WindowAttention if kind == "window" else HybridAttention
+    mixer = _perturb(cls(H, HKV, D, True, window=window, terrace=True))
+    y = mixer(q, k, v, mask)
+    fq = fk = gamma = None
+    if kind == "hybrid":
+        fq, fk, gamma = mixer.feature_q(q), mixer.feature_k(k), mixer.gamma().detach()
+    ref = naive_mix(q, k, v, fq, fk, window, True, mask, gamma, terrace=True)
+    torch.testing.assert_close(
+        _real_rows(y.double(), mask), _real_rows(ref, mask), atol=1e-5, rtol=1e-4
+    )
+
+
+def test_terraced_window_sees_more_than_the_sliding_one_and_needs_causal_tiles():
+    q, k, v = _inputs()
+    slide = WindowAttention(H, HKV, D, True, window=4)(q, k, v)
+    tiles = WindowAttention(H, HKV, D, True, window=4, terrace=True)(q, k, v)
+    torch.testing.assert_close(tiles[:, :, :4], slide[:, :, :4])  # tile 0: the same keys
+    for i in range(4, 8):  # tile 1 also sees all of tile 0
+        assert not torch.allclose(tiles[:, :, i], slide[:, :, i])
+    with pytest.raises(ValueError, match="terraced"):
+        WindowAttention(H, HKV, D, False, window=4, terrace=True)
+    with pytest.raises(ValueError, match="terraced"):
+        HybridAttention(H, HKV, D, True, window=4, chunk=2, terrace=True)
+
+
 def test_window_covering_everything_is_softmax_attention():
     q, k, v = _inputs()
     for causal in (True, False):
@@ -113,7 +144,7 @@ def test_feature_map_starts_at_identity_and_is_a_pair_of_distributions():
         fm(torch.randn(1, H + 1, 3, D))
 
 
-@pytest.mark.parametrize("kind", ["linear", "window", "hybrid"])
+@pytest.mark.parametrize("kind", ["linear", "window", "hybrid", "window-terrace", "hybrid-terrace"])
 @pytest.mark.parametrize("prompt", [1, 6, 20])
 def test_recurrent_decoding_equals_parallel_token_for_token(kind, prompt):
     q, k, v = _inputs(seed=3)
@@ -121,8 +152,8 @@ def test_recurrent_decoding_equals_parallel_token_for_token(kind, prompt):
     if kind == "linear":
         mixer = LinearAttention(H, HKV, D, True, chunk=8)
     else:
-        cls = WindowAttention if kind == "window" else HybridAttention
-        mixer = cls(H, HKV, D, True, window=5)
+        cls = WindowAttention if kind.startswith("window") else HybridAttention
+        mixer = cls(H, HKV, D, True, window=5, terrace=kind.endswith("terrace"))
     _perturb(mixer)
     with torch.no_grad():
         full = mixer(q, k, v, mask)
@@ -139,8 +170,9 @@ def test_recurrent_decoding_equals_parallel_token_for_token(kind, prompt):
     assert state.seen == S
     torch.testing.assert_close(_real_rows(got, mask), _real_rows(full, mask), atol=1e-5, rtol=1e-4)
     # the state does not grow with the context: window buffer plus fixed-size sums
-    if kind != "linear":
-        assert state.keys.shape[2] <= mixer.window
+    if kind != "linear":  # terraced: the newest key's tile and the one before it
+        assert state.keys.shape[2] == min(S, mixer.window_keys(S - 1))
+        assert state.keys.shape[2] <= (2 * mixer.window - 1 if mixer.terrace else mixer.window)
     else:
         assert state.keys.shape[2] == 0
 

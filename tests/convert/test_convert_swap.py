@@ -83,14 +83,23 @@ def test_bad_specs_raise_config_errors():
         convert_attention(teacher, ConversionSpec(kind="linear", layers=[5]))
     with pytest.raises(ConfigError, match="convert.window"):
         convert_attention(teacher, ConversionSpec(kind="hybrid", window=0))
+    with pytest.raises(ConfigError, match="convert.terrace"):  # BERT is bidirectional
+        convert_attention(teacher, ConversionSpec(kind="hybrid", window=4, terrace=True))
+    with pytest.raises(ConfigError, match="convert.terrace"):
+        convert_attention(tiny_llama(), ConversionSpec(kind="window", chunk=2, terrace=True))
 
 
-@pytest.mark.parametrize("kind", ["linear", "window", "hybrid", "shared", "sparse"])
+@pytest.mark.parametrize(
+    "kind", ["linear", "window", "hybrid", "shared", "sparse", "window-terrace", "hybrid-terrace"]
+)
 @pytest.mark.parametrize("left", [False, True])
 def test_decoding_with_a_cache_equals_the_full_forward(kind, left):
     """Prompt through the cache, then one token at a time: logits equal the parallel form."""
     teacher = tiny_llama()
-    spec = ConversionSpec(kind=kind, window=5, layers=[0, 2], chunk=4, share={2: 0}, topk=4)
+    terrace = kind.endswith("-terrace")
+    spec = ConversionSpec(kind=kind.split("-")[0], window=5, layers=[0, 2],
+                          chunk=5 if terrace else 4, share={2: 0}, topk=4,
+                          terrace=terrace)  # fmt: skip
     student = convert_attention(teacher, spec)
     with torch.no_grad():
         for p in student.parameters():  # move the feature maps off their initial values

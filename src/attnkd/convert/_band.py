@@ -170,6 +170,7 @@ def banded_attention(
     key_mask: Tensor | None = None,
     gamma: Tensor | None = None,
     chunk: int = 64,
+    terrace: bool = False,
 ) -> Tensor:
     """Window softmax part (q, k, ``window >= 1``) plus linear part (fq, fk): see module doc.
 
@@ -181,6 +182,8 @@ def banded_attention(
     use_window, use_linear = q is not None and window > 0, fq is not None
     if not use_window and not use_linear:
         raise ValueError("banded_attention needs a window part, a linear part or both")
+    if terrace and not (causal and use_window and chunk == window):
+        raise ValueError("terrace needs causal attention with a window part and chunk == window")
     b, kv_heads, seq, dv = v.shape
     heads = (q if q is not None else fq).shape[1]
     g = heads // kv_heads
@@ -190,6 +193,8 @@ def banded_attention(
     c = max(1, min(chunk, seq))
     n = math.ceil(seq / c)
     p = math.ceil((window - 1) / c) if window > 1 else 0
+    if terrace:  # the whole previous tile is in the window: no linear key in the slab
+        p, window = 1, 2 * c
     before, after = p, (0 if causal else p)
     dtype = torch.promote_types(v.dtype, torch.float32)
     bkn = b * kv_heads * n

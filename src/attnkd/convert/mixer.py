@@ -37,14 +37,21 @@ class Mixer(nn.Module):
         feature_k: nn.Module | None = None,
         learn_gamma: bool = False,
         chunk: int = 64,
+        terrace: bool = False,
     ) -> None:
         super().__init__()
         if num_heads % num_kv_heads:
             raise ValueError(f"{num_heads} query heads not divisible by {num_kv_heads} kv heads")
         if window < 0 or chunk < 1:
             raise ValueError(f"window must be >= 0 and chunk >= 1, got {window}, {chunk}")
+        if terrace and not (causal and window >= 1 and chunk == window):
+            raise ValueError(
+                f"a terraced window needs causal attention and chunk == window >= 1, "
+                f"got causal={causal}, window {window}, chunk {chunk}"
+            )
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.causal, self.window, self.chunk = causal, window, chunk
+        self.terrace = terrace
         self.feature_q, self.feature_k = feature_q, feature_k
         self.log_gamma = nn.Parameter(torch.zeros(num_heads)) if learn_gamma else None
 
@@ -63,7 +70,7 @@ class Mixer(nn.Module):
 
     def options(self) -> dict[str, Any]:
         """What rebuilds this mixer (written into the converted model's ``conversion.json``)."""
-        return {"window": self.window, "chunk": self.chunk}
+        return {"window": self.window, "chunk": self.chunk, "terrace": self.terrace}
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
         """Parallel form: q (B, H, S, D), k/v (B, H_kv, S, D), key_mask (B, S) -> (B, H, S, Dv)."""
@@ -79,6 +86,7 @@ class Mixer(nn.Module):
             key_mask,
             self.gamma(),
             self.chunk,
+            self.terrace,
         )
 
     # ---------------------------------------------------------------- recurrent form (decoding)
@@ -97,23 +105,32 @@ class Mixer(nn.Module):
         real = torch.ones(b, t, dtype=torch.bool, device=q.device) if key_mask is None else key_mask
         if state.seen == 0:
             out = self.forward(q, k, v, real)
-            self._absorb(k, v, real, state)
+            self._absorb(k, v, real, state, t - 1)
         else:
             outs = []
             for i in range(t):
                 sl = slice(i, i + 1)
-                self._absorb(k[:, :, sl], v[:, :, sl], real[:, sl], state)
+                self._absorb(k[:, :, sl], v[:, :, sl], real[:, sl], state, state.seen + i)
                 outs.append(self._read(q[:, :, sl], state))
             out = torch.cat(outs, dim=2)
         state.seen += t
         return out
 
-    def _absorb(self, k: Tensor, v: Tensor, real: Tensor, state: MixerState) -> None:
-        """Buffer new keys; move those older than the window into the linear sums (or drop)."""
+    def window_keys(self, newest: int) -> int:
+        """How many of the newest keys the window holds once the key at position ``newest``
+        (0-based) is in: ``window``, or with a terraced window the keys of the newest one's
+        tile and of the tile before it."""
+        if not self.terrace:
+            return self.window
+        return newest % self.window + 1 + (self.window if newest >= self.window else 0)
+
+    def _absorb(self, k: Tensor, v: Tensor, real: Tensor, state: MixerState, newest: int) -> None:
+        """Buffer new keys (the last at position ``newest``); move those that left the window
+        into the linear sums (or drop them)."""
         dtype = torch.promote_types(v.dtype, torch.float32)
         m = real[:, None, :, None].to(dtype)
         state.push(k.to(dtype), v.to(dtype) * m, real)
-        gone = state.pop(self.window)
+        gone = state.pop(self.window_keys(newest))
         if gone is not None and self.linear:
             old_k, old_v, old_real = gone
             fk = self.feature_k(old_k) * old_real[:, None, :, None].to(dtype)
