@@ -1,27 +1,34 @@
 """Teacher (SDPA softmax attention) vs converted attention, side by side in one run.
 
-Decoder (SmolLM2-135M-Instruct, all 30 layers converted to hybrid window + linear):
-- ``forward``: one forward of the transformer body (no LM head, which is the same for both and
-  would dominate memory) at each ``--sizes`` length, batch 1: peak extra resident memory of a
-  first call without cache, then ``--repeats`` timed calls (median), the last one building the
-  decoding cache of that prompt;
-- ``decode``: from that cache, ``--steps`` greedy tokens one at a time: tokens/s, and the
-  cache's bytes after the prompt (teacher: its DynamicCache keys/values; converted: window
-  buffers + linear states).
+Decoder (SmolLM2-135M-Instruct, all 30 layers converted to hybrid window + linear; ``--terrace``
+for the terraced window of ``smollm2-hybrid.yaml``):
+- ``forward``: one whole-model forward (embeddings, 30 layers, final norm, LM head) at each
+  ``--sizes`` length, batch 1, prefill-style: logits of the last position only
+  (``logits_to_keep=1``, both sides; the other positions' logits are not needed to decode). The
+  first call also gives the peak extra resident memory; ``--repeats`` calls in all, alternating
+  teacher / converted (median time); the last builds the decoding cache of that prompt;
+- ``decode``: from that cache, ``--steps`` greedy tokens one at a time through the whole model:
+  tokens/s, and the cache's bytes after the prompt (teacher: its DynamicCache keys/values;
+  converted: window buffers + linear states).
+``summary`` in the JSON: forward and decoding speed-ups at the longest context, the cache ratio
+there, and the spread of the converted model's decoding tokens/s over all contexts (max / min
+- 1, and each context against the shortest).
 Encoder (all-MiniLM-L6-v2, linear and hybrid): its six attention modules alone and the whole
-model, batch ``--batch`` x 512.
+model, batch ``--batch`` x 512. ``--per-layer``: one SmolLM2 decoder layer instead of the whole
+model (see :func:`bench_layer`).
 
 Measurements alternate teacher / converted case by case, so load from other processes falls on
 both. Each time is taken twice: wall clock and this process's CPU time (``time.process_time``,
 all threads), whose ratio is the steadier one on a machine shared with other jobs. The feature
 maps are untrained (speed does not depend on their values). The load average before and after
 is stored in ``meta``.
-``--json PATH`` writes ``{"meta": ..., "records": [{"model", "kind", "context", "speedup",
-"cpu_speedup", "memory_ratio", ...}]}``: speedup = teacher time / converted time (decode:
-converted tokens/s / teacher tokens/s), memory_ratio = converted / teacher (forward: peak extra
-memory; decode: cache bytes).
+``--json PATH`` writes ``{"meta": ..., "summary": ..., "records": [{"model", "kind", "context",
+"speedup", "cpu_speedup", "memory_ratio", ...}]}``: speedup = teacher time / converted time
+(decode: converted tokens/s / teacher tokens/s), memory_ratio = converted / teacher (forward:
+peak extra memory; decode: cache bytes).
 
-    python bench/conversion_speed.py --threads 2 --json results/conversion_speed.json
+    python bench/conversion_speed.py --skip-encoder --terrace --threads 2 --repeats 2 \
+        --steps 32 --json results/conversion_speed.json
 """
 
 from __future__ import annotations
@@ -60,14 +67,6 @@ def _exact_rss() -> None:
     libc.malloc_trim(0)
 
 
-def _peak(fn) -> int:
-    """Peak extra resident bytes of one call of ``fn``."""
-    _exact_rss()
-    base = reset_peak()
-    fn()
-    return max(0, status_kb("VmHWM") - base) * 1024
-
-
 class _Timer:
     """Wall-clock and process CPU seconds of a block."""
 
@@ -81,15 +80,20 @@ class _Timer:
 
 
 def _pair(teacher_fn, converted_fn, repeats: int) -> dict:
-    """One untimed call each that measures its peak memory, then ``repeats`` timed calls each,
-    alternating (load falls on both): medians of wall and CPU seconds, peak bytes and the
-    result of each side's last call."""
-    out = {"t_mem": _peak(lambda: teacher_fn(False)), "c_mem": _peak(lambda: converted_fn(False))}
+    """``repeats`` timed calls each, alternating (load falls on both), the first of which also
+    measures its peak memory (the reading is taken outside the timed block): medians of wall
+    and CPU seconds, peak bytes and the result of each side's last call."""
+    out: dict = {}
     times: dict[str, list[tuple[float, float]]] = {"t": [], "c": []}
-    for r in range(repeats):
+    for r in range(max(1, repeats)):
         for key, fn in (("t", teacher_fn), ("c", converted_fn)):
+            if r == 0:
+                _exact_rss()
+                base = reset_peak()
             with _Timer() as t:
                 out[key + "_last"] = fn(r == repeats - 1)
+            if r == 0:
+                out[key + "_mem"] = max(0, status_kb("VmHWM") - base) * 1024
             times[key].append((t.wall, t.cpu))
     for key in ("t", "c"):
         out[key + "_s"] = statistics.median(w for w, _ in times[key])
@@ -126,17 +130,21 @@ def _record(model, kind, context, t_value, c_value, t_mem, c_mem, higher_is_bett
     return rec
 
 
+def _name(args) -> str:
+    return f"SmolLM2-135M/hybrid-w{args.window}" + ("-terrace" if args.terrace else "")
+
+
 def bench_decoder(args) -> list[dict]:
     teacher = freeze(load_causal_lm(DECODER, "sdpa", tokenizer=False).model)
-    spec = ConversionSpec(kind="hybrid", window=args.window, chunk=args.chunk)
+    spec = ConversionSpec(kind="hybrid", window=args.window, chunk=args.chunk, terrace=args.terrace)
     converted = convert_attention(teacher, spec).eval()
-    name = f"SmolLM2-135M/hybrid-w{args.window}"
+    name = _name(args)
     vocab = teacher.config.vocab_size
     records = []
 
     def body(model, ids):
         def run(keep: bool):  # keep: return the decoding cache of the prompt
-            out = model.model(ids, use_cache=keep)
+            out = model(ids, use_cache=keep, logits_to_keep=1)
             return out.cache if keep else None
 
         return run
@@ -147,6 +155,7 @@ def bench_decoder(args) -> list[dict]:
             r = _pair(body(teacher, ids), body(converted, ids), args.repeats)
             records.append(_record(name, "forward", seq, r["t_s"], r["c_s"], r["t_mem"],
                                    r["c_mem"], False, cpu_speedup=r["t_cpu_s"] / r["c_cpu_s"],
+                                   scope="whole model, logits of the last position",
                                    teacher_s=r["t_s"], converted_s=r["c_s"],
                                    teacher_cpu_s=r["t_cpu_s"], converted_cpu_s=r["c_cpu_s"],
                                    teacher_peak_bytes=r["t_mem"],
@@ -176,9 +185,10 @@ def bench_layer(args) -> list[dict]:
     from transformers import DynamicCache
 
     teacher = freeze(load_causal_lm(DECODER, "sdpa", tokenizer=False).model)
-    spec = ConversionSpec(kind="hybrid", window=args.window, chunk=args.chunk, layers=[0])
+    spec = ConversionSpec(kind="hybrid", window=args.window, chunk=args.chunk, layers=[0],
+                          terrace=args.terrace)  # fmt: skip
     converted = convert_attention(teacher, spec).eval()
-    name = f"SmolLM2-135M/hybrid-w{args.window}"
+    name = _name(args)
     cfg = teacher.config
     t_layer, c_layer = teacher.model.layers[0], converted.model.layers[0]
     rotary = teacher.model.rotary_emb
@@ -269,6 +279,29 @@ def bench_encoder(args) -> list[dict]:
     return records
 
 
+def summarise(records: list[dict]) -> dict:
+    """Decoder figures at the longest context and the converted decoding speed's spread."""
+    dec = [r for r in records if r["model"].startswith("SmolLM2")]
+    fwd = {r["context"]: r for r in dec if r["kind"] == "forward"}
+    decode = {r["context"]: r for r in dec if r["kind"] == "decode"}
+    if not fwd or not decode:
+        return {}
+    top, low = max(fwd), min(decode)
+    key = "converted_tokens_per_s"
+    tps = {c: r.get(key, r.get("converted_cpu_tokens_per_s")) for c, r in sorted(decode.items())}
+    return {
+        "context": top,
+        "forward_speedup": fwd[top]["speedup"],
+        "forward_cpu_speedup": fwd[top]["cpu_speedup"],
+        "decode_speedup": decode[top]["speedup"],
+        "decode_cpu_speedup": decode[top]["cpu_speedup"],
+        "cache_ratio": decode[top]["memory_ratio"],
+        "converted_decode_tokens_per_s": tps,
+        "converted_decode_spread": max(tps.values()) / min(tps.values()) - 1,
+        "converted_decode_vs_shortest": {c: v / tps[low] for c, v in tps.items()},
+    }
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -280,6 +313,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--chunk", type=int, default=None, help="chunk of the parallel form")
+    p.add_argument("--terrace", action="store_true", help="terraced window (tiles of --window)")
     p.add_argument("--batch", type=int, default=8, help="encoder batch")
     p.add_argument("--skip-encoder", action="store_true")
     p.add_argument("--skip-decoder", action="store_true")
@@ -325,7 +359,8 @@ def main() -> None:
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as fh:
-            json.dump({"meta": meta, "records": records}, fh, indent=2)
+            json.dump({"meta": meta, "summary": summarise(records), "records": records}, fh,
+                      indent=2)  # fmt: skip
             fh.write("\n")
         os.replace(tmp, args.json)
 

@@ -4,12 +4,16 @@ Each case is scored on the last 10% of the characters of Tiny Shakespeare and Wi
 as written, ``windows:512:stride=512`` (:mod:`attnkd.eval.lm_protocol`; teacher 34.74 / 31.22):
 
 - ``teacher``: the SDPA teacher itself (checks the protocol on this machine);
-- ``window``, ``hybrid``, ``linear``: converted with no training (feature maps at identity);
+- ``window``, ``hybrid``, ``linear``: converted with no training (feature maps at identity;
+  ``--terrace``: the window and hybrid cases take the terraced window);
 - ``shared``: the sharing chosen in ``results/smollm2_similarity.json``, no training;
 - ``sparse``: top-``--topk`` keys by an untrained rank-8 estimate;
 - ``mla``: latent of rank ``--mla-rank`` by activation PCA on 8 blocks of the first 85% of
   Tiny Shakespeare (no held-out text), no recovery;
-- ``run:FOLDER``: a saved converted model (``attnkd convert`` writes ``RUN/student``).
+- ``run:FOLDER``: a saved converted model (``attnkd convert`` writes ``RUN/student``);
+- ``ckpt:RUN[:NAME]``: a stage-1 checkpoint of an ``attnkd convert`` run (``RUN/checkpoints/
+  NAME``, default ``best``): the teacher converted as ``RUN/config.yaml`` says, mixers loaded
+  (a run stopped before its own final evaluation).
 
 Results are written after every case (``--json``, atomic), so a stopped run keeps what it did.
 
@@ -52,17 +56,34 @@ def _calibration(tok, blocks: int = 8, size: int = 512) -> list[dict]:
     ]  # fmt: skip
 
 
+def _from_checkpoint(arg: str, teacher) -> tuple[torch.nn.Module, dict]:
+    from attnkd.config.io import load_config
+    from attnkd.convert.run import spec_from_config
+    from attnkd.convert.transfer import TransferModule
+    from attnkd.engine.checkpoint import load_checkpoint
+
+    run, _, name = arg.partition(":")
+    spec = spec_from_config(load_config(Path(run) / "config.yaml"))
+    model = convert_attention(teacher, spec)
+    ckpt = load_checkpoint(Path(run) / "checkpoints" / (name or "best"), TransferModule(model))
+    return model, {**model.attnkd_conversion, "checkpoint": f"{run}:{name or 'best'}",
+                   "step": ckpt.state.step}  # fmt: skip
+
+
 def build(case: str, teacher, tok, args) -> tuple[torch.nn.Module, dict]:
     """The model of one case and what it is."""
     if case == "teacher":
         return teacher, {"kind": "teacher"}
+    if case.startswith("ckpt:"):
+        return _from_checkpoint(case[5:], teacher)
     if case.startswith("run:"):
         model = load_converted(case[4:])
         return model, dict(model.attnkd_conversion)
     if case == "mla":
         model = convert_to_mla(teacher, args.mla_rank, calibration=_calibration(tok))
         return model, dict(model.attnkd_conversion)
-    spec = ConversionSpec(kind=case, window=args.window, topk=args.topk, rank=8)
+    terrace = args.terrace and case in ("window", "hybrid")
+    spec = ConversionSpec(kind=case, window=args.window, topk=args.topk, rank=8, terrace=terrace)
     if case == "shared":
         spec.share = _sharing()
     model = convert_attention(teacher, spec)
@@ -72,7 +93,7 @@ def build(case: str, teacher, tok, args) -> tuple[torch.nn.Module, dict]:
 def _key(case: str, args) -> str:
     """The results key of a case: its kind with the setting that varies."""
     if case in ("window", "hybrid"):
-        return f"{case}-w{args.window}"
+        return f"{case}-w{args.window}" + ("-terrace" if args.terrace else "")
     if case == "sparse":
         return f"sparse-top{args.topk}"
     return f"mla-r{args.mla_rank}" if case == "mla" else case
@@ -82,6 +103,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", default="teacher,window,hybrid,linear,shared,mla,sparse")
     p.add_argument("--window", type=int, default=64)
+    p.add_argument("--terrace", action="store_true", help="window/hybrid: terraced window")
     p.add_argument("--topk", type=int, default=64)
     p.add_argument("--mla-rank", type=int, default=192)
     p.add_argument("--texts", default=",".join(TEXTS))
@@ -92,17 +114,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     loaded = load_causal_lm(TEACHER)
     teacher, tok = freeze(loaded.model), loaded.tokenizer
-    out: dict = {"command": "python scripts/conversion_ppl.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
-        "teacher": TEACHER, "protocol": args.protocol, "threads": args.threads,
-        "held_out": "last 10% of each file's characters as written", "results": {}}  # fmt: skip
+    command = "python scripts/conversion_ppl.py " + " ".join(
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+        for k, v in vars(args).items() if v is not None and v is not False)  # fmt: skip
+    out: dict = {"command": command, "teacher": TEACHER, "protocol": args.protocol,
+        "threads": args.threads, "results": {},
+        "held_out": "last 10% of each file's characters as written"}  # fmt: skip
     if args.json and Path(args.json).exists():  # keep cases measured by an earlier call
         out["results"] = json.loads(Path(args.json).read_text()).get("results", {})
     for case in args.cases.split(","):
         t0 = time.time()
         model, what = build(case, teacher, tok, args)
         freeze(model)
-        row = {"conversion": what}
+        row = {"conversion": what, "command": command}
         for text in args.texts.split(","):
             r = text_perplexity(model, tok, text, args.protocol)
             row[text] = {k: r[k] for k in ("perplexity", "nll", "scored_tokens", "windows")}
