@@ -79,26 +79,33 @@ class _Timer:
         self.cpu = time.process_time() - self.cpu
 
 
-def _pair(teacher_fn, converted_fn, repeats: int) -> dict:
-    """``repeats`` timed calls each, alternating (load falls on both), the first of which also
-    measures its peak memory (the reading is taken outside the timed block): medians of wall
-    and CPU seconds, peak bytes and the result of each side's last call."""
-    out: dict = {}
-    times: dict[str, list[tuple[float, float]]] = {"t": [], "c": []}
+def _timed(fns: dict, repeats: int) -> dict[str, dict]:
+    """``repeats`` timed calls of each function, alternating (load falls on all), the first of
+    which also measures its peak memory (read outside the timed block): per key the medians of
+    wall and CPU seconds (``s``, ``cpu_s``), the peak bytes (``mem``) and the result of its last
+    call (``last``). Each function takes ``keep`` (True on the last call)."""
+    out: dict[str, dict] = {key: {"times": []} for key in fns}
     for r in range(max(1, repeats)):
-        for key, fn in (("t", teacher_fn), ("c", converted_fn)):
+        for key, fn in fns.items():
             if r == 0:
                 _exact_rss()
                 base = reset_peak()
             with _Timer() as t:
-                out[key + "_last"] = fn(r == repeats - 1)
+                out[key]["last"] = fn(r == repeats - 1)
             if r == 0:
-                out[key + "_mem"] = max(0, status_kb("VmHWM") - base) * 1024
-            times[key].append((t.wall, t.cpu))
-    for key in ("t", "c"):
-        out[key + "_s"] = statistics.median(w for w, _ in times[key])
-        out[key + "_cpu_s"] = statistics.median(c for _, c in times[key])
+                out[key]["mem"] = max(0, status_kb("VmHWM") - base) * 1024
+            out[key]["times"].append((t.wall, t.cpu))
+    for res in out.values():
+        times = res.pop("times")
+        res["s"] = statistics.median(w for w, _ in times)
+        res["cpu_s"] = statistics.median(c for _, c in times)
     return out
+
+
+def _pair(teacher_fn, converted_fn, repeats: int) -> dict:
+    """:func:`_timed` of a teacher and a converted function, keys ``t_s``, ``c_cpu_s``, ..."""
+    res = _timed({"t": teacher_fn, "c": converted_fn}, repeats)
+    return {f"{side}_{k}": v for side, r in res.items() for k, v in r.items()}
 
 
 def _cache_bytes(cache) -> int:
@@ -130,15 +137,21 @@ def _record(model, kind, context, t_value, c_value, t_mem, c_mem, higher_is_bett
     return rec
 
 
-def _name(args) -> str:
-    return f"SmolLM2-135M/hybrid-w{args.window}" + ("-terrace" if args.terrace else "")
+def _name(kind: str, args) -> str:
+    if kind not in ("window", "hybrid"):
+        return f"SmolLM2-135M/{kind}"
+    return f"SmolLM2-135M/{kind}-w{args.window}" + ("-terrace" if args.terrace else "")
 
 
 def bench_decoder(args) -> list[dict]:
+    """The teacher and each of ``--kinds`` (all 30 layers converted), context by context: each
+    converted model's forward and decoding against the teacher's, timed in the same rounds."""
     teacher = freeze(load_causal_lm(DECODER, "sdpa", tokenizer=False).model)
-    spec = ConversionSpec(kind="hybrid", window=args.window, chunk=args.chunk, terrace=args.terrace)
-    converted = convert_attention(teacher, spec).eval()
-    name = _name(args)
+    models = {}
+    for kind in args.kinds:
+        spec = ConversionSpec(kind=kind, window=args.window, chunk=args.chunk,
+                              terrace=args.terrace and kind in ("window", "hybrid"))  # fmt: skip
+        models[_name(kind, args)] = convert_attention(teacher, spec).eval()
     vocab = teacher.config.vocab_size
     records = []
 
@@ -152,25 +165,31 @@ def bench_decoder(args) -> list[dict]:
     with torch.no_grad():
         for seq in args.sizes:
             ids = torch.randint(0, vocab, (1, seq), generator=torch.Generator().manual_seed(seq))
-            r = _pair(body(teacher, ids), body(converted, ids), args.repeats)
-            records.append(_record(name, "forward", seq, r["t_s"], r["c_s"], r["t_mem"],
-                                   r["c_mem"], False, cpu_speedup=r["t_cpu_s"] / r["c_cpu_s"],
-                                   scope="whole model, logits of the last position",
-                                   teacher_s=r["t_s"], converted_s=r["c_s"],
-                                   teacher_cpu_s=r["t_cpu_s"], converted_cpu_s=r["c_cpu_s"],
-                                   teacher_peak_bytes=r["t_mem"],
-                                   converted_peak_bytes=r["c_mem"]))  # fmt: skip
-            t_bytes, c_bytes = _cache_bytes(r["t_last"]), _cache_bytes(r["c_last"])
-            t_tps, t_cpu = _decode(teacher, r["t_last"], args.steps)
-            c_tps, c_cpu = _decode(converted, r["c_last"], args.steps)
-            records.append(_record(name, "decode", seq, t_tps, c_tps, t_bytes, c_bytes, True,
-                                   cpu_speedup=c_cpu / t_cpu,
-                                   teacher_tokens_per_s=t_tps, converted_tokens_per_s=c_tps,
-                                   teacher_cpu_tokens_per_s=t_cpu,
-                                   converted_cpu_tokens_per_s=c_cpu,
-                                   teacher_cache_bytes=t_bytes, converted_cache_bytes=c_bytes,
-                                   steps=args.steps))  # fmt: skip
-            del r
+            fns = {"teacher": body(teacher, ids)}
+            fns.update({name: body(m, ids) for name, m in models.items()})
+            res = _timed(fns, args.repeats)
+            t = res.pop("teacher")
+            t_bytes = _cache_bytes(t["last"])
+            t_tps, t_cpu = _decode(teacher, t["last"], args.steps)
+            for name, c in res.items():
+                records.append(_record(name, "forward", seq, t["s"], c["s"], t["mem"], c["mem"],
+                                       False, cpu_speedup=t["cpu_s"] / c["cpu_s"],
+                                       scope="whole model, logits of the last position",
+                                       teacher_s=t["s"], converted_s=c["s"],
+                                       teacher_cpu_s=t["cpu_s"], converted_cpu_s=c["cpu_s"],
+                                       teacher_peak_bytes=t["mem"],
+                                       converted_peak_bytes=c["mem"]))  # fmt: skip
+                c_bytes = _cache_bytes(c["last"])
+                c_tps, c_cpu = _decode(models[name], c["last"], args.steps)
+                records.append(_record(name, "decode", seq, t_tps, c_tps, t_bytes, c_bytes, True,
+                                       cpu_speedup=c_cpu / t_cpu,
+                                       teacher_tokens_per_s=t_tps, converted_tokens_per_s=c_tps,
+                                       teacher_cpu_tokens_per_s=t_cpu,
+                                       converted_cpu_tokens_per_s=c_cpu,
+                                       teacher_cache_bytes=t_bytes,
+                                       converted_cache_bytes=c_bytes,
+                                       steps=args.steps))  # fmt: skip
+            del res, t
     return records
 
 
@@ -188,7 +207,7 @@ def bench_layer(args) -> list[dict]:
     spec = ConversionSpec(kind="hybrid", window=args.window, chunk=args.chunk, layers=[0],
                           terrace=args.terrace)  # fmt: skip
     converted = convert_attention(teacher, spec).eval()
-    name = _name(args)
+    name = _name("hybrid", args)
     cfg = teacher.config
     t_layer, c_layer = teacher.model.layers[0], converted.model.layers[0]
     rotary = teacher.model.rotary_emb
@@ -280,26 +299,28 @@ def bench_encoder(args) -> list[dict]:
 
 
 def summarise(records: list[dict]) -> dict:
-    """Decoder figures at the longest context and the converted decoding speed's spread."""
-    dec = [r for r in records if r["model"].startswith("SmolLM2")]
-    fwd = {r["context"]: r for r in dec if r["kind"] == "forward"}
-    decode = {r["context"]: r for r in dec if r["kind"] == "decode"}
-    if not fwd or not decode:
-        return {}
-    top, low = max(fwd), min(decode)
-    key = "converted_tokens_per_s"
-    tps = {c: r.get(key, r.get("converted_cpu_tokens_per_s")) for c, r in sorted(decode.items())}
-    return {
-        "context": top,
-        "forward_speedup": fwd[top]["speedup"],
-        "forward_cpu_speedup": fwd[top]["cpu_speedup"],
-        "decode_speedup": decode[top]["speedup"],
-        "decode_cpu_speedup": decode[top]["cpu_speedup"],
-        "cache_ratio": decode[top]["memory_ratio"],
-        "converted_decode_tokens_per_s": tps,
-        "converted_decode_spread": max(tps.values()) / min(tps.values()) - 1,
-        "converted_decode_vs_shortest": {c: v / tps[low] for c, v in tps.items()},
-    }
+    """Per converted decoder: figures at the longest context and the spread of its decoding
+    tokens/s over the contexts (max / min - 1, and each context against the shortest)."""
+    out = {}
+    for name in dict.fromkeys(r["model"] for r in records if r["model"].startswith("SmolLM2")):
+        fwd = {r["context"]: r for r in records if r["model"] == name and r["kind"] == "forward"}
+        dec = {r["context"]: r for r in records if r["model"] == name and r["kind"] == "decode"}
+        if not fwd or not dec:
+            continue
+        top, low = max(fwd), min(dec)
+        tps = {c: r["converted_tokens_per_s"] for c, r in sorted(dec.items())}
+        out[name] = {
+            "context": top,
+            "forward_speedup": fwd[top]["speedup"],
+            "forward_cpu_speedup": fwd[top]["cpu_speedup"],
+            "decode_speedup": dec[top]["speedup"],
+            "decode_cpu_speedup": dec[top]["cpu_speedup"],
+            "cache_ratio": dec[top]["memory_ratio"],
+            "converted_decode_tokens_per_s": tps,
+            "converted_decode_spread": max(tps.values()) / min(tps.values()) - 1,
+            "converted_decode_vs_shortest": {c: v / tps[low] for c, v in tps.items()},
+        }
+    return out
 
 
 def _ints(text: str) -> list[int]:
@@ -314,6 +335,9 @@ def main() -> None:
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--chunk", type=int, default=None, help="chunk of the parallel form")
     p.add_argument("--terrace", action="store_true", help="terraced window (tiles of --window)")
+    p.add_argument("--kinds", type=lambda t: t.split(","), default=["hybrid"],
+                   help="decoder: converted kinds to time against the teacher (hybrid,window,"
+                   "linear)")  # fmt: skip
     p.add_argument("--batch", type=int, default=8, help="encoder batch")
     p.add_argument("--skip-encoder", action="store_true")
     p.add_argument("--skip-decoder", action="store_true")
@@ -343,9 +367,10 @@ def main() -> None:
     meta = {
         "command": "python bench/conversion_speed.py "
         + " ".join(
-            f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
+            f"--{k.replace('_', '-')}"
+            + ("" if v is True else f" {','.join(map(str, v)) if isinstance(v, list) else v}")
             for k, v in vars(args).items()
-            if k != "json" and v not in (None, False, "")
+            if k != "json" and v is not None and v is not False and v != ""
         ),  # fmt: skip
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
