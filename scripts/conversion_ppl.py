@@ -63,11 +63,21 @@ def _from_checkpoint(arg: str, teacher) -> tuple[torch.nn.Module, dict]:
     from attnkd.engine.checkpoint import load_checkpoint
 
     run, _, name = arg.partition(":")
-    spec = spec_from_config(load_config(Path(run) / "config.yaml"))
+    cfg = load_config(Path(run) / "config.yaml")
+    spec = spec_from_config(cfg)
     model = convert_attention(teacher, spec)
     ckpt = load_checkpoint(Path(run) / "checkpoints" / (name or "best"), TransferModule(model))
+    step, elapsed, tokens = ckpt.state.step, None, None
+    for line in (Path(run) / "metrics.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if event.get("event") in ("train", "eval") and event["step"] <= step:
+            elapsed = event.get("elapsed_s", elapsed)
+        if event.get("event") == "start":
+            tokens = event["train"]["batch_size"] * cfg.data.max_length
+    minutes = "?" if elapsed is None else f"{elapsed / 60:.0f}"
+    budget = f"stage 1: {step} steps of {tokens} tokens, {minutes} min wall (one thread)"
     return model, {**model.attnkd_conversion, "checkpoint": f"{run}:{name or 'best'}",
-                   "step": ckpt.state.step}  # fmt: skip
+                   "step": step, "train_elapsed_s": elapsed, "budget": budget}  # fmt: skip
 
 
 def build(case: str, teacher, tok, args) -> tuple[torch.nn.Module, dict]:
@@ -126,7 +136,7 @@ def main() -> None:
         t0 = time.time()
         model, what = build(case, teacher, tok, args)
         freeze(model)
-        row = {"conversion": what, "command": command}
+        row = {"conversion": what, "command": command, "budget": what.pop("budget", "none")}
         for text in args.texts.split(","):
             r = text_perplexity(model, tok, text, args.protocol)
             row[text] = {k: r[k] for k in ("perplexity", "nll", "scored_tokens", "windows")}

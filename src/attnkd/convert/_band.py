@@ -8,7 +8,9 @@ One function, :func:`banded_attention`, evaluates for every query i
 with ``s_ij = q_i.k_j / sqrt(d)``, ``f_ij = phi(q_i).phi(k_j)``, W(i) the window keys
 (causal: ``0 <= i - j < w``; bidirectional: ``|i - j| < w``), L(i) every other allowed key
 (causal: ``j <= i - w``) and ``m_i`` a stabiliser that cancels (:func:`stabiliser`).
-Window-only attention has no L part, linear attention has no W part (``w = 0``).
+Window-only attention has no L part, linear attention has no W part (``w = 0``). A *terraced*
+window (``terrace=True``, causal, ``c = w``) is W(i) = every key ``j <= i`` of i's chunk and of
+the chunk before; L(i) the keys of older chunks.
 
 Queries are cut into chunks of ``c`` rows. A chunk sees its own keys and ``p = ceil((w-1)/c)``
 chunks on each allowed side (its *slab*, at most ``(2p+1) c`` keys); everything beyond the slab
@@ -176,7 +178,8 @@ def banded_attention(
 
     q: (B, H, S, D), k: (B, H_kv, S, D), v: (B, H_kv, S, Dv); fq: (B, H, S, F), fk: (B, H_kv,
     S, F), non-negative. ``key_mask``: (B, S) bool, True = real key. ``gamma``: (H,) positive
-    weight of the window part. Returns (B, H, S, Dv) in the dtype of v (a transposed view of a
+    weight of the window part. ``terrace``: the terraced window (causal, ``chunk == window``).
+    Returns (B, H, S, Dv) in the dtype of v (a transposed view of a
     (B, S, H, Dv) tensor). Query rows with no allowed key give 0.
     """
     use_window, use_linear = q is not None and window > 0, fq is not None
