@@ -75,6 +75,9 @@ class Mixer(nn.Module):
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
         """Parallel form: q (B, H, S, D), k/v (B, H_kv, S, D), key_mask (B, S) -> (B, H, S, Dv)."""
         fq, fk = self.features(q, k)
+        return self._banded(q, k, v, key_mask, fq, fk)
+
+    def _banded(self, q, k, v, key_mask, fq, fk) -> Tensor:
         return banded_attention(
             q if self.window else None,
             k if self.window else None,
@@ -103,9 +106,14 @@ class Mixer(nn.Module):
             raise RuntimeError("bidirectional attention has no recurrent form")
         b, _, t, _ = q.shape
         real = torch.ones(b, t, dtype=torch.bool, device=q.device) if key_mask is None else key_mask
-        if state.seen == 0:
-            out = self.forward(q, k, v, real)
-            self._absorb(k, v, real, state, t - 1)
+        if state.seen == 0:  # the prompt: parallel form, its key features reused for the state
+            fk = None
+            if self.linear and type(self).forward is Mixer.forward:
+                fq, fk = self.features(q, k)
+                out = self._banded(q, k, v, real, fq, fk)
+            else:
+                out = self.forward(q, k, v, real)
+            self._absorb(k, v, real, state, t - 1, fk)
         else:
             outs = []
             for i in range(t):
@@ -124,17 +132,28 @@ class Mixer(nn.Module):
             return self.window
         return newest % self.window + 1 + (self.window if newest >= self.window else 0)
 
-    def _absorb(self, k: Tensor, v: Tensor, real: Tensor, state: MixerState, newest: int) -> None:
+    def _absorb(
+        self,
+        k: Tensor,
+        v: Tensor,
+        real: Tensor,
+        state: MixerState,
+        newest: int,
+        fk: Tensor | None = None,
+    ) -> None:
         """Buffer new keys (the last at position ``newest``); move those that left the window
-        into the linear sums (or drop them)."""
+        into the linear sums (or drop them). ``fk``: phi(k) of these keys, when the state was
+        empty (the prompt), so that the keys leaving at once need no second feature map."""
         dtype = torch.promote_types(v.dtype, torch.float32)
         m = real[:, None, :, None].to(dtype)
+        fresh = state.keys is None or state.keys.shape[2] == 0
         state.push(k.to(dtype), v.to(dtype) * m, real)
         gone = state.pop(self.window_keys(newest))
         if gone is not None and self.linear:
             old_k, old_v, old_real = gone
-            fk = self.feature_k(old_k) * old_real[:, None, :, None].to(dtype)
-            state.fold(fk, old_v)
+            n = old_k.shape[2]
+            phi = fk[:, :, :n] if fk is not None and fresh else self.feature_k(old_k)
+            state.fold(phi.to(dtype) * old_real[:, None, :, None].to(dtype), old_v)
 
     def _read(self, q: Tensor, state: MixerState) -> Tensor:
         """One query (B, H, 1, D) against the state -> (B, H, 1, Dv) (definition as in _band)."""
