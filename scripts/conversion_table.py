@@ -3,7 +3,7 @@
 Reads what was measured, never types a figure in: perplexities from ``results/
 conversion_ppl.json`` (``scripts/conversion_ppl.py``, comparable window protocol), the teacher's
 from ``results/lm_perplexity_protocol.json``, speeds from the ``summary`` of ``results/
-conversion_speed.json`` (``bench/conversion_speed.py``). A kind with no measurement gets null
+conversion_speed_smollm2.json`` (``bench/conversion_speed.py``). A kind with no measurement gets null
 and the reason given in ``ROWS``. Rerun after either script:
 
     python scripts/conversion_table.py
@@ -59,7 +59,7 @@ def _load(name: str) -> dict:
 def build() -> dict:
     ppl = _load("conversion_ppl.json").get("results", {})
     teacher = _load("lm_perplexity_protocol.json").get("results", {}).get("teacher", {})
-    speed_doc = _load("conversion_speed.json")
+    speed_doc = _load("conversion_speed_smollm2.json")
     speed = speed_doc.get("summary", {})
     rows = []
     for spec in ROWS:
