@@ -1,10 +1,10 @@
 """The per-kind conversion table of SmolLM2-135M-Instruct (``results/conversion_table.json``).
 
-Reads what was measured, never types a figure in: perplexities from ``results/
-conversion_ppl.json`` (``scripts/conversion_ppl.py``, comparable window protocol), the teacher's
-from ``results/lm_perplexity_protocol.json``, speeds from the ``summary`` of ``results/
-conversion_speed_smollm2.json`` (``bench/conversion_speed.py``). A kind with no measurement gets null
-and the reason given in ``ROWS``. Rerun after either script:
+Reads what was measured, never types a figure in: perplexities from
+``results/conversion_ppl.json`` (``scripts/conversion_ppl.py``, comparable window protocol),
+the teacher's from ``results/lm_perplexity_protocol.json``, speeds from the ``summary`` of
+``results/conversion_speed_smollm2.json`` (``bench/conversion_speed.py``). A kind with no
+measurement gets null and the reason given in ``ROWS``. Rerun after either script:
 
     python scripts/conversion_table.py
 """
