@@ -49,6 +49,7 @@ def test_round_trip_reproduces_outputs(tmp_path, make, vocab, kind):
         "topk": 5,
         "rank": 3,
         "terrace": False,
+        "sinks": 0,
     }
     assert sorted(p.name for p in folder.iterdir()) == [
         "config.json",
@@ -64,10 +65,10 @@ def test_round_trip_reproduces_outputs(tmp_path, make, vocab, kind):
 
 
 def test_terraced_hybrid_round_trip(tmp_path):
-    spec = ConversionSpec(kind="hybrid", window=4, terrace=True)
+    spec = ConversionSpec(kind="hybrid", window=4, terrace=True, sinks=2)
     student = _perturbed(convert_attention(tiny_llama(), spec))
     loaded = load_converted(save_converted(student, tmp_path / "conv"))
-    assert all(m.mixer.terrace for m in converted_modules(loaded).values())
+    assert all(m.mixer.terrace and m.mixer.sinks == 2 for m in converted_modules(loaded).values())
     ids, mask = batch(60)
     with torch.no_grad():
         a, b = student(ids, attention_mask=mask), loaded(ids, attention_mask=mask)

@@ -100,6 +100,29 @@ def test_terraced_window_equals_naive(kind, padding, window):
     )
 
 
+@pytest.mark.parametrize("kind", ["window", "hybrid"])
+@pytest.mark.parametrize("padding", [None, "left", "right"])
+@pytest.mark.parametrize(
+    "window,chunk,terrace",
+    [(4, 4, True), (5, 5, True), (7, 3, False), (4, None, False), (16, None, True)],
+)
+@pytest.mark.parametrize("sinks", [1, 3])
+def test_sinks_equal_naive(kind, padding, window, chunk, terrace, sinks):
+    q, k, v = _inputs()
+    mask = None if padding is None else _padding(padding == "left")
+    cls = WindowAttention if kind == "window" else HybridAttention
+    mixer = _perturb(cls(H, HKV, D, True, window=window, chunk=chunk, terrace=terrace,
+                         sinks=sinks))  # fmt: skip
+    y = mixer(q, k, v, mask)
+    fq = fk = gamma = None
+    if kind == "hybrid":
+        fq, fk, gamma = mixer.feature_q(q), mixer.feature_k(k), mixer.gamma().detach()
+    ref = naive_mix(q, k, v, fq, fk, window, True, mask, gamma, terrace=terrace, sinks=sinks)
+    torch.testing.assert_close(
+        _real_rows(y.double(), mask), _real_rows(ref, mask), atol=1e-5, rtol=1e-4
+    )
+
+
 def test_terraced_window_sees_more_than_the_sliding_one_and_needs_causal_tiles():
     q, k, v = _inputs()
     slide = WindowAttention(H, HKV, D, True, window=4)(q, k, v)
@@ -144,17 +167,25 @@ def test_feature_map_starts_at_identity_and_is_a_pair_of_distributions():
         fm(torch.randn(1, H + 1, 3, D))
 
 
-@pytest.mark.parametrize("kind", ["linear", "window", "hybrid", "window-terrace", "hybrid-terrace"])
+KINDS = ["linear", "window", "hybrid", "window-terrace", "hybrid-terrace", "hybrid-sinks",
+         "hybrid-terrace-sinks", "window-terrace-sinks"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("prompt", [1, 6, 20])
-def test_recurrent_decoding_equals_parallel_token_for_token(kind, prompt):
+@pytest.mark.parametrize("left", [True, False])
+def test_recurrent_decoding_equals_parallel_token_for_token(kind, prompt, left):
     q, k, v = _inputs(seed=3)
-    mask = _padding(left=True)  # generation pads on the left
+    mask = _padding(left=True) if left else None  # generation pads on the left
     if kind == "linear":
         mixer = LinearAttention(H, HKV, D, True, chunk=8)
     else:
         cls = WindowAttention if kind.startswith("window") else HybridAttention
-        mixer = cls(H, HKV, D, True, window=5, terrace=kind.endswith("terrace"))
+        mixer = cls(H, HKV, D, True, window=5, terrace="terrace" in kind,
+                    sinks=3 if "sinks" in kind else 0)  # fmt: skip
     _perturb(mixer)
+    if mask is None:
+        mask = torch.ones(B, S, dtype=torch.bool)
     with torch.no_grad():
         full = mixer(q, k, v, mask)
         state = MixerState()
@@ -170,6 +201,8 @@ def test_recurrent_decoding_equals_parallel_token_for_token(kind, prompt):
     assert state.seen == S
     torch.testing.assert_close(_real_rows(got, mask), _real_rows(full, mask), atol=1e-5, rtol=1e-4)
     # the state does not grow with the context: window buffer plus fixed-size sums
+    if mixer.sinks:
+        assert state.sink_keys.shape[2] == mixer.sinks
     if kind != "linear":  # terraced: the newest key's tile and the one before it
         assert state.keys.shape[2] == min(S, mixer.window_keys(S - 1))
         assert state.keys.shape[2] <= (2 * mixer.window - 1 if mixer.terrace else mixer.window)

@@ -161,6 +161,19 @@ def _linear_part(fq, fk, v_aug, diff, window, causal, before, after, real, kv_he
     return out
 
 
+def _sink_scores(qr, k, key_mask, sinks, first, kv_heads, n, g) -> Tensor:
+    """Scores (B, K, n - first, G, c, sinks) of the queries of chunks ``first``.. against the
+    first ``sinks`` keys (-inf at padding). qr: (B K n, G c, D) scaled queries, k (B, K, S, D)."""
+    b, d = k.shape[0], qr.shape[2]
+    c = qr.shape[1] // g
+    q_tail = qr.view(b * kv_heads, n, g * c, d)[:, first:].reshape(b * kv_heads, -1, d)
+    s = torch.bmm(q_tail, k[:, :, :sinks].reshape(b * kv_heads, sinks, d).transpose(1, 2))
+    if key_mask is not None:
+        real = key_mask[:, :sinks].bool().repeat_interleave(kv_heads, 0)[:, None, :]
+        s = s.masked_fill(~real, float("-inf"))
+    return s.view(b, kv_heads, n - first, g, c, sinks)
+
+
 def banded_attention(
     q: Tensor | None,
     k: Tensor | None,
@@ -173,20 +186,25 @@ def banded_attention(
     gamma: Tensor | None = None,
     chunk: int = 64,
     terrace: bool = False,
+    sinks: int = 0,
 ) -> Tensor:
     """Window softmax part (q, k, ``window >= 1``) plus linear part (fq, fk): see module doc.
 
     q: (B, H, S, D), k: (B, H_kv, S, D), v: (B, H_kv, S, Dv); fq: (B, H, S, F), fk: (B, H_kv,
     S, F), non-negative. ``key_mask``: (B, S) bool, True = real key. ``gamma``: (H,) positive
     weight of the window part. ``terrace``: the terraced window (causal, ``chunk == window``).
-    Returns (B, H, S, Dv) in the dtype of v (a transposed view of a
-    (B, S, H, Dv) tensor). Query rows with no allowed key give 0.
+    ``sinks``: the first ``sinks`` positions (<= chunk, causal) join every later query's window
+    part and leave its linear part (StreamingLLM's attention sinks). Returns (B, H, S, Dv) in
+    the dtype of v (a transposed view of a (B, S, H, Dv) tensor). Query rows with no allowed
+    key give 0.
     """
     use_window, use_linear = q is not None and window > 0, fq is not None
     if not use_window and not use_linear:
         raise ValueError("banded_attention needs a window part, a linear part or both")
     if terrace and not (causal and use_window and chunk == window):
         raise ValueError("terrace needs causal attention with a window part and chunk == window")
+    if sinks and not (causal and use_window and 0 < sinks <= chunk):
+        raise ValueError("sinks need causal attention with a window part and sinks <= chunk")
     b, kv_heads, seq, dv = v.shape
     heads = (q if q is not None else fq).shape[1]
     g = heads // kv_heads
@@ -215,9 +233,13 @@ def banded_attention(
     rows = torch.arange(c, device=v.device)[:, None] + before * c
     diff = rows - torch.arange(width, device=v.device)[None, :]  # (c, L): i - j in the slab
 
+    sinks = min(sinks, seq)
     lin = None
     if use_linear:
-        lin = _linear_part(fq.to(dtype), fk.to(dtype), v_aug, diff, window, causal, before,
+        fk = fk.to(dtype)
+        if sinks:  # sink keys are softmax keys for every query: out of the linear sums
+            fk = fk * (torch.arange(seq, device=v.device) >= sinks).to(dtype)[:, None]
+        lin = _linear_part(fq.to(dtype), fk, v_aug, diff, window, causal, before,
                            after, real, kv_heads, c, n)  # fmt: skip
         l_num, l_den = lin[..., :dv], lin[..., dv:]
     if not use_window:
@@ -229,6 +251,8 @@ def banded_attention(
         win = (diff >= 0) & (diff < window) if causal else diff.abs() < window
         t = torch.arange(n, device=v.device)[:, None, None] * c
         j = t + (rows - before * c) - diff  # (n, c, L): position of each slab key
+        if sinks:
+            win = win | ((diff >= 0) & (j < sinks))
         win = (win & (j >= 0) & (j < seq)).view(1, 1, n, 1, c, width)
         if slab_real is not None:
             win = win & slab_real
@@ -238,8 +262,22 @@ def banded_attention(
             log_g = gamma.to(dtype).log().view(1, kv_heads, 1, g, 1, 1)
         l_den6 = None if lin is None else l_den.view(b, kv_heads, n, g, c, 1)
         m = stabiliser(s6, l_den6, log_g)
+        sink = None
+        if sinks and n > p + 1:  # chunks whose slab does not reach position 0
+            sink = _sink_scores(qr, k.to(dtype), key_mask, sinks, p + 1, kv_heads, n, g)
+            with torch.no_grad():
+                top = sink.amax(-1, keepdim=True) + (0.0 if log_g is None else log_g)
+                m = m.clone()
+                m[:, :, p + 1 :] = torch.maximum(m[:, :, p + 1 :], top)
+            sink.sub_(m[:, :, p + 1 :] if log_g is None else m[:, :, p + 1 :] - log_g).exp_()
         s6.sub_(m if log_g is None else m - log_g).exp_()  # 0 outside the window
         out = torch.bmm(s, _slab(v_aug, before, after))
+        if sink is not None:
+            bk, rows_tail = b * kv_heads, (n - p - 1) * g * c
+            extra = torch.bmm(sink.view(bk, rows_tail, sinks), v_aug[:, 0, :sinks])
+            out = out.view(bk, n, g * c, dv + 1)
+            out = torch.cat([out[:, : p + 1], out[:, p + 1 :] + extra.view(bk, n - p - 1, g * c,
+                             dv + 1)], dim=1).view(bkn, g * c, dv + 1)  # fmt: skip
         num, den = out[..., :dv], out[..., dv:]
         if use_linear:
             num, den = add_linear(num, den, l_num, l_den, m.view(bkn, g * c, 1))

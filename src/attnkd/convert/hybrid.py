@@ -31,6 +31,7 @@ class HybridAttention(Mixer):
         window: int = 64,
         chunk: int | None = None,
         terrace: bool = False,
+        sinks: int = 0,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -45,4 +46,5 @@ class HybridAttention(Mixer):
             learn_gamma=True,
             chunk=chunk or window,
             terrace=terrace,
+            sinks=sinks,
         )

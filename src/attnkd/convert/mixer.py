@@ -38,6 +38,7 @@ class Mixer(nn.Module):
         learn_gamma: bool = False,
         chunk: int = 64,
         terrace: bool = False,
+        sinks: int = 0,
     ) -> None:
         super().__init__()
         if num_heads % num_kv_heads:
@@ -49,9 +50,14 @@ class Mixer(nn.Module):
                 f"a terraced window needs causal attention and chunk == window >= 1, "
                 f"got causal={causal}, window {window}, chunk {chunk}"
             )
+        if sinks and not (causal and window >= 1 and 0 < sinks <= chunk):
+            raise ValueError(
+                f"attention sinks need causal attention, a window and 0 < sinks <= chunk, "
+                f"got causal={causal}, window {window}, chunk {chunk}, sinks {sinks}"
+            )
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.causal, self.window, self.chunk = causal, window, chunk
-        self.terrace = terrace
+        self.terrace, self.sinks = terrace, sinks
         self.feature_q, self.feature_k = feature_q, feature_k
         self.log_gamma = nn.Parameter(torch.zeros(num_heads)) if learn_gamma else None
 
@@ -70,7 +76,8 @@ class Mixer(nn.Module):
 
     def options(self) -> dict[str, Any]:
         """What rebuilds this mixer (written into the converted model's ``conversion.json``)."""
-        return {"window": self.window, "chunk": self.chunk, "terrace": self.terrace}
+        return {"window": self.window, "chunk": self.chunk, "terrace": self.terrace,
+                "sinks": self.sinks}  # fmt: skip
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
         """Parallel form: q (B, H, S, D), k/v (B, H_kv, S, D), key_mask (B, S) -> (B, H, S, Dv)."""
@@ -90,6 +97,7 @@ class Mixer(nn.Module):
             self.gamma(),
             self.chunk,
             self.terrace,
+            self.sinks,
         )
 
     # ---------------------------------------------------------------- recurrent form (decoding)
@@ -148,11 +156,18 @@ class Mixer(nn.Module):
         m = real[:, None, :, None].to(dtype)
         fresh = state.keys is None or state.keys.shape[2] == 0
         state.push(k.to(dtype), v.to(dtype) * m, real)
+        first = newest + 1 - state.keys.shape[2]  # position of the oldest buffered key
         gone = state.pop(self.window_keys(newest))
-        if gone is not None and self.linear:
-            old_k, old_v, old_real = gone
-            n = old_k.shape[2]
-            phi = fk[:, :, :n] if fk is not None and fresh else self.feature_k(old_k)
+        if gone is None:
+            return
+        old_k, old_v, old_real = gone
+        keep = max(0, min(self.sinks - first, old_k.shape[2]))  # sink keys stay softmax keys
+        if keep:
+            state.push_sinks(old_k[:, :, :keep], old_v[:, :, :keep], old_real[:, :keep])
+        n = old_k.shape[2]
+        if self.linear and n > keep:
+            old_k, old_v, old_real = old_k[:, :, keep:], old_v[:, :, keep:], old_real[:, keep:]
+            phi = fk[:, :, keep:n] if fk is not None and fresh else self.feature_k(old_k)
             state.fold(phi.to(dtype) * old_real[:, None, :, None].to(dtype), old_v)
 
     def _read(self, q: Tensor, state: MixerState) -> Tensor:
@@ -167,20 +182,21 @@ class Mixer(nn.Module):
             fq = self.feature_q(q).to(dtype).view(b, kh, g, -1)
             l_num = torch.einsum("bkgf,bkfd->bkgd", fq, state.kv)
             l_den = torch.einsum("bkgf,bkf->bkg", fq, state.z)[..., None]
-        if not (self.window and state.keys is not None and state.keys.shape[2]):
+        keys, values, real = state.softmax_keys()
+        if not (self.window and keys is not None and keys.shape[2]):
             if l_num is None:  # nothing seen yet
                 return torch.zeros(b, h, 1, dv, dtype=q.dtype, device=q.device)
             num, den = l_num, l_den
         else:
-            s = torch.einsum("bkgd,bkld->bkgl", qg, state.keys) / math.sqrt(d)
-            s = s.masked_fill(~state.real[:, None, None, :], float("-inf"))
+            s = torch.einsum("bkgd,bkld->bkgl", qg, keys) / math.sqrt(d)
+            s = s.masked_fill(~real[:, None, None, :], float("-inf"))
             gamma = self.gamma()
             log_g = None if gamma is None else gamma.to(dtype).log().view(1, kh, g, 1)
             m = stabiliser(s, l_den, log_g)
             if log_g is not None:
                 s = s + log_g
             e = torch.exp(s - m)
-            num = torch.einsum("bkgl,bkld->bkgd", e, state.values)
+            num = torch.einsum("bkgl,bkld->bkgd", e, values)
             den = e.sum(-1, keepdim=True)
             if l_num is not None:
                 num, den = add_linear(num, den, l_num, l_den, m)

@@ -79,7 +79,7 @@ def spec_from_config(cfg: DistillConfig) -> ConversionSpec:
         )
     return ConversionSpec(kind=c.kind, layers=c.layers, window=c.window, chunk=c.chunk,
                           share=c.share, topk=c.topk, rank=c.rank,
-                          terrace=c.terrace)  # fmt: skip
+                          terrace=c.terrace, sinks=c.sinks)  # fmt: skip
 
 
 class StudentModule(nn.Module):
