@@ -92,8 +92,10 @@ def build(case: str, teacher, tok, args) -> tuple[torch.nn.Module, dict]:
     if case == "mla":
         model = convert_to_mla(teacher, args.mla_rank, calibration=_calibration(tok))
         return model, dict(model.attnkd_conversion)
-    terrace = args.terrace and case in ("window", "hybrid")
-    spec = ConversionSpec(kind=case, window=args.window, topk=args.topk, rank=8, terrace=terrace)
+    windowed = case in ("window", "hybrid")
+    spec = ConversionSpec(kind=case, window=args.window, topk=args.topk, rank=8,
+                          terrace=args.terrace and windowed,
+                          sinks=args.sinks if windowed else 0)  # fmt: skip
     if case == "shared":
         spec.share = _sharing()
     model = convert_attention(teacher, spec)
@@ -101,18 +103,29 @@ def build(case: str, teacher, tok, args) -> tuple[torch.nn.Module, dict]:
 
 
 def _key(case: str, args) -> str:
-    """The results key of a case: its kind with the setting that varies."""
+    """The results key of a case: its kind with the settings that vary."""
+    key = case
     if case in ("window", "hybrid"):
-        return f"{case}-w{args.window}" + ("-terrace" if args.terrace else "")
-    if case == "sparse":
-        return f"sparse-top{args.topk}"
-    return f"mla-r{args.mla_rank}" if case == "mla" else case
+        key = f"{case}-w{args.window}" + ("-terrace" if args.terrace else "")
+        key += f"-sinks{args.sinks}" if args.sinks else ""
+    elif case == "sparse":
+        key = f"sparse-top{args.topk}"
+    elif case == "mla":
+        key = f"mla-r{args.mla_rank}"
+    return key if args.tail == 0.1 else f"{key}@tail{args.tail:g}"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", default="teacher,window,hybrid,linear,shared,mla,sparse")
     p.add_argument("--window", type=int, default=64)
+    p.add_argument("--sinks", type=int, default=0, help="window/hybrid: attention sinks")
+    p.add_argument(
+        "--tail",
+        type=float,
+        default=0.1,
+        help="share of each text held out (0.1 = the protocol; less: a quick screen)",
+    )
     p.add_argument("--terrace", action="store_true", help="window/hybrid: terraced window")
     p.add_argument("--topk", type=int, default=64)
     p.add_argument("--mla-rank", type=int, default=192)
@@ -138,7 +151,7 @@ def main() -> None:
         freeze(model)
         row = {"conversion": what, "command": command, "budget": what.pop("budget", "none")}
         for text in args.texts.split(","):
-            r = text_perplexity(model, tok, text, args.protocol)
+            r = text_perplexity(model, tok, text, args.protocol, tail=args.tail)
             row[text] = {k: r[k] for k in ("perplexity", "nll", "scored_tokens", "windows")}
             print(f"{case:>10} {text:>16} ppl {r['perplexity']:8.2f}", flush=True)
         row["seconds"] = round(time.time() - t0, 1)
