@@ -1,7 +1,7 @@
 """Teacher (SDPA softmax attention) vs converted attention, side by side in one run.
 
-Decoder (SmolLM2-135M-Instruct, all 30 layers converted to hybrid window + linear; ``--terrace``
-for the terraced window of ``smollm2-hybrid.yaml``):
+Decoder (SmolLM2-135M-Instruct, all 30 layers converted to hybrid window + linear;
+``--terrace --sinks 4`` for the terraced window and attention sinks of ``smollm2-hybrid.yaml``):
 - ``forward``: one whole-model forward (embeddings, 30 layers, final norm, LM head) at each
   ``--sizes`` length, batch 1, prefill-style: logits of the last position only
   (``logits_to_keep=1``, both sides; the other positions' logits are not needed to decode). The
@@ -27,8 +27,9 @@ is stored in ``meta``.
 (decode: converted tokens/s / teacher tokens/s), memory_ratio = converted / teacher (forward:
 peak extra memory; decode: cache bytes).
 
-    python bench/conversion_speed.py --skip-encoder --terrace --threads 2 --repeats 2 \
-        --steps 32 --json results/conversion_speed.json
+    python bench/conversion_speed.py --skip-encoder --terrace --sinks 4 --threads 2 \
+        --kinds hybrid,window,linear --repeats 1 --steps 32 \
+        --json results/conversion_speed_smollm2.json
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ def _record(model, kind, context, t_value, c_value, t_mem, c_mem, higher_is_bett
 def _name(kind: str, args) -> str:
     if kind not in ("window", "hybrid"):
         return f"SmolLM2-135M/{kind}"
-    return f"SmolLM2-135M/{kind}-w{args.window}" + ("-terrace" if args.terrace else "")
+    name = f"SmolLM2-135M/{kind}-w{args.window}" + ("-terrace" if args.terrace else "")
+    return name + (f"-sinks{args.sinks}" if args.sinks else "")
 
 
 def bench_decoder(args) -> list[dict]:
@@ -149,8 +151,10 @@ def bench_decoder(args) -> list[dict]:
     teacher = freeze(load_causal_lm(DECODER, "sdpa", tokenizer=False).model)
     models = {}
     for kind in args.kinds:
+        windowed = kind in ("window", "hybrid")
         spec = ConversionSpec(kind=kind, window=args.window, chunk=args.chunk,
-                              terrace=args.terrace and kind in ("window", "hybrid"))  # fmt: skip
+                              terrace=args.terrace and windowed,
+                              sinks=args.sinks if windowed else 0)  # fmt: skip
         models[_name(kind, args)] = convert_attention(teacher, spec).eval()
     vocab = teacher.config.vocab_size
     records = []
@@ -205,7 +209,7 @@ def bench_layer(args) -> list[dict]:
 
     teacher = freeze(load_causal_lm(DECODER, "sdpa", tokenizer=False).model)
     spec = ConversionSpec(kind="hybrid", window=args.window, chunk=args.chunk, layers=[0],
-                          terrace=args.terrace)  # fmt: skip
+                          terrace=args.terrace, sinks=args.sinks)  # fmt: skip
     converted = convert_attention(teacher, spec).eval()
     name = _name("hybrid", args)
     cfg = teacher.config
@@ -335,6 +339,7 @@ def main() -> None:
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--chunk", type=int, default=None, help="chunk of the parallel form")
     p.add_argument("--terrace", action="store_true", help="terraced window (tiles of --window)")
+    p.add_argument("--sinks", type=int, default=0, help="window/hybrid: attention sinks")
     p.add_argument("--kinds", type=lambda t: t.split(","), default=["hybrid"],
                    help="decoder: converted kinds to time against the teacher (hybrid,window,"
                    "linear)")  # fmt: skip
