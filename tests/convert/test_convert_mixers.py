@@ -210,6 +210,22 @@ def test_recurrent_decoding_equals_parallel_token_for_token(kind, prompt, left):
         assert state.keys.shape[2] == 0
 
 
+@pytest.mark.parametrize("terrace,sinks", [(False, 0), (True, 0), (True, 2), (False, 3)])
+def test_gradients_equal_those_of_the_naive_form(terrace, sinks):
+    q, k, v = _inputs(seed=4)
+    mask = _padding(False)
+    mixer = _perturb(HybridAttention(H, HKV, D, True, window=4, terrace=terrace, sinks=sinks))
+    w = torch.randn(B, H, S, D, generator=torch.Generator().manual_seed(5)).double()
+    (mixer(q, k, v, mask).double() * w).sum().backward()
+    got = [p.grad.clone() for p in mixer.parameters()]
+    mixer.zero_grad()
+    fq, fk = mixer.feature_q(q), mixer.feature_k(k)
+    ref = naive_mix(q, k, v, fq, fk, 4, True, mask, mixer.gamma(), terrace=terrace, sinks=sinks)
+    (ref * w).sum().backward()
+    for a, b in zip(got, (p.grad for p in mixer.parameters()), strict=True):
+        torch.testing.assert_close(a.double(), b.double(), atol=1e-5, rtol=1e-3)
+
+
 def test_gradients_reach_feature_maps_and_gamma():
     q, k, v = _inputs()
     mixer = HybridAttention(H, HKV, D, True, window=4)

@@ -162,16 +162,18 @@ def _linear_part(fq, fk, v_aug, diff, window, causal, before, after, real, kv_he
 
 
 def _sink_scores(qr, k, key_mask, sinks, first, kv_heads, n, g) -> Tensor:
-    """Scores (B, K, n - first, G, c, sinks) of the queries of chunks ``first``.. against the
-    first ``sinks`` keys (-inf at padding). qr: (B K n, G c, D) scaled queries, k (B, K, S, D)."""
+    """Scores (B, K, n, G, c, sinks) of every query against the first ``sinks`` keys, -inf at
+    padding and in chunks before ``first`` (whose slab holds the sinks already).
+    qr: (B K n, G c, D) scaled queries, k (B, K, S, D)."""
     b, d = k.shape[0], qr.shape[2]
     c = qr.shape[1] // g
-    q_tail = qr.view(b * kv_heads, n, g * c, d)[:, first:].reshape(b * kv_heads, -1, d)
-    s = torch.bmm(q_tail, k[:, :, :sinks].reshape(b * kv_heads, sinks, d).transpose(1, 2))
+    q_all = qr.view(b * kv_heads, n * g * c, d)
+    s = torch.bmm(q_all, k[:, :, :sinks].reshape(b * kv_heads, sinks, d).transpose(1, 2))
+    s = s.view(b, kv_heads, n, g, c, sinks)
+    s[:, :, :first] = float("-inf")
     if key_mask is not None:
-        real = key_mask[:, :sinks].bool().repeat_interleave(kv_heads, 0)[:, None, :]
-        s = s.masked_fill(~real, float("-inf"))
-    return s.view(b, kv_heads, n - first, g, c, sinks)
+        s.masked_fill_(~key_mask[:, :sinks].bool().view(b, 1, 1, 1, 1, sinks), float("-inf"))
+    return s
 
 
 def banded_attention(
@@ -267,17 +269,14 @@ def banded_attention(
             sink = _sink_scores(qr, k.to(dtype), key_mask, sinks, p + 1, kv_heads, n, g)
             with torch.no_grad():
                 top = sink.amax(-1, keepdim=True) + (0.0 if log_g is None else log_g)
-                m = m.clone()
-                m[:, :, p + 1 :] = torch.maximum(m[:, :, p + 1 :], top)
-            sink.sub_(m[:, :, p + 1 :] if log_g is None else m[:, :, p + 1 :] - log_g).exp_()
+                m = torch.maximum(m, top)  # -inf rows change nothing
+            sink.sub_(m if log_g is None else m - log_g).exp_()  # 0 where masked
         s6.sub_(m if log_g is None else m - log_g).exp_()  # 0 outside the window
         out = torch.bmm(s, _slab(v_aug, before, after))
-        if sink is not None:
-            bk, rows_tail = b * kv_heads, (n - p - 1) * g * c
-            extra = torch.bmm(sink.view(bk, rows_tail, sinks), v_aug[:, 0, :sinks])
-            out = out.view(bk, n, g * c, dv + 1)
-            out = torch.cat([out[:, : p + 1], out[:, p + 1 :] + extra.view(bk, n - p - 1, g * c,
-                             dv + 1)], dim=1).view(bkn, g * c, dv + 1)  # fmt: skip
+        if sink is not None:  # in place: bmm keeps its inputs, not its output
+            bk = b * kv_heads
+            extra = torch.bmm(sink.view(bk, n * g * c, sinks), v_aug[:, 0, :sinks])
+            out.view(bk, n * g * c, dv + 1).add_(extra)
         num, den = out[..., :dv], out[..., dv:]
         if use_linear:
             num, den = add_linear(num, den, l_num, l_den, m.view(bkn, g * c, 1))
