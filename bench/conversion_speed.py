@@ -1,7 +1,7 @@
 """Teacher (SDPA softmax attention) vs converted attention, side by side in one run.
 
 Decoder (SmolLM2-135M-Instruct, all 30 layers converted to hybrid window + linear;
-``--terrace --sinks 4`` for the terraced window and attention sinks of ``smollm2-hybrid.yaml``):
+``--window 128 --terrace --sinks 4`` for the window and sinks of ``smollm2-hybrid.yaml``):
 - ``forward``: one whole-model forward (embeddings, 30 layers, final norm, LM head) at each
   ``--sizes`` length, batch 1, prefill-style: logits of the last position only
   (``logits_to_keep=1``, both sides; the other positions' logits are not needed to decode). The
@@ -27,8 +27,8 @@ is stored in ``meta``.
 (decode: converted tokens/s / teacher tokens/s), memory_ratio = converted / teacher (forward:
 peak extra memory; decode: cache bytes).
 
-    python bench/conversion_speed.py --skip-encoder --terrace --sinks 4 --threads 2 \
-        --kinds hybrid,window,linear --repeats 1 --steps 32 \
+    python bench/conversion_speed.py --skip-encoder --window 128 --terrace --sinks 4 \
+        --kinds hybrid,window --threads 1 --repeats 1 --steps 32 \
         --json results/conversion_speed_smollm2.json
 """
 
