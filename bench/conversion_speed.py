@@ -56,15 +56,19 @@ DECODER = "HuggingFaceTB/SmolLM2-135M-Instruct"
 ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def _exact_rss() -> None:
-    """Make resident memory follow tensor allocations: a fixed mmap threshold (glibc raises it
-    after frees, after which big tensors come from the heap and stay resident when freed) and
-    a trim of freed heap memory, so a peak reading is this call's own."""
+def _settle_heap() -> None:
+    """The same allocator state before every measured call: glibc's malloc with the mmap
+    threshold at its ceiling (32 MiB, where glibc's own adaptive threshold ends up after the
+    first large frees; a low fixed threshold makes every mid-sized tensor a fresh mmap and
+    page-faults the many temporaries of the converted layers) and freed heap memory returned
+    to the system, so that a peak reading (VmHWM) is this call's own: its live tensors plus
+    the heap it had to grow."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
-    libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 64 * 1024 * 1024)  # M_TRIM_THRESHOLD
     libc.malloc_trim(0)
 
 
@@ -89,7 +93,7 @@ def _timed(fns: dict, repeats: int) -> dict[str, dict]:
     for r in range(max(1, repeats)):
         for key, fn in fns.items():
             if r == 0:
-                _exact_rss()
+                _settle_heap()
                 base = reset_peak()
             with _Timer() as t:
                 out[key]["last"] = fn(r == repeats - 1)

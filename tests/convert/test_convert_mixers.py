@@ -123,6 +123,30 @@ def test_sinks_equal_naive(kind, padding, window, chunk, terrace, sinks):
     )
 
 
+@pytest.mark.parametrize(
+    "terrace,sinks,padding",
+    [(False, 0, None), (True, 2, "left"), (False, 3, "right"), (True, 0, "right")],
+)
+def test_groups_of_chunks_give_the_same_output(monkeypatch, terrace, sinks, padding):
+    """One chunk per group, a few, or all at once: the same numbers (and naive ones)."""
+    import attnkd.convert._band as band
+
+    q, k, v = _inputs(seed=6)
+    mask = None if padding is None else _padding(padding == "left")
+    mixer = _perturb(HybridAttention(H, HKV, D, True, window=4, terrace=terrace, sinks=sinks))
+    outs = []
+    for group_bytes in (1, 3 * 4 * B * HKV * 2 * 4 * 14, 1 << 30):
+        monkeypatch.setattr(band, "GROUP_BYTES", group_bytes)
+        outs.append(mixer(q, k, v, mask))
+    fq, fk = mixer.feature_q(q), mixer.feature_k(k)
+    ref = naive_mix(q, k, v, fq, fk, 4, True, mask, mixer.gamma().detach(), terrace=terrace,
+                    sinks=sinks)  # fmt: skip
+    for y in outs:
+        torch.testing.assert_close(
+            _real_rows(y.double(), mask), _real_rows(ref, mask), atol=1e-5, rtol=1e-4
+        )
+
+
 def test_terraced_window_sees_more_than_the_sliding_one_and_needs_causal_tiles():
     q, k, v = _inputs()
     slide = WindowAttention(H, HKV, D, True, window=4)(q, k, v)

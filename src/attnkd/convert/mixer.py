@@ -81,10 +81,12 @@ class Mixer(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
         """Parallel form: q (B, H, S, D), k/v (B, H_kv, S, D), key_mask (B, S) -> (B, H, S, Dv)."""
-        fq, fk = self.features(q, k)
-        return self._banded(q, k, v, key_mask, fq, fk)
+        return self._banded(q, k, v, key_mask, self.feature_k(k) if self.linear else None)
 
-    def _banded(self, q, k, v, key_mask, fq, fk) -> Tensor:
+    def _banded(self, q, k, v, key_mask, fk) -> Tensor:
+        fq = None
+        if self.linear:  # a causal window part takes the map itself: phi(q) chunk group by group
+            fq = self.feature_q if self.window and self.causal else self.feature_q(q)
         return banded_attention(
             q if self.window else None,
             k if self.window else None,
@@ -117,8 +119,8 @@ class Mixer(nn.Module):
         if state.seen == 0:  # the prompt: parallel form, its key features reused for the state
             fk = None
             if self.linear and type(self).forward is Mixer.forward:
-                fq, fk = self.features(q, k)
-                out = self._banded(q, k, v, real, fq, fk)
+                fk = self.feature_k(k)
+                out = self._banded(q, k, v, real, fk)
             else:
                 out = self.forward(q, k, v, real)
             self._absorb(k, v, real, state, t - 1, fk)
