@@ -38,9 +38,7 @@ from attnkd.eval.classification import ClsScores, predict, score
 from attnkd.export import export_student
 from attnkd.losses.logits import IGNORE_INDEX
 from attnkd.losses.terms import ClassificationTerm
-from attnkd.models.adapters import adapter_for, attn_implementation_for, geometry
-from attnkd.models.hub import check_model_folder, resolve_model_path
-from attnkd.models.load import LoadedModel
+from attnkd.models.load import LoadedModel, load_pretrained
 from attnkd.tasks.base import Task, TaskSetup
 from attnkd.tasks.image_classification import prepare as run_teacher_stage
 
@@ -52,36 +50,7 @@ def load(name: str, attn_implementation: str = "sdpa", tokenizer: bool = True) -
 
     Safetensors weights only; the head's size is set for the task in :func:`setup`.
     """
-    from transformers import (
-        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
-        AutoConfig,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
-
-    resolved = resolve_model_path(name)
-    try:
-        config = AutoConfig.from_pretrained(resolved.path)
-        try:
-            adapter = adapter_for(config.model_type)
-        except ValueError as err:
-            raise AttnkdError(f"cannot use model '{name}': {err}") from None
-        if adapter.causal:
-            raise AttnkdError(
-                f"model '{name}' is a decoder; sequence_classification needs an "
-                "encoder (BERT, MPNet)"
-            )
-        if resolved.source != "hub":
-            check_model_folder(resolved.path, name, tokenizer=tokenizer)
-        model_cls = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
-        impl = attn_implementation_for(model_cls, attn_implementation)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            resolved.path, attn_implementation=impl, use_safetensors=True
-        )
-        tok = AutoTokenizer.from_pretrained(resolved.path) if tokenizer else None
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise AttnkdError(f"cannot load model '{name}' from {resolved.path}: {err}") from err
-    return LoadedModel(model, tok, resolved.path, resolved.source, geometry(model.config))
+    return load_pretrained(name, "sequence_classification", attn_implementation, tokenizer)
 
 
 def prepare(cfg: DistillConfig, run_recipe) -> None:
