@@ -36,7 +36,9 @@ def test_mask_tokens_masks_the_share_of_maskable_tokens_only():
     m = mask_tokens(ids, maskable, 0.3, mask_id=-1, generator=g)
     assert m.masked.sum(1).tolist() == [3, 2, 0, 3]  # round(0.3 n), at least 1 when n > 0
     assert not (m.masked & ~maskable).any()
-    assert (m.input_ids[m.masked] == -1).all() and torch.equal(m.input_ids[~m.masked], ids[~m.masked])
+    assert (m.input_ids[m.masked] == -1).all() and torch.equal(
+        m.input_ids[~m.masked], ids[~m.masked]
+    )
     tiny = mask_tokens(ids, maskable, 0.01, -1, torch.Generator().manual_seed(0))
     assert tiny.masked.sum(1).tolist() == [1, 1, 0, 1]
     again = mask_tokens(ids, maskable, 0.3, -1, torch.Generator().manual_seed(0))
@@ -81,7 +83,9 @@ def test_masked_token_mse_matches_naive_and_ignores_other_positions(positions):
     att = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]]).bool()
     masked = torch.tensor([[0, 1, 1, 0, 1, 0], [1, 0, 0, 1, 0, 0], [0, 0, 1, 0, 0, 0]]).bool()
     got = masked_token_mse(s, t, att, masked, positions)
-    assert float(got.detach()) == pytest.approx(_naive_masked_mse(s, t, att, masked, positions), rel=1e-5)
+    assert float(got.detach()) == pytest.approx(
+        _naive_masked_mse(s, t, att, masked, positions), rel=1e-5
+    )
     other = masked if positions == "visible" else ~masked
     t2 = t.clone()
     t2[other | ~att] = float("nan")  # what is not compared never contributes

@@ -35,10 +35,11 @@ def domain_loss(logits: Tensor, labels: Tensor, teacher_probs: Tensor) -> Tensor
     """Mean per-row loss of one domain: cross-entropy with the label where there is one
     (labels != -100), else soft cross-entropy with ``teacher_probs``.
 
-    Shapes: logits, teacher_probs (rows, classes); labels (rows,). Returns a scalar.
+    Shapes: logits, teacher_probs (rows, classes); labels (rows,). Returns a float64 scalar
+    (gaps are differences of nearly equal losses: float32 would round small ones to 0).
     """
-    logp = F.log_softmax(logits.float(), dim=-1)
-    soft = -(teacher_probs.float() * logp).sum(-1)
+    logp = F.log_softmax(logits.double(), dim=-1)
+    soft = -(teacher_probs.double() * logp).sum(-1)
     known = labels != IGNORE_INDEX
     hard = -logp.gather(1, labels.clamp_min(0)[:, None]).squeeze(1)
     return torch.where(known, hard, soft).mean()
@@ -120,7 +121,7 @@ def build_mixture(
         if not teacher_probs:  # the teacher is frozen: its side is computed once
             for p, y in zip(probes, labels, strict=True):
                 z = class_logits(teacher, p)
-                teacher_probs.append(z.softmax(-1))
+                teacher_probs.append(z.double().softmax(-1))
                 teacher_loss.append(float(domain_loss(z, y, teacher_probs[-1])))
         gaps = [
             float(domain_loss(class_logits(student, p), y, q)) - lt
