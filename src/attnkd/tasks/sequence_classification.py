@@ -9,13 +9,18 @@ results report (``mrpc:dev``, ``rte:dev``, ``sst2:heldout``), ``data.select_task
 best checkpoint (``DATASET:val``, from train); training rows overlapping either are removed.
 ``data.max_sentences`` caps the labelled training rows (seeded), ``data.unlabeled_sources``
 adds unlabeled text (label -100: only the teacher's soft labels teach it, SSLD).
+``data.mixture: ddk`` samples those domains by their teacher-student loss gap
+(:mod:`attnkd.tasks.sequence_classification_ddk`); ``data.mask_ratio`` masks tokens of the
+student's input (DMAE, :mod:`attnkd.data.token_mask`).
 
-Loss terms: the class-logit terms of :mod:`attnkd.losses.terms.classification` (``cls_ce``,
-``cls_kd``) get the models' logits and the labels; every other term (``hidden_mse``,
-``relation``, ...) gets captured taps and the attention mask, as in the other text tasks. The
-teacher runs only when a term needs it; when none does (a baseline trained from labels alone),
-the results hold no teacher score. ``teacher.recipe`` runs the teacher stage first when
-``teacher.name`` (the folder it exports) does not exist yet.
+Loss terms (the step: :mod:`attnkd.tasks.sequence_classification_step`): the class-logit
+terms of :mod:`attnkd.losses.terms.classification` (``cls_ce``, ``cls_kd``, ``cls_ofa``) get the
+models' logits and the labels; ``cls_ofa_exit`` and ``dmae`` (:mod:`attnkd.losses.terms.cls_taps`)
+get both and the taps; every other term (``hidden_mse``, ``relation``, ...) gets captured taps
+and the attention mask, as in the other text tasks. The teacher runs only when a term needs it
+(and only up to the deepest tapped layer when none reads its logits); when none does (a
+baseline trained from labels alone), the results hold no teacher score. ``teacher.recipe``
+runs the teacher stage first when ``teacher.name`` (the folder it exports) does not exist yet.
 """
 
 from __future__ import annotations
@@ -239,17 +244,18 @@ def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> Ta
         from attnkd.tasks.sequence_classification_ddk import build_mixture
 
         def collate(rows: list[dict], m: int) -> dict[str, Tensor]:
-            batch = select.pad(rows)
+            batch = select.pad(rows)  # any Encoded pads: one tokenizer, one collator
             return batch if masker is None else masker(batch, m)
 
         mix = build_mixture(cfg, splits, train_rows, lambda rows: Encoded(tok, rows, d.max_length),
                             collate, teacher, student)  # fmt: skip
-        batches, state, extra = mix.batches, mix.state, []
+        batches, state, unlabeled = mix.batches, mix.state, sum(mix.train_rows[1:])
         mixture_info = {"domains": mix.names, "train_rows": mix.train_rows}
     else:
         extra = unlabeled_examples(cfg, splits, pairs)
         train = Encoded(tok, train_rows + extra, d.max_length)
         batches = ClsBatches(train, cfg.train.batch_size, cfg.train.seed, masker)
+        unlabeled = len(extra)
     has_teacher = config_uses_teacher(cfg)
 
     def scores(model: nn.Module, enc: Encoded) -> ClsScores:
@@ -278,7 +284,7 @@ def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> Ta
     info = {
         **splits.info(),
         "train_rows_used": len(train_rows),
-        "unlabeled_rows": len(extra),
+        "unlabeled_rows": unlabeled,
         "teacher_used": has_teacher,
         "mask_ratio": d.mask_ratio,
         **({"mixture": mixture_info} if mixture_info else {}),
