@@ -121,6 +121,9 @@ def test_static_checks_name_the_key():
     cfg.data.unlabeled_sources, cfg.data.mixture_smooth = ["wikitext2"], 1.0
     with pytest.raises(ConfigError, match="data.mixture_smooth"):
         validate_static(cfg)
+    cfg.data.mixture_smooth, cfg.train.max_steps, cfg.data.mixture_every = 0.5, 10**6, 10
+    with pytest.raises(ConfigError, match="data.mixture_every"):
+        validate_static(cfg)
     sentence = DistillConfig()
     sentence.student.layers = [0, 2]
     sentence.losses = [LossTermConfig(name="cls_ofa_exit")]

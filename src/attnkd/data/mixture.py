@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from attnkd.errors import AttnkdError
+from attnkd.errors import AttnkdError, ConfigError
 
 log = logging.getLogger("attnkd")
 
@@ -64,13 +64,17 @@ def ddk_update(
     return MixtureUpdate(weights=floor / n + (1.0 - floor) * share, smoothed=s)
 
 
+MAX_UPDATES = 4096
+"""Rows of the checkpointed history: fixed, so a run resumed with more steps loads its state."""
+
+
 class MixtureState(nn.Module):
     """The mixture's state as buffers (checkpointed with the trained module): current
     ``weights`` and ``smoothed`` gap (domains,), ``history`` (updates, domains) of every
     update's weights (NaN rows not reached yet), ``gaps`` of every update, ``updates`` done and
     the micro-batch ``position`` of the last one (-1: none yet)."""
 
-    def __init__(self, domains: int, max_updates: int):
+    def __init__(self, domains: int, max_updates: int = MAX_UPDATES):
         super().__init__()
         self.register_buffer("weights", torch.full((domains,), 1.0 / domains, dtype=torch.float64))
         self.register_buffer("smoothed", torch.zeros(domains, dtype=torch.float64))
@@ -132,7 +136,11 @@ class DomainMixtureBatches:
             return
         u = int(st.updates)
         if u >= st.history.shape[0]:
-            raise AttnkdError(f"data.mixture: more updates than planned ({u}); raise max_updates")
+            raise ConfigError(
+                "data.mixture_every",
+                f"the mixture keeps {u} updates at most; update less often (raise "
+                "data.mixture_every)",
+            )
         gaps = self.measure().detach().to(st.weights.device, torch.float64)
         new = ddk_update(gaps, st.smoothed if u else None, self.smooth, self.floor)
         st.weights.copy_(new.weights)

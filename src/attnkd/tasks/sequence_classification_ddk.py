@@ -12,7 +12,6 @@ rule are :mod:`attnkd.data.mixture`.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnkd.data.cls_splits import ClsExample, ClsSplits
-from attnkd.data.mixture import DomainMixtureBatches, MixtureState
+from attnkd.data.mixture import MAX_UPDATES, DomainMixtureBatches, MixtureState
 from attnkd.errors import ConfigError
 from attnkd.losses.logits import IGNORE_INDEX
 
@@ -130,7 +129,7 @@ def build_mixture(
         return torch.tensor(gaps, dtype=torch.float64)
 
     every = d.mixture_every * t.grad_accum
-    state = MixtureState(len(names), math.ceil(t.max_steps * t.grad_accum / every) + 1)
+    state = MixtureState(len(names))
     batches = DomainMixtureBatches(train, names, t.batch_size, t.seed, collate, measure, every,
                                    state, d.mixture_smooth, d.mixture_floor)  # fmt: skip
     log.info("data.mixture ddk over %s", ", ".join(f"{n} ({len(r)} rows)" for n, r in
@@ -176,3 +175,7 @@ def check_mixture(cfg) -> None:
         raise ConfigError("data.mixture_floor", f"must be in [0, 1], got {d.mixture_floor}")
     if d.mixture_probe < 1:
         raise ConfigError("data.mixture_probe", f"must be >= 1, got {d.mixture_probe}")
+    updates = cfg.train.max_steps // d.mixture_every + 1
+    if updates > MAX_UPDATES:
+        raise ConfigError("data.mixture_every", f"{cfg.train.max_steps} steps would make "
+                          f"{updates} updates, more than the {MAX_UPDATES} kept")  # fmt: skip
