@@ -17,20 +17,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 TEXTS = ("tinyshakespeare", "wikitext2")
+SPEED_COMMAND = (
+    "PYTHONPATH=src python bench/conversion_speed.py --skip-encoder --window 128 --terrace "
+    "--sinks 4 --kinds hybrid,window --threads 1 --sizes 512,2048,8192,16384 --repeats 1 "
+    "--steps 32 --json results/conversion_speed_smollm2.json"
+)
 
 ROWS = [
     {"kind": "hybrid", "what": "terraced window of 128-key tiles + 4 attention sinks + Hedgehog "
      "linear for older keys; stage 1 (attention transfer, output MSE, all layers at once, "
      "teacher layer inputs)", "recipe": "recipes/smollm2-hybrid.yaml",
-     "ppl": "ckpt:runs/smollm2-hybrid", "speed": "SmolLM2-135M/hybrid-w128-terrace-sinks4"},
+     "ppl": "ckpt:runs/smollm2-hybrid", "speed": "SmolLM2-135M/hybrid-w128-terrace-sinks4",
+     "layer_speed": "conversion_speed_layer_w128.json"},
     {"kind": "hybrid (LoLCATs as written, no training)", "what": "sliding window 64 + Hedgehog "
      "linear, no sinks, feature maps at identity", "recipe": None, "ppl": "hybrid-w64",
-     "speed": None, "budget": "none"},
+     "speed": None, "budget": "none", "speed_reason": "the speed check times the recipe's "
+     "window; sliding 64 one-layer figures of an earlier session: "
+     "results/conversion_speed_layer.json"},
     {"kind": "window", "what": "terraced softmax window of 128-key tiles + 4 attention sinks, "
      "nothing linear (no new parameters)", "recipe": None, "ppl": "window-w128-terrace-sinks4",
      "speed": "SmolLM2-135M/window-w128-terrace-sinks4", "budget": "none (nothing to train)"},
     {"kind": "linear", "what": "Hedgehog linear attention only, feature maps at identity",
-     "recipe": None, "ppl": "linear", "speed": "SmolLM2-135M/linear", "budget": "none"},
+     "recipe": None, "ppl": "linear", "speed": None, "budget": "none",
+     "speed_reason": "not in the speed check (add linear to --kinds to time it)"},
     {"kind": "shared", "what": "EchoAtt sharing 5<-4, 6<-3, 7<-3, 8<-3, 24<-23, 26<-25 "
      "(results/smollm2_similarity.json), no KD", "recipe": None, "ppl": "shared",
      "speed": None, "budget": "none"},
@@ -43,14 +52,31 @@ ROWS = [
 NOT_MEASURED = {
     "ppl": "not measured this session (CPU share went to the hybrid's stage 1 and its "
     "evaluation); `python scripts/conversion_ppl.py --cases {case}` measures it",
-    "speed": "not in the speed bench (softmax over all keys remains: quadratic like the "
-    "teacher) or not run; `bench/conversion_speed.py --kinds` covers hybrid, window, linear",
+    "speed": "not in the speed bench: softmax over all keys remains (quadratic like the "
+    "teacher); its gain is the cache (mla: latent) or nothing at long context (shared, sparse)",
+    "pending": "whole-model bench not run yet: " + SPEED_COMMAND,
 }
 
 
 def _load(name: str) -> dict:
     path = RESULTS / name
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _layer_speed(name: str) -> dict | None:
+    """One decoder layer at the longest context of a ``--per-layer`` bench JSON."""
+    doc = _load(name)
+    recs = doc.get("records", [])
+    if not recs:
+        return None
+    top = max(r["context"] for r in recs)
+    fwd = next(r for r in recs if r["context"] == top and r["kind"] == "forward")
+    dec = next(r for r in recs if r["context"] == top and r["kind"] == "decode")
+    return {"context": top, "forward_cpu_speedup": fwd["cpu_speedup"],
+            "forward_speedup": fwd["speedup"], "decode_cpu_speedup": dec["cpu_speedup"],
+            "decode_whole_model_cpu_speedup": dec["whole_model_cpu_speedup"],
+            "cache_ratio": dec["memory_ratio"], "source": f"results/{name}",
+            "command": doc["meta"]["command"], "note": doc["meta"]["note"]}  # fmt: skip
 
 
 def build() -> dict:
@@ -78,7 +104,11 @@ def build() -> dict:
         if s:
             row["speed_command"] = speed_doc["meta"]["command"]
         else:
-            row["speed_reason"] = NOT_MEASURED["speed"]
+            row["speed_reason"] = (
+                spec.get("speed_reason") or NOT_MEASURED["pending" if spec["speed"] else "speed"]
+            )
+        if spec.get("layer_speed"):
+            row["speed_one_layer"] = _layer_speed(spec["layer_speed"])
         rows.append(row)
     return {
         "note": "SmolLM2-135M-Instruct conversions. Perplexity: last 10% of the characters of "
