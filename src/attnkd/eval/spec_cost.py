@@ -166,7 +166,7 @@ def _step_time(model: nn.Module, prefix: list[int], new: list[int], repeats: int
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        lm.logits(prefix + new)
+        lm.logits(prefix + new, keep=len(new))  # as verification: every new row's logits
         times.append(time.perf_counter() - t0)
         lm.rollback(len(prefix))
     return statistics.median(times)

@@ -86,6 +86,11 @@ def pooled_results(results: list[DecodeResult]) -> dict:
     proposed = sum(r.proposed for r in results)
     out = {"tokens": tokens, "seconds": seconds, "teacher_calls": calls}
     out["tokens_per_s"] = tokens / seconds if seconds else math.nan
+    # After the teacher's first call (the prompt's prefill): its tokens and time left out.
+    decode = sum(r.decode_seconds for r in results)
+    later = tokens - sum(min(r.blocks[0], r.tokens) for r in results if r.blocks)
+    out["prefill_seconds"] = seconds - decode
+    out["decode_tokens_per_s"] = later / decode if decode > 0 else math.nan
     if proposed:
         out["alpha"] = sum(r.accepted for r in results) / proposed
         out["alpha_expected"] = sum(r.expected_accept for r in results) / proposed
