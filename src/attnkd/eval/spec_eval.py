@@ -49,6 +49,9 @@ class SpecSettings:
     seed: int = 0
     cost_repeats: int = 5
     """Timed calls per step-cost measurement (median of 3 interleaved rounds of medians)."""
+    packed: bool = False
+    """Pre-pack every linear layer of the teacher and the draft with oneDNN
+    (:mod:`attnkd.eval.cpu_linear`; CPU, float32) before anything is timed."""
 
 
 def _check(s: SpecSettings) -> None:
@@ -199,6 +202,11 @@ def evaluate_speculative(
         eos = [t.tokenizer.eos_token_id] if t.tokenizer.eos_token_id is not None else []
         vocab = int(t.model.config.vocab_size)
         d = with_shortlist(d, token_shortlist(train, s.shortlist, vocab, always=eos))
+    if s.packed:  # the draft first: a self-draft's layers are the teacher's own modules
+        from attnkd.eval.cpu_linear import pack_linears
+
+        pack_linears(d)
+        pack_linears(t.model)
     prompts = spaced_prompts(held, s.prompts, s.prompt_tokens)
     out = {"teacher": teacher, "draft": draft_name, "shortlist": s.shortlist}
     out["settings"] = {k: getattr(s, k) for k in s.__dataclass_fields__}
