@@ -1,7 +1,10 @@
 """Speculative-decoding drafts for SmolLM2-135M-Instruct: train them, then judge them side by side.
 
 Phase ``train``: every draft variant is trained in ONE process on the same batches, so they all
-get the same budget and the teacher's forward pass on a batch is shared (it dominates the cost
+get the same budget. The batches come from the training part of every ``--sources`` text (each
+text split on its own: its last 10% of tokens never train, the 5% before them select); the
+learning rate warms up, then decays linearly with the budget spent (steps or ``--max-minutes``,
+whichever runs out first) and the teacher's forward pass on a batch is shared (it dominates the cost
 on CPU). A draft is 1-3 of the teacher's layers (weights inherited), the teacher's final norm and
 its tied, frozen embeddings; its output layer scores a frequency-ranked shortlist S of tokens
 (counted on the training blocks). Training compares the draft's softmax over S with the teacher's
@@ -18,7 +21,10 @@ WikiText-2 valid) and each draft (untrained, trained): perplexity (windows of 25
 ``--ppl-tokens`` held-out tokens; the draft with its full tied head), teacher-forced α (greedy
 and T = 1), the share of the teacher's mass inside S, the measured cost ratio c and verify ratio
 v(γ), γ chosen from α and c, break-even α, then speculative decoding at γ vs plain teacher
-decoding interleaved prompt by prompt (greedy and T = 1): α, τ, tokens/s ratio, greedy equality.
+decoding interleaved prompt by prompt (greedy and T = 1): α, τ, tokens/s ratio (end to end, and
+after the prompt's prefill), greedy equality. With ``--packed`` (the default where the build has
+oneDNN) every timed model's linear layers are pre-packed (:mod:`attnkd.eval.cpu_linear`), plain
+teacher and drafts alike; the step costs with PyTorch's default linear are recorded beside.
 
     OMP_NUM_THREADS=1 nice -n 10 python scripts/draft_table.py --out runs/drafts \\
         --json results/draft_table.json
