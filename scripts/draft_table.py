@@ -20,14 +20,18 @@ Phase ``table``: for each held-out text (last 10% of the characters of Tiny Shak
 WikiText-2 valid) and each draft (untrained, trained): perplexity (windows of 256 over the first
 ``--ppl-tokens`` held-out tokens; the draft with its full tied head), teacher-forced α (greedy
 and T = 1), the share of the teacher's mass inside S, the measured cost ratio c and verify ratio
-v(γ), γ chosen from α and c, break-even α, then speculative decoding at γ vs plain teacher
-decoding interleaved prompt by prompt (greedy and T = 1): α, τ, tokens/s ratio (end to end, and
-after the prompt's prefill), greedy equality. With ``--packed`` (the default where the build has
+v(γ) (made >= 1 and non-decreasing in γ: ``monotone_verify_ratios``), γ chosen from α, c and
+v, break-even α, then speculative decoding at γ vs plain teacher decoding interleaved prompt
+by prompt (greedy and T = 1): α, τ, tokens/s ratio (end to end, and after the prompt's
+prefill), greedy equality. With ``--packed`` (the default where the build has
 oneDNN) every timed model's linear layers are pre-packed (:mod:`attnkd.eval.cpu_linear`), plain
 teacher and drafts alike; the step costs with PyTorch's default linear are recorded beside.
 
-    OMP_NUM_THREADS=1 nice -n 10 python scripts/draft_table.py --out runs/drafts \\
-        --json results/draft_table.json
+    OMP_NUM_THREADS=1 nice -n 10 python scripts/draft_table.py --phase train --out runs/drafts-v2 \\
+        --steps 900 --eval-every 25 --max-minutes 70
+    OMP_NUM_THREADS=1 python scripts/draft_table.py --phase table --out runs/drafts-v2 \\
+        --json results/draft_table.json --prompts 8 --new-tokens 64 --ppl-tokens 1024 \\
+        --alpha-blocks 4 --cost-repeats 10
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ from attnkd.eval.spec_cost import (
     break_even_alpha,
     choose_gamma,
     measure_step_costs,
+    monotone_verify_ratios,
 )
 from attnkd.eval.spec_eval import SpecSettings, held_out_ids, pooled_results, spaced_prompts
 from attnkd.eval.speculative import speculative_decode, teacher_decode
@@ -433,8 +438,10 @@ def table(args, teacher, tok, info: dict, save=lambda rows: None, notes=None) ->
                 m = measure_step_costs(
                     teacher, d, prompts[0], gammas=tuple(range(1, 7)), repeats=args.cost_repeats
                 )
-                costs[meta["depth"]] = (m.cost_ratio, {g: m.verify_ratio(g) for g in m.verify_s})
-                notes.setdefault("costs", {})[str(meta["depth"])] = _costs_record(m)
+                v_used = monotone_verify_ratios({g: m.verify_ratio(g) for g in m.verify_s})
+                costs[meta["depth"]] = (m.cost_ratio, v_used)
+                rec = {**_costs_record(m), "verify_ratio_used": v_used}
+                notes.setdefault("costs", {})[str(meta["depth"])] = rec
                 log.info(
                     "depth %d: c %.3f v %s",
                     meta["depth"],
