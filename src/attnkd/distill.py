@@ -239,6 +239,8 @@ def _run(
     )
     scored = scored_teacher(cfg, teacher, members, distiller)  # "the teacher" in results
     setup = task.setup(world_cfg, scored, student, tok)
+    if setup.state is not None:  # e.g. data-mixture weights: checkpointed with the student
+        distiller.add_module("task_state", setup.state.to(device))
     if cfg.strategy.part is not None:  # this student's own part of the data
         parts = cfg.strategy.partitions
         setup.batches = partition_batches(setup.batches, parts, cfg.strategy.part, cfg.train.seed)

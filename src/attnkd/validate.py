@@ -97,6 +97,9 @@ def validate_static(cfg: DistillConfig) -> None:
     _check(bool(cfg.losses) or bool(cfg.teachers) or bool(cfg.convert.kind), "losses",
            "needs at least one loss term")  # fmt: skip
     _validate_convert(cfg)
+    from attnkd.tasks.sequence_classification_ddk import check_mixture
+
+    check_mixture(cfg)  # data.mask_ratio, data.mixture* and the terms that need them
     from attnkd.losses.terms import TERMS
 
     for i, term in enumerate(cfg.losses):

@@ -162,6 +162,20 @@ class DataConfig:
     after ``on_policy_prefix`` tokens, scored by the teacher (GKD / DistillSpec); 0 = off."""
     on_policy_prefix: int = 32
     """causal_lm on-policy rows: data tokens kept as the prompt before the student samples."""
+    mask_ratio: float = 0.0
+    """sequence_classification: share of each row's real non-special tokens replaced by the mask
+    token in the student's input only (DMAE; the teacher sees the whole row); 0 = off."""
+    mixture: str = ""
+    """sequence_classification: '' (every row alike) or 'ddk': each domain (the labelled rows,
+    each unlabeled source) is sampled by its teacher-student loss gap, updated during training."""
+    mixture_every: int = 50
+    """'ddk': optimizer steps between updates of the domain weights (the first is at step 0)."""
+    mixture_smooth: float = 0.5
+    """'ddk': weight of the previous smoothed gap in each update (0 = the latest gap alone)."""
+    mixture_floor: float = 0.1
+    """'ddk': share of every batch spread evenly over the domains, so none is starved."""
+    mixture_probe: int = 64
+    """'ddk': rows per domain held out of training to measure the gap."""
 
 
 @dataclass

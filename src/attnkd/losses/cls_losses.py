@@ -7,8 +7,11 @@
   All: Bridge the Gap Between Heterogeneous Architectures in Knowledge Distillation").
 - :func:`hard_negative_contrastive`: contrastive embedding distillation with negatives mined by
   the teacher (the hard-negative part of Dynamic Contrastive Distillation, Rao et al. 2023).
+- :func:`masked_token_mse`: DMAE-style feature distillation on a masked input (Bai et al. 2023,
+  "Masked Autoencoders Enable Efficient Knowledge Distillers"), at the masked or the visible
+  positions.
 
-Both are pure functions of tensors; shapes are in the docstrings.
+All are pure functions of tensors; shapes are in the docstrings.
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnkd.losses.features import hidden_mse
 from attnkd.losses.logits import IGNORE_INDEX
 
-__all__ = ["attention_entropy", "hard_negative_contrastive", "ofa_target_loss"]
+__all__ = ["attention_entropy", "hard_negative_contrastive", "masked_token_mse", "ofa_target_loss"]
+
+POSITIONS = ("masked", "visible")
+"""Where :func:`masked_token_mse` compares features."""
 
 
 def attention_entropy(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -104,3 +111,33 @@ def hard_negative_contrastive(
     hard = t_sim.topk(n, dim=-1).indices  # (batch, n) teacher-mined negatives
     logits = torch.cat([pos, sim.gather(1, hard)], dim=1) / temperature
     return -torch.log_softmax(logits, dim=-1)[:, 0].mean()
+
+
+def masked_token_mse(
+    student: Tensor,
+    teacher: Tensor,
+    attention_mask: Tensor,
+    masked: Tensor,
+    positions: str = "masked",
+) -> Tensor:
+    """MSE between student features of a masked input and teacher features of the whole input.
+
+    The student saw the row with the tokens in ``masked`` replaced by the mask token; the teacher
+    saw it whole. ``positions="masked"``: only the masked positions count, so the student (through
+    its projector) reconstructs the teacher's features of tokens it could not see;
+    ``"visible"``: only the tokens the student saw count (the DMAE paper aligns the visible
+    patches, the only ones its MAE student encodes). Mean over the chosen real tokens and the
+    width; 0 (with a gradient) when there are none. The teacher is detached.
+
+    Shapes: student, teacher (batch, seq, width) (project the student first when widths
+    differ); attention_mask, masked (batch, seq) bool (True = real token / masked token).
+    """
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, got '{positions}'")
+    if masked.shape != attention_mask.shape:
+        raise ValueError(
+            f"masked {tuple(masked.shape)} and attention_mask {tuple(attention_mask.shape)} "
+            "must have one (batch, seq) shape"
+        )
+    keep = attention_mask.bool() & (masked.bool() if positions == "masked" else ~masked.bool())
+    return hidden_mse(student, teacher, keep)

@@ -43,6 +43,79 @@ def load_config(name: str):
         ) from err
 
 
+@dataclass(frozen=True)
+class _Head:
+    """One kind of Hugging Face model a loader builds: its transformers mapping and Auto class,
+    whether the family must be causal (None: either), and the error when it is not."""
+
+    mapping: str
+    auto: str
+    causal: bool | None
+    wrong_family: str = ""
+    """Message for the wrong family, formatted with ``name`` and ``model_type``."""
+    drop_pooler: bool = False
+    """Build without the pooler where the class has one (mean pooling never reads it)."""
+
+
+HEADS = {
+    "encoder": _Head("MODEL_MAPPING", "AutoModel", None, drop_pooler=True),
+    "causal_lm": _Head(
+        "MODEL_FOR_CAUSAL_LM_MAPPING",
+        "AutoModelForCausalLM",
+        True,
+        "cannot load model '{name}' as a causal LM: '{model_type}' is an encoder family "
+        "(use load_encoder)",
+    ),
+    "sequence_classification": _Head(
+        "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING",
+        "AutoModelForSequenceClassification",
+        False,
+        "model '{name}' is a decoder; sequence_classification needs an encoder (BERT, MPNet)",
+    ),
+}
+"""The model kinds :func:`load_pretrained` builds, by name."""
+
+
+def load_pretrained(
+    name: str, head: str, attn_implementation: str = "sdpa", tokenizer: bool = True
+) -> LoadedModel:
+    """Load model ``name`` (hub id, folder or packaged copy) as ``head`` (a key of
+    :data:`HEADS`) with its tokenizer: the one preamble every loader shares.
+
+    Resolves the name, checks the family has an adapter (and is causal or not, as ``head``
+    asks), checks a local folder's files, picks the attention implementation the class
+    supports, and loads safetensors weights only (no unpickling). Any failure is an
+    :class:`AttnkdError` naming the model.
+    """
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    spec = HEADS[head]
+    resolved = resolve_model_path(name)
+    try:
+        config = AutoConfig.from_pretrained(resolved.path)
+        try:
+            adapter = adapter_for(config.model_type)
+        except ValueError as err:
+            raise AttnkdError(f"cannot use model '{name}': {err}") from None
+        if spec.causal is not None and adapter.causal != spec.causal:
+            raise AttnkdError(spec.wrong_family.format(name=name, model_type=config.model_type))
+        if resolved.source != "hub":
+            check_model_folder(resolved.path, name, tokenizer=tokenizer)
+        model_cls = getattr(transformers, spec.mapping)[type(config)]
+        kwargs = {}
+        if spec.drop_pooler and "add_pooling_layer" in inspect.signature(model_cls).parameters:
+            kwargs["add_pooling_layer"] = False  # BERT, MPNet
+        impl = attn_implementation_for(model_cls, attn_implementation)
+        model = getattr(transformers, spec.auto).from_pretrained(
+            resolved.path, attn_implementation=impl, use_safetensors=True, **kwargs
+        )
+        tok = AutoTokenizer.from_pretrained(resolved.path) if tokenizer else None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise AttnkdError(f"cannot load model '{name}' from {resolved.path}: {err}") from err
+    return LoadedModel(model, tok, resolved.path, resolved.source, geometry(model.config))
+
+
 def load_encoder(
     name: str, attn_implementation: str = "sdpa", tokenizer: bool = True
 ) -> LoadedModel:
@@ -51,32 +124,7 @@ def load_encoder(
     Only safetensors weights are accepted (``use_safetensors=True``): no unpickling. Families
     without fused attention (MPNet) get 'eager' when 'sdpa' is asked for.
     """
-    from transformers import MODEL_MAPPING, AutoConfig, AutoModel, AutoTokenizer
-
-    resolved = resolve_model_path(name)
-    try:
-        config = AutoConfig.from_pretrained(resolved.path)
-        try:
-            adapter_for(config.model_type)
-        except ValueError as err:
-            raise AttnkdError(f"cannot use model '{name}': {err}") from None
-        if resolved.source != "hub":
-            check_model_folder(resolved.path, name, tokenizer=tokenizer)
-        model_cls = MODEL_MAPPING[type(config)]
-        kwargs = {}
-        if "add_pooling_layer" in inspect.signature(model_cls.__init__).parameters:
-            kwargs["add_pooling_layer"] = False  # mean pooling never reads the pooler (BERT, MPNet)
-        impl = attn_implementation_for(model_cls, attn_implementation)
-        model = AutoModel.from_pretrained(
-            resolved.path,
-            attn_implementation=impl,
-            use_safetensors=True,
-            **kwargs,
-        )
-        tok = AutoTokenizer.from_pretrained(resolved.path) if tokenizer else None
-    except (OSError, ValueError, TypeError) as err:
-        raise AttnkdError(f"cannot load model '{name}' from {resolved.path}: {err}") from err
-    return LoadedModel(model, tok, resolved.path, resolved.source, geometry(model.config))
+    return load_pretrained(name, "encoder", attn_implementation, tokenizer)
 
 
 def load_causal_lm(
@@ -88,40 +136,13 @@ def load_causal_lm(
     Safetensors weights only. A tokenizer without a pad token gets its eos token as pad; pad
     positions are masked by ``attention_mask``, so what they hold does not matter.
     """
-    from transformers import (
-        MODEL_FOR_CAUSAL_LM_MAPPING,
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoTokenizer,
-    )
-
-    resolved = resolve_model_path(name)
-    try:
-        config = AutoConfig.from_pretrained(resolved.path)
-        try:
-            adapter = adapter_for(config.model_type)
-        except ValueError as err:
-            raise AttnkdError(f"cannot use model '{name}': {err}") from None
-        if resolved.source != "hub":
-            check_model_folder(resolved.path, name, tokenizer=tokenizer)
-        if not adapter.causal:
-            raise AttnkdError(
-                f"cannot load model '{name}' as a causal LM: '{config.model_type}' is an encoder "
-                f"family (use load_encoder)"
-            )
-        model_cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
-        impl = attn_implementation_for(model_cls, attn_implementation)
-        model = AutoModelForCausalLM.from_pretrained(
-            resolved.path, attn_implementation=impl, use_safetensors=True
-        )
-        tok = AutoTokenizer.from_pretrained(resolved.path) if tokenizer else None
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise AttnkdError(f"cannot load model '{name}' from {resolved.path}: {err}") from err
+    loaded = load_pretrained(name, "causal_lm", attn_implementation, tokenizer)
+    tok = loaded.tokenizer
     if tok is not None and tok.pad_token is None:
         if tok.eos_token is None:
             raise AttnkdError(f"the tokenizer of '{name}' has neither a pad nor an eos token")
         tok.pad_token = tok.eos_token
-    return LoadedModel(model, tok, resolved.path, resolved.source, geometry(model.config))
+    return loaded
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -30,6 +30,9 @@ class TaskSetup:
     final: Callable[[], dict]
     export: Callable[[Path], Path]
     train_info: dict = field(default_factory=dict)
+    state: nn.Module | None = None
+    """Buffers the task changes during training (a data mixture's weights): the runner keeps
+    them inside the trained module, so they are checkpointed and resumed, never exported."""
 
 
 @dataclass(frozen=True)

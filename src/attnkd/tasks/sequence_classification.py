@@ -9,13 +9,18 @@ results report (``mrpc:dev``, ``rte:dev``, ``sst2:heldout``), ``data.select_task
 best checkpoint (``DATASET:val``, from train); training rows overlapping either are removed.
 ``data.max_sentences`` caps the labelled training rows (seeded), ``data.unlabeled_sources``
 adds unlabeled text (label -100: only the teacher's soft labels teach it, SSLD).
+``data.mixture: ddk`` samples those domains by their teacher-student loss gap
+(:mod:`attnkd.tasks.sequence_classification_ddk`); ``data.mask_ratio`` masks tokens of the
+student's input (DMAE, :mod:`attnkd.data.token_mask`).
 
-Loss terms: the class-logit terms of :mod:`attnkd.losses.terms.classification` (``cls_ce``,
-``cls_kd``) get the models' logits and the labels; every other term (``hidden_mse``,
-``relation``, ...) gets captured taps and the attention mask, as in the other text tasks. The
-teacher runs only when a term needs it; when none does (a baseline trained from labels alone),
-the results hold no teacher score. ``teacher.recipe`` runs the teacher stage first when
-``teacher.name`` (the folder it exports) does not exist yet.
+Loss terms (the step: :mod:`attnkd.tasks.sequence_classification_step`): the class-logit
+terms of :mod:`attnkd.losses.terms.classification` (``cls_ce``, ``cls_kd``, ``cls_ofa``) get the
+models' logits and the labels; ``cls_ofa_exit`` and ``dmae`` (:mod:`attnkd.losses.terms.cls_taps`)
+get both and the taps; every other term (``hidden_mse``, ``relation``, ...) gets captured taps
+and the attention mask, as in the other text tasks. The teacher runs only when a term needs it
+(and only up to the deepest tapped layer when none reads its logits); when none does (a
+baseline trained from labels alone), the results hold no teacher score. ``teacher.recipe``
+runs the teacher stage first when ``teacher.name`` (the folder it exports) does not exist yet.
 """
 
 from __future__ import annotations
@@ -27,22 +32,23 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from attnkd.capture import Capture
 from attnkd.config.schema import DistillConfig
 from attnkd.data.cls_splits import ClsExample, ClsSplits, build_splits
 from attnkd.data.collate import DynamicPaddingCollator, LengthGroupedBatches
 from attnkd.data.corpus import build_corpus
-from attnkd.engine.loop import StepOutput
+from attnkd.data.token_mask import TokenMasker
 from attnkd.errors import AttnkdError, ConfigError
 from attnkd.eval.classification import ClsScores, predict, score
 from attnkd.export import export_student
 from attnkd.losses.logits import IGNORE_INDEX
-from attnkd.losses.terms import ClassificationTerm
-from attnkd.models.adapters import adapter_for, attn_implementation_for, geometry
-from attnkd.models.hub import check_model_folder, resolve_model_path
-from attnkd.models.load import LoadedModel
+from attnkd.models.load import LoadedModel, load_pretrained
 from attnkd.tasks.base import Task, TaskSetup
 from attnkd.tasks.image_classification import prepare as run_teacher_stage
+from attnkd.tasks.sequence_classification_step import (
+    config_uses_teacher,
+    make_step,
+    uses_teacher,  # noqa: F401 (re-exported: the task's public step helpers)
+)
 
 log = logging.getLogger("attnkd")
 
@@ -52,36 +58,7 @@ def load(name: str, attn_implementation: str = "sdpa", tokenizer: bool = True) -
 
     Safetensors weights only; the head's size is set for the task in :func:`setup`.
     """
-    from transformers import (
-        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
-        AutoConfig,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
-
-    resolved = resolve_model_path(name)
-    try:
-        config = AutoConfig.from_pretrained(resolved.path)
-        try:
-            adapter = adapter_for(config.model_type)
-        except ValueError as err:
-            raise AttnkdError(f"cannot use model '{name}': {err}") from None
-        if adapter.causal:
-            raise AttnkdError(
-                f"model '{name}' is a decoder; sequence_classification needs an "
-                "encoder (BERT, MPNet)"
-            )
-        if resolved.source != "hub":
-            check_model_folder(resolved.path, name, tokenizer=tokenizer)
-        model_cls = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
-        impl = attn_implementation_for(model_cls, attn_implementation)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            resolved.path, attn_implementation=impl, use_safetensors=True
-        )
-        tok = AutoTokenizer.from_pretrained(resolved.path) if tokenizer else None
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise AttnkdError(f"cannot load model '{name}' from {resolved.path}: {err}") from err
-    return LoadedModel(model, tok, resolved.path, resolved.source, geometry(model.config))
+    return load_pretrained(name, "sequence_classification", attn_implementation, tokenizer)
 
 
 def prepare(cfg: DistillConfig, run_recipe) -> None:
@@ -190,7 +167,7 @@ class Encoded:
 class ClsBatches:
     """Length-grouped training batches addressable by (epoch, index), for exact resume."""
 
-    def __init__(self, encoded: Encoded, batch_size: int, seed: int):
+    def __init__(self, encoded: Encoded, batch_size: int, seed: int, finish=None):
         if len(encoded.rows) < batch_size:
             raise ConfigError(
                 "train.batch_size",
@@ -200,6 +177,8 @@ class ClsBatches:
         lengths = [len(r["input_ids"]) for r in encoded.rows]
         self.sampler = LengthGroupedBatches(lengths, batch_size, seed=seed, drop_last=True)
         self._epoch, self._order = -1, []
+        self.finish = finish
+        """``finish(batch, m)`` adds to micro-batch ``m`` (the masked student input)."""
 
     @property
     def num_batches(self) -> int:
@@ -208,65 +187,9 @@ class ClsBatches:
     def batch_at(self, epoch: int, index: int) -> dict[str, Tensor]:
         if epoch != self._epoch:
             self._epoch, self._order = epoch, self.sampler.batches(epoch)
-        return self.encoded.pad([self.encoded.rows[i] for i in self._order[index]])
-
-
-def uses_teacher(terms: nn.ModuleList) -> bool:
-    """Whether any term reads the teacher (its logits or its taps)."""
-    return any(t.uses_teacher if isinstance(t, ClassificationTerm) else True for t in terms)
-
-
-def config_uses_teacher(cfg: DistillConfig) -> bool:
-    """:func:`uses_teacher` for the configured terms, without building them."""
-    from attnkd.losses.terms import TERMS
-
-    classes = [TERMS.get(c.name).cls for c in cfg.losses]
-    return any(
-        getattr(c, "uses_teacher", True) if issubclass(c, ClassificationTerm) else True
-        for c in classes
-    )
-
-
-def make_step(teacher: nn.Module, distiller: nn.Module, model: nn.Module | None = None):
-    """Teacher forward (no grad, only when a term needs it), student forward, weighted terms.
-
-    Single-process: ``model`` (a DDP wrapper under torchrun) is not used.
-    """
-    terms = distiller.terms
-    t_req, s_req = [], []
-    for term in terms:
-        t, s = term.taps()
-        t_req, s_req = t_req + t, s_req + s
-    need_teacher = uses_teacher(terms)
-    t_cap = Capture(teacher, t_req) if need_teacher else None
-    s_cap = Capture(distiller.student, s_req)
-
-    def step(batch: dict[str, Tensor]) -> StepOutput:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        labels, mask = batch["labels"], batch["attention_mask"].bool()
-        t_logits = None
-        if t_cap is not None:
-            with torch.no_grad(), t_cap:
-                t_logits = teacher(**inputs).logits.float()
-        with s_cap:
-            s_logits = distiller.student(**inputs).logits.float()
-        total: Tensor | None = None
-        values: dict[str, float] = {}
-        for term in terms:
-            if isinstance(term, ClassificationTerm):
-                out = term(t_logits, s_logits, labels)
-            else:
-                out = term(t_cap.taps, s_cap.taps, mask)
-            for name, v in out.items():
-                values[f"{term.label}/{name}"] = float(v.detach())
-                total = term.weight * v if total is None else total + term.weight * v
-        if t_cap is not None:
-            t_cap.taps.clear()
-        s_cap.taps.clear()
-        assert total is not None, "a run needs at least one loss term"
-        return StepOutput(loss=total, terms=values, num_items=int(labels.shape[0]))
-
-    return step
+        batch = self.encoded.pad([self.encoded.rows[i] for i in self._order[index]])
+        m = epoch * self.num_batches + index
+        return batch if self.finish is None else self.finish(batch, m)
 
 
 def unlabeled_examples(cfg: DistillConfig, splits: ClsSplits, pairs: bool) -> list[ClsExample]:
@@ -311,13 +234,28 @@ def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> Ta
     set_labels(student, splits.label_names)
     pairs = splits.train[0].text_pair is not None
     train_rows = _subsample(splits.train, d.max_sentences, cfg.train.seed)
-    extra = unlabeled_examples(cfg, splits, pairs)
-    train = Encoded(tok, train_rows + extra, d.max_length)
     select, evalset = (
         Encoded(tok, splits.select, d.max_length),
         Encoded(tok, splits.eval, d.max_length),
     )
-    batches = ClsBatches(train, cfg.train.batch_size, cfg.train.seed)
+    masker = TokenMasker(tok, d.mask_ratio, cfg.train.seed) if d.mask_ratio else None
+    state, mixture_info = None, {}
+    if d.mixture == "ddk":
+        from attnkd.tasks.sequence_classification_ddk import build_mixture
+
+        def collate(rows: list[dict], m: int) -> dict[str, Tensor]:
+            batch = select.pad(rows)  # any Encoded pads: one tokenizer, one collator
+            return batch if masker is None else masker(batch, m)
+
+        mix = build_mixture(cfg, splits, train_rows, lambda rows: Encoded(tok, rows, d.max_length),
+                            collate, teacher, student)  # fmt: skip
+        batches, state, unlabeled = mix.batches, mix.state, sum(mix.train_rows[1:])
+        mixture_info = {"domains": mix.names, "train_rows": mix.train_rows}
+    else:
+        extra = unlabeled_examples(cfg, splits, pairs)
+        train = Encoded(tok, train_rows + extra, d.max_length)
+        batches = ClsBatches(train, cfg.train.batch_size, cfg.train.seed, masker)
+        unlabeled = len(extra)
     has_teacher = config_uses_teacher(cfg)
 
     def scores(model: nn.Module, enc: Encoded) -> ClsScores:
@@ -337,6 +275,7 @@ def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> Ta
             "student": {**s.as_dict(), "select": scores(student, select).as_dict()},
             "retention": None if t is None else s.accuracy / t.accuracy,
             "retention_f1": None if t is None or not t.f1 else s.f1 / t.f1,
+            **({} if state is None else {"mixture": {**mixture_info, **state.record()}}),
         }
 
     def export(folder: Path) -> Path:
@@ -345,10 +284,13 @@ def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> Ta
     info = {
         **splits.info(),
         "train_rows_used": len(train_rows),
-        "unlabeled_rows": len(extra),
+        "unlabeled_rows": unlabeled,
         "teacher_used": has_teacher,
+        "mask_ratio": d.mask_ratio,
+        **({"mixture": mixture_info} if mixture_info else {}),
     }
-    return TaskSetup(batches, evaluate, "accuracy", "max", final, export, train_info=info)
+    return TaskSetup(batches, evaluate, "accuracy", "max", final, export, train_info=info,
+                     state=state)  # fmt: skip
 
 
 TASK = Task("sequence_classification", load, setup, make_step=make_step, prepare=prepare)

@@ -3,7 +3,7 @@
 ``TERMS`` maps each name a recipe can use to its class; importing this package registers them
 all (attention and relation terms, the vocabulary ``logits`` term, feature terms, and the image
 terms of :mod:`attnkd.losses.terms.vision`, the class-logit terms of
-:mod:`attnkd.losses.terms.classification`).
+:mod:`attnkd.losses.terms.classification` and :mod:`attnkd.losses.terms.cls_taps`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,13 @@ from attnkd.losses.terms.base import (
     register,
 )
 from attnkd.losses.terms.classification import ClassificationTerm
+from attnkd.losses.terms.cls_taps import (
+    ClsOfaExitTerm,
+    ClsTapTerm,
+    ClsView,
+    DmaeTerm,
+    DmaeVisibleTerm,
+)
 from attnkd.losses.terms.features import (
     EmbeddingMseTerm,
     HiddenCosineTerm,
@@ -44,6 +51,11 @@ __all__ = [
     "AttentionScoreTerm",
     "AttentionTerm",
     "ClassificationTerm",
+    "ClsOfaExitTerm",
+    "ClsTapTerm",
+    "ClsView",
+    "DmaeTerm",
+    "DmaeVisibleTerm",
     "EmbeddingMseTerm",
     "ExitKDTerm",
     "HiddenCosineTerm",
