@@ -197,7 +197,8 @@ def tables(out: Path) -> None:
         "wall_time": "train_seconds: each run's training wall time on the shared 2-core machine, "
                      "one thread per run, under load from other agents' jobs",
         "under_load": True, "rows": _carry(out / "vision_fmnist.json", "rows", rows),
-        "at_weight_selection": _at_selection(),
+        "at_weight_selection": _at_selection() or (_read(out / "vision_fmnist.json") or {}).get(
+            "at_weight_selection", {}),  # the runs of an earlier session: as committed
     })  # fmt: skip
     cells = _condense_cells(RUNS / "condense", CONDENSE["methods"], CONDENSE["ipc"], out, "")
     long_dir = RUNS / f"condense-{CONDENSE_LONG['iterations']}"
