@@ -211,6 +211,8 @@ def tables(out: Path) -> None:
                    "python scripts/vision_repro.py tables",
         "under_load": True, "cells": _carry(out / "vision_condense.json", "cells", cells),
         f"cells_{CONDENSE_LONG['iterations']}_iterations": cells_long,
+        "cells_datadam_v1": (_read(out / "vision_condense.json") or {}).get(
+            "cells_datadam_v1", {}),  # the first DataDAM (attention ~1% of the gradient), as kept
         f"command_{CONDENSE_LONG['iterations']}_iterations":
             "python scripts/vision_repro.py run --parts condense-long --parallel 1 && "
             "python scripts/vision_repro.py tables",
