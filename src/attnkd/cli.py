@@ -340,7 +340,8 @@ def cmd_condense(args) -> int:
     for ipc in args.ipc:
         for seed in args.seeds:
             cfg = CondenseConfig(args.method, ipc, args.iterations, args.lr, args.real_batch,
-                                 seed=seed, augment=not args.no_augment)  # fmt: skip
+                                 seed=seed, augment=not args.no_augment,
+                                 attention_weight=args.attention_weight)  # fmt: skip
             r = run_condense(cfg, args.out, args.image_dir, args.eval_steps, args.judge_seeds)
             print(f"{args.method} ipc={ipc} seed={seed}: test accuracy "
                   f"{100 * r['test_accuracy']:.2f}% ({r['total_seconds']:.0f}s)")  # fmt: skip
@@ -453,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--iterations", type=int, default=200, help="matching iterations")
     k.add_argument("--lr", type=float, default=1.0, help="step size on synthetic pixels")
     k.add_argument("--real-batch", type=int, default=128, help="real images per class and step")
+    k.add_argument("--attention-weight", type=float, default=100.0,
+                   help="datadam: weight of attention matching against the embedding MMD's 1")
     k.add_argument("--seeds", type=int, nargs="+", default=[0])
     k.add_argument("--eval-steps", type=int, default=300, help="steps training the judge network")
     k.add_argument("--judge-seeds", type=int, nargs="+", default=None,
