@@ -168,7 +168,7 @@ def _eval_decoder(args) -> int:
 
         settings = SpecSettings(
             gamma=args.gamma, temperature=args.temperature, prompts=args.prompts,
-            new_tokens=args.new_tokens, shortlist=args.shortlist,
+            new_tokens=args.new_tokens, shortlist=args.shortlist, packed=args.packed,
         )  # fmt: skip
         if args.text:
             settings.text = args.text[0]
@@ -195,6 +195,8 @@ def _add_decoder_eval_args(e: argparse.ArgumentParser) -> None:
                    help="draft tokens per block (default 4; 0: chosen from α and c)")
     g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy only (default 1)")
     g.add_argument("--shortlist", type=int, default=0, help="draft output on N frequent tokens")
+    g.add_argument("--packed", action="store_true",
+                   help="oneDNN pre-packed linear layers in teacher and draft (CPU decoding)")
     g.add_argument("--prompts", type=int, default=4, help="held-out prompts (default 4)")
     g.add_argument("--new-tokens", type=int, default=64, help="tokens per prompt (default 64)")
     g.add_argument("--protocol", default=None, help="perplexity protocol: windows:W:stride=S")
