@@ -1,7 +1,10 @@
 """Speculative-decoding drafts for SmolLM2-135M-Instruct: train them, then judge them side by side.
 
 Phase ``train``: every draft variant is trained in ONE process on the same batches, so they all
-get the same budget and the teacher's forward pass on a batch is shared (it dominates the cost
+get the same budget. The batches come from the training part of every ``--sources`` text (each
+text split on its own: its last 10% of tokens never train, the 5% before them select); the
+learning rate warms up, then decays linearly with the budget spent (steps or ``--max-minutes``,
+whichever runs out first) and the teacher's forward pass on a batch is shared (it dominates the cost
 on CPU). A draft is 1-3 of the teacher's layers (weights inherited), the teacher's final norm and
 its tied, frozen embeddings; its output layer scores a frequency-ranked shortlist S of tokens
 (counted on the training blocks). Training compares the draft's softmax over S with the teacher's
@@ -17,11 +20,18 @@ Phase ``table``: for each held-out text (last 10% of the characters of Tiny Shak
 WikiText-2 valid) and each draft (untrained, trained): perplexity (windows of 256 over the first
 ``--ppl-tokens`` held-out tokens; the draft with its full tied head), teacher-forced α (greedy
 and T = 1), the share of the teacher's mass inside S, the measured cost ratio c and verify ratio
-v(γ), γ chosen from α and c, break-even α, then speculative decoding at γ vs plain teacher
-decoding interleaved prompt by prompt (greedy and T = 1): α, τ, tokens/s ratio, greedy equality.
+v(γ) (made >= 1 and non-decreasing in γ: ``monotone_verify_ratios``), γ chosen from α, c and
+v, break-even α, then speculative decoding at γ vs plain teacher decoding interleaved prompt
+by prompt (greedy and T = 1): α, τ, tokens/s ratio (end to end, and after the prompt's
+prefill), greedy equality. With ``--packed`` (the default where the build has
+oneDNN) every timed model's linear layers are pre-packed (:mod:`attnkd.eval.cpu_linear`), plain
+teacher and drafts alike; the step costs with PyTorch's default linear are recorded beside.
 
-    OMP_NUM_THREADS=1 nice -n 10 python scripts/draft_table.py --out runs/drafts \\
-        --json results/draft_table.json
+    OMP_NUM_THREADS=1 nice -n 10 python scripts/draft_table.py --phase train --out runs/drafts-v2 \\
+        --steps 900 --eval-every 25 --max-minutes 70
+    OMP_NUM_THREADS=1 python scripts/draft_table.py --phase table --out runs/drafts-v2 \\
+        --json results/draft_table.json --prompts 8 --new-tokens 64 --ppl-tokens 1024 \\
+        --alpha-blocks 4 --cost-repeats 10
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ from attnkd.data.lm import (
     tokenize_lines,
 )
 from attnkd.data.onpolicy import mix_on_policy
+from attnkd.eval.cpu_linear import pack_linears, packing_available
 from attnkd.eval.drafts import (
     shortlist_targets,
     token_shortlist,
@@ -60,6 +71,7 @@ from attnkd.eval.spec_cost import (
     break_even_alpha,
     choose_gamma,
     measure_step_costs,
+    monotone_verify_ratios,
 )
 from attnkd.eval.spec_eval import SpecSettings, held_out_ids, pooled_results, spaced_prompts
 from attnkd.eval.speculative import speculative_decode, teacher_decode
@@ -145,10 +157,8 @@ def teacher_logits(teacher, blocks: torch.Tensor) -> list[torch.Tensor]:
 
 
 def train(args, teacher, tok) -> dict:
-    stream = tokenize_lines(tok, lm_texts(["tinyshakespeare"], None))
-    splits = drop_held_out_copies(split_blocks(stream.ids, args.length, 0.05, 0.1), stream)
-    shortlist = token_shortlist(splits.train, args.shortlist, 49152, always=[tok.eos_token_id])
-    select = splits.select[: args.select_blocks]
+    train_blocks, select = training_blocks(tok, args.sources.split(","), args)
+    shortlist = token_shortlist(train_blocks, args.shortlist, 49152, always=[tok.eos_token_id])
     t_select = teacher_logits(teacher, select)
     in_s = torch.zeros(49152, dtype=torch.bool)
     in_s[shortlist] = True
@@ -156,7 +166,7 @@ def train(args, teacher, tok) -> dict:
     log.info(
         "%d train blocks; shortlist of %d tokens holds %.3f of the teacher's mass on the "
         "selection blocks",
-        len(splits.train),
+        len(train_blocks),
         len(shortlist),
         mass,
     )
@@ -167,14 +177,16 @@ def train(args, teacher, tok) -> dict:
         v.train_view = with_subset_head(v.model, shortlist)
         params = [p for p in v.model.parameters() if p.requires_grad]
         v.opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    batches = LMBatches(splits.train, args.batch, seed=0)
+    batches = LMBatches(train_blocks, args.batch, seed=0)
     gen = torch.Generator().manual_seed(1)
     warm = max(1, int(0.05 * args.steps))
     t0 = time.time()
     teacher_s = 0.0
     stop = args.steps
+    lr = 0.0
     for step in range(args.steps + 1):
-        if args.max_minutes and time.time() - t0 > 60 * args.max_minutes and step < stop:
+        progress = budget_progress(step, args.steps, time.time() - t0, args.max_minutes)
+        if progress >= 1.0 and step < stop:
             stop = step  # out of time: every variant stops at this same step
             log.info(
                 "--max-minutes %.0f reached: stopping all variants at step %d",
@@ -192,6 +204,8 @@ def train(args, teacher, tok) -> dict:
                     "alpha_greedy": a.alpha_greedy,
                     "loss": v.loss_sum / max(v.loss_n, 1),
                     "gen_seconds": v.gen_seconds,
+                    "seconds": time.time() - t0,
+                    "lr": lr if step else 0.0,
                 }
                 v.history.append(rec)
                 v.loss_sum, v.loss_n = 0.0, 0
@@ -213,7 +227,7 @@ def train(args, teacher, tok) -> dict:
         with torch.no_grad():
             zt = t_sub(input_ids=ids).logits.float()
         teacher_s += time.time() - ts
-        lr = args.lr * min((step + 1) / warm, (args.steps - step) / max(args.steps - warm, 1))
+        lr = args.lr * min((step + 1) / warm, 1.0 - progress)
         for v in variants:
             for g in v.opt.param_groups:
                 g["lr"] = lr
@@ -256,6 +270,8 @@ def train(args, teacher, tok) -> dict:
         "train_seconds": time.time() - t0,
         "teacher_seconds": teacher_s,
         "train_tokens": stop * args.batch * args.length,
+        "sources": args.sources.split(","),
+        "train_blocks": len(train_blocks),
         "variants": {},
     }
     for v in variants:
@@ -277,6 +293,31 @@ def train(args, teacher, tok) -> dict:
     torch.save(shortlist, out_dir / "shortlist.pt")
     write_json(out_dir / "train.json", info)
     return info
+
+
+def budget_progress(step: int, steps: int, seconds: float, max_minutes: float) -> float:
+    """How much of the training budget is spent, in [0, 1+): the larger of the step fraction
+    and (with ``max_minutes`` > 0) the wall-time fraction. The learning rate decays linearly
+    with it, so a run cut short by the clock still ends at a low learning rate."""
+    done = step / steps
+    if max_minutes > 0:
+        done = max(done, seconds / (60.0 * max_minutes))
+    return done
+
+
+def training_blocks(tok, sources: list[str], args) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training blocks of every source (each source split on its own, so each keeps its last
+    10% of tokens held out and the 5% before them for selection; blocks repeating held-out
+    lines are dropped) and the first ``args.select_blocks`` selection blocks of each source."""
+    train, select = [], []
+    for source in sources:
+        stream = tokenize_lines(tok, lm_texts([source], None))
+        splits = drop_held_out_copies(split_blocks(stream.ids, args.length, 0.05, 0.1), stream)
+        train.append(splits.train)
+        select.append(splits.select[: args.select_blocks])
+        log.info("%s: %d train blocks, %d select blocks", source, len(splits.train),
+                 len(splits.select))  # fmt: skip
+    return torch.cat(train), torch.cat(select)
 
 
 def load_drafts(args, teacher, info: dict) -> list[tuple[str, dict, torch.nn.Module]]:
@@ -320,6 +361,7 @@ def _decode_side_by_side(teacher, drafts: dict, prompts, args, temperature: floa
             "alpha": s["alpha"],
             "tau": s["tau"],
             "speedup": s["tokens_per_s"] / p["tokens_per_s"],
+            "speedup_after_prefill": s["decode_tokens_per_s"] / p["decode_tokens_per_s"],
             "spec_tokens_per_s": s["tokens_per_s"],
             "teacher_tokens_per_s": p["tokens_per_s"],
             "tokens": s["tokens"],
@@ -329,11 +371,37 @@ def _decode_side_by_side(teacher, drafts: dict, prompts, args, temperature: floa
     return out
 
 
-def table(args, teacher, tok, info: dict, save=lambda rows: None) -> list[dict]:
+def _costs_record(m) -> dict:
+    return {
+        "teacher_step_s": m.teacher_s,
+        "draft_step_s": m.draft_s,
+        "cost_ratio": m.cost_ratio,
+        "verify_ratio": {g: m.verify_ratio(g) for g in m.verify_s},
+    }
+
+
+def table(args, teacher, tok, info: dict, save=lambda rows: None, notes=None) -> list[dict]:
+    notes = {} if notes is None else notes
     shortlist = torch.load(Path(args.out) / "shortlist.pt")
     drafts = load_drafts(args, teacher, info)
     in_s = torch.zeros(49152, dtype=torch.bool)
     in_s[shortlist] = True
+    views = {name: with_shortlist(model, shortlist) for name, _, model in drafts}
+    if args.packed:
+        # The same step costs with PyTorch's default CPU linear first, for the record (why the
+        # table packs: verification of a few tokens costs far more than one step without it).
+        first = SpecSettings(text=args.texts.split(",")[0])
+        ctx = held_out_ids(tok, first, None)[0][: args.prompt_tokens]
+        m = measure_step_costs(
+            teacher, views[drafts[0][0]], ctx, gammas=tuple(range(1, 7)),
+            repeats=args.cost_repeats,
+        )  # fmt: skip
+        notes["default_linear_costs"] = {"draft": drafts[0][0], **_costs_record(m)}
+        log.info("default linear: %s", notes["default_linear_costs"])
+        n = pack_linears(teacher)
+        n += sum(pack_linears(views[name]) + pack_linears(d) for name, _, d in drafts)
+        log.info("packed %d linear layers (oneDNN) in the teacher and the drafts", n)
+    notes["packed_linear"] = bool(args.packed)
     costs: dict[int, tuple[float, dict]] = {}  # depth -> (c, v(γ)): same architecture, same cost
     rows = []
     for t_index, text in enumerate(args.texts.split(",")):
@@ -365,12 +433,15 @@ def table(args, teacher, tok, info: dict, save=lambda rows: None) -> list[dict]:
         decode = {0.0: {}, 1.0: {}}
         text_rows = []
         for name, meta, model in drafts:
-            d = with_shortlist(model, shortlist)
+            d = views[name]
             if meta["depth"] not in costs:
                 m = measure_step_costs(
                     teacher, d, prompts[0], gammas=tuple(range(1, 7)), repeats=args.cost_repeats
                 )
-                costs[meta["depth"]] = (m.cost_ratio, {g: m.verify_ratio(g) for g in m.verify_s})
+                v_used = monotone_verify_ratios({g: m.verify_ratio(g) for g in m.verify_s})
+                costs[meta["depth"]] = (m.cost_ratio, v_used)
+                rec = {**_costs_record(m), "verify_ratio_used": v_used}
+                notes.setdefault("costs", {})[str(meta["depth"])] = rec
                 log.info(
                     "depth %d: c %.3f v %s",
                     meta["depth"],
@@ -479,7 +550,10 @@ def main(argv=None) -> int:
     ap.add_argument("--phase", choices=["train", "table", "both"], default="both")
     ap.add_argument("--out", default="runs/drafts")
     ap.add_argument("--json", default="results/draft_table.json")
-    ap.add_argument("--variants", default="2:ce,2:fkl,2:rkl,2:jsd,2:tvd,2:tvd@0.25")
+    ap.add_argument("--variants", default="2:ce,2:fkl,2:rkl,2:jsd,2:tvd,2:tvd@0.5")
+    ap.add_argument(
+        "--sources", default="tinyshakespeare,wikitext2", help="training texts (train parts)"
+    )
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--max-minutes", type=float, default=0.0)
@@ -497,7 +571,13 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--cost-repeats", type=int, default=3)
     ap.add_argument("--decode", default="all", help="drafts decoded on the first text")
-    ap.add_argument("--decode-more", default="L2-ce,L2-tvd", help="drafts decoded on the others")
+    ap.add_argument("--decode-more", default="all", help="drafts decoded on the others")
+    ap.add_argument(
+        "--packed",
+        action=argparse.BooleanOptionalAction,
+        default=packing_available(),
+        help="oneDNN pre-packed linear layers in every timed model (default where available)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--target", type=float, default=1.3, help="speed-up the trend aims at")
     ap.add_argument("--seed", type=int, default=0)
@@ -514,9 +594,11 @@ def main(argv=None) -> int:
     if args.phase == "train":
         return 0
     t0 = time.time()
+    notes: dict = {}
 
     def save(rows: list[dict], partial: bool = True) -> None:
         result = {
+            **notes,
             "command": "python scripts/draft_table.py " + " ".join(argv or sys.argv[1:]),
             "partial": partial,
             "teacher": TEACHER,
@@ -530,7 +612,7 @@ def main(argv=None) -> int:
         }
         write_json(Path(args.json), result, default=_json_default)
 
-    rows = table(args, teacher, tok, info, save)
+    rows = table(args, teacher, tok, info, save, notes)
     save(rows, partial=False)
     log.info("wrote %s", args.json)
     return 0

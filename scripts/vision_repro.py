@@ -29,10 +29,21 @@ import yaml
 
 STUDENTS = ["scratch", "kd", "at", "kd-at", "rkd", "vit-deit", "vit-deit-soft"]
 CONDENSE = {"methods": ["datadam", "dm", "random"], "ipc": [1, 10, 50]}
+CONDENSE_LONG = {"methods": ["datadam", "dm"], "ipc": [1], "iterations": 1000, "judge_steps": 300}
+"""A longer matching budget at 1 image per class (runs/condense-1000)."""
 JUDGE_SEEDS = ["0", "1", "2"]
 """Every condensed set (condensation seed 0) is judged by three fresh ConvNet-3s."""
 RUNS = Path("runs")
-PARTS = ["teacher", "students", "vit", "condense", "prune"]
+PARTS = ["teacher", "students", "vit", "condense", "prune", "at-select", "students-3000",
+         "condense-long"]  # fmt: skip
+LONG_STEPS = 3000
+"""The longer student budget (twice the recipes' 1500 steps): runs fmnist-<r>-3000-s<seed>."""
+AT_GRID = {"p300": ("at", 150.0, (0, 1, 2)), "g300": ("at_group", 150.0, (0, 1, 2)),
+           "p100": ("at", 50.0, (0, 1, 2))}  # fmt: skip
+"""AT settings compared on the validation split (seed 0, 3000 steps): maps of the pooled stage
+outputs ('at') or of each group's last conv block before its pooling ('at_group', the paper's
+placement), β = 300 or 100 (weight β/2 per stage), at the given stages. Runs
+fmnist-at-<label>-3000-s<seed>."""
 
 
 def _cli(args: list[str], log: Path) -> int:
@@ -59,10 +70,33 @@ def _prune_chain(logs: Path) -> None:
             _cli([*args, "--no-progress", "--overwrite"], logs / f"{name}.log")
 
 
+def _at_chosen() -> str | None:
+    """The AT_GRID setting with the best validation accuracy among its finished seed-0 runs (the
+    first on a tie; None before any finished): its seeds make the 3000-step AT row."""
+    best = None
+    for label in AT_GRID:
+        r = _read(RUNS / f"fmnist-at-{label}-{LONG_STEPS}-s0" / "results.json")
+        if r and (best is None or r["student"]["select_accuracy"] > best[1]):
+            best = (label, r["student"]["select_accuracy"])
+    return best[0] if best else None
+
+
+def _at_losses(label: str) -> str:
+    """The ``losses=`` override of one AT_GRID setting: CE + AT at its stages."""
+    term, weight, at = AT_GRID[label]
+    stages = ", ".join(f"{{name: {term}, weight: {weight}, teacher_layer: {i}, student_layer: {i}}}"
+                       for i in at)  # fmt: skip
+    return f"losses=[{{name: ce}}, {stages}]"
+
+
 def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
-        judge_steps: dict[int, int], parts: list[str]) -> None:  # fmt: skip
+        judge_steps: dict[int, int], parts: list[str], methods: list[str] | None = None,
+        condense_ipc: list[int] | None = None) -> None:  # fmt: skip
     """Teacher first, then ``parallel`` lanes take, in order: the students (seed by seed), the
-    pruning chain, the condensation cells (size by size)."""
+    AT selection and the 3000-step students, the pruning chain, the condensation cells (size by
+    size; ``methods``/``condense_ipc`` restrict them)."""
+    methods = methods or CONDENSE["methods"]
+    condense_ipc = condense_ipc or CONDENSE["ipc"]
     logs = RUNS / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     if "teacher" in parts and not _done("fmnist-teacher"):
@@ -75,10 +109,28 @@ def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
                 args = ["distill", f"recipes/fmnist-{s}.yaml", f"name={name}",
                         f"train.seed={seed}", "--no-progress", "--overwrite"]  # fmt: skip
                 jobs.append(lambda a=args, n=name: _cli(a, logs / f"{n}.log"))
+    long = [f"train.max_steps={LONG_STEPS}", f"train.eval_every={LONG_STEPS}",
+            f"train.save_every={LONG_STEPS}", "--no-progress", "--overwrite"]  # fmt: skip
+    for label in AT_GRID if "at-select" in parts else []:
+        name = f"fmnist-at-{label}-{LONG_STEPS}-s0"
+        if not _done(name):
+            args = ["distill", "recipes/fmnist-at.yaml", f"name={name}", "train.seed=0",
+                    _at_losses(label), *long]  # fmt: skip
+            jobs.append(lambda a=args, n=name: _cli(a, logs / f"{n}.log"))
+    chosen = _at_chosen()  # the AT selection runs first (run at-select, then students-3000)
+    for seed in seeds if "students-3000" in parts else []:
+        for r in ("scratch", "at", "kd-at") if chosen else ("scratch", "kd-at"):
+            label = f"at-{chosen}" if r == "at" else r
+            name = f"fmnist-{label}-{LONG_STEPS}-s{seed}"
+            if not _done(name):
+                extra = [_at_losses(chosen)] if r == "at" else []
+                args = ["distill", f"recipes/fmnist-{r}.yaml", f"name={name}",
+                        f"train.seed={seed}", *extra, *long]  # fmt: skip
+                jobs.append(lambda a=args, n=name: _cli(a, logs / f"{n}.log"))
     if "prune" in parts:
         jobs.append(lambda: _prune_chain(logs))
-    for ipc in CONDENSE["ipc"]:
-        for m in CONDENSE["methods"]:
+    for ipc in condense_ipc:
+        for m in methods:
             folder = RUNS / "condense" / f"condense-{m}-ipc{ipc}-s0"
             if "condense" in parts and not (folder / "results.json").is_file():
                 args = ["condense", "--method", m, "--ipc", str(ipc), "--seeds", "0",
@@ -86,6 +138,16 @@ def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
                         "--eval-steps", str(judge_steps[ipc]), "--judge-seeds", *JUDGE_SEEDS,
                         "--out", str(RUNS / "condense")]  # fmt: skip
                 log = logs / f"condense-{m}-{ipc}-0.log"
+                jobs.append(lambda a=args, f=log: _cli(a, f))
+    long_dir = RUNS / f"condense-{CONDENSE_LONG['iterations']}"
+    for ipc in CONDENSE_LONG["ipc"] if "condense-long" in parts else []:
+        for m in CONDENSE_LONG["methods"]:
+            if not (long_dir / f"condense-{m}-ipc{ipc}-s0" / "results.json").is_file():
+                args = ["condense", "--method", m, "--ipc", str(ipc), "--seeds", "0",
+                        "--iterations", str(CONDENSE_LONG["iterations"]), "--real-batch", "32",
+                        "--eval-steps", str(CONDENSE_LONG["judge_steps"]), "--judge-seeds",
+                        *JUDGE_SEEDS, "--out", str(long_dir)]  # fmt: skip
+                log = logs / f"condense-long-{m}-{ipc}-0.log"
                 jobs.append(lambda a=args, f=log: _cli(a, f))
     with ThreadPoolExecutor(parallel) as pool:
         list(pool.map(lambda job: job(), jobs))
@@ -123,61 +185,37 @@ def tables(out: Path) -> None:
             "val_accuracy": [teacher["student"].get("select_accuracy")],
             "steps": [teacher["train"]["steps"]],
             "train_seconds": [teacher["train"]["seconds_this_session"]],
+            "train_seconds_mean": teacher["train"]["seconds_this_session"],
             "train_wall_seconds_all_sessions": [_wall(RUNS / "fmnist-teacher")],
         }  # fmt: skip
     for s in STUDENTS:
-        pattern = re.compile(rf"fmnist-{re.escape(s)}-s(\d+)")  # not fmnist-vit-deit-soft-s0
-        matches = ((pattern.fullmatch(p.name), p) for p in RUNS.glob(f"fmnist-{s}-s*"))
-        folders = sorted((int(m.group(1)), p) for m, p in matches if m)
-        found = [(seed, _read(p / "results.json")) for seed, p in folders]
-        found = [(seed, r) for seed, r in found if r]
-        acc = [r["student"]["accuracy"] for _, r in found]
-        rows[s] = {
-            "recipe": f"recipes/fmnist-{s}.yaml", "seeds": [seed for seed, _ in found],
-            "accuracy": acc, **_stats(acc),
-            "val_accuracy": [r["student"].get("select_accuracy") for _, r in found],
-            "steps": [r["train"]["steps"] for _, r in found],
-            "params": found[0][1]["student"]["params"] if found else None,
-            "train_seconds": [r["train"]["seconds_this_session"] for _, r in found],
-            "train_wall_seconds_all_sessions": [_wall(p) for _, p in folders if _read(
-                p / "results.json")],
-        }  # fmt: skip
-    for row in rows.values():
-        secs = [x for x in row["train_seconds"] if x is not None]
-        row["train_seconds_mean"] = statistics.fmean(secs) if secs else None
+        rows[s] = _seed_rows(f"fmnist-{s}", f"recipes/fmnist-{s}.yaml")
+    _long_tables(out)
     _write(out / "vision_fmnist.json", {
         "what": "Fashion-MNIST test accuracy (10k), mean/std over seeds; only runs that finished",
         "command": "python scripts/vision_repro.py run && python scripts/vision_repro.py tables",
         "wall_time": "train_seconds: each run's training wall time on the shared 2-core machine, "
                      "one thread per run, under load from other agents' jobs",
-        "under_load": True, "rows": rows, "at_weight_selection": _at_selection(),
+        "under_load": True, "rows": _carry(out / "vision_fmnist.json", "rows", rows),
+        "at_weight_selection": _at_selection() or (_read(out / "vision_fmnist.json") or {}).get(
+            "at_weight_selection", {}),  # the runs of an earlier session: as committed
     })  # fmt: skip
-    cells = {}
-    for m in CONDENSE["methods"]:
-        for ipc in CONDENSE["ipc"]:
-            r = _read(RUNS / "condense" / f"condense-{m}-ipc{ipc}-s0" / "results.json")
-            if not r or "test_accuracies" not in r:
-                cells[f"{m}/ipc{ipc}"] = {"n": 0, "mean": None, "std": None}  # missing
-                continue
-            acc = r["test_accuracies"]
-            _copy_png(RUNS / "condense" / f"condense-{m}-ipc{ipc}-s0" / "images.png",
-                      out / "vision_condense_png" / f"{m}-ipc{ipc}-s0.png")  # fmt: skip
-            cells[f"{m}/ipc{ipc}"] = {
-                "accuracy": acc, **_stats(acc), "judge_seeds": r["judge_seeds"],
-                "judge_net": r["judge_net"], "judge_steps": r["eval_steps"],
-                "condense_seed": r["config"]["seed"], "iterations": r["config"]["iterations"],
-                "real_batch": r["config"]["real_batch"], "augment": r["config"]["augment"],
-                "condense_seconds": r["condense_seconds"], "judge_seconds": r["judge_seconds"],
-                "loss_first": r["loss_first"], "loss_last": r["loss_last"],
-                "pixel_range": r["pixel_range"],
-                "mean_abs_pixel_change_from_start": _moved(m, ipc, 0),
-            }  # fmt: skip
+    cells = _condense_cells(RUNS / "condense", CONDENSE["methods"], CONDENSE["ipc"], out, "")
+    long_dir = RUNS / f"condense-{CONDENSE_LONG['iterations']}"
+    cells_long = _condense_cells(long_dir, CONDENSE_LONG["methods"], CONDENSE_LONG["ipc"], out,
+                                 f"-{CONDENSE_LONG['iterations']}it")  # fmt: skip
     _write(out / "vision_condense.json", {
         "what": "Fashion-MNIST test accuracy (10k) of fresh ConvNet-3 judges (cnn:condense) "
                 "trained only on N images/class; mean/std over the judge seeds of one set",
         "command": "python scripts/vision_repro.py run --parts condense && "
                    "python scripts/vision_repro.py tables",
-        "under_load": True, "cells": cells,
+        "under_load": True, "cells": _carry(out / "vision_condense.json", "cells", cells),
+        f"cells_{CONDENSE_LONG['iterations']}_iterations": cells_long,
+        "cells_datadam_v1": (_read(out / "vision_condense.json") or {}).get(
+            "cells_datadam_v1", {}),  # the first DataDAM (attention ~1% of the gradient), as kept
+        f"command_{CONDENSE_LONG['iterations']}_iterations":
+            "python scripts/vision_repro.py run --parts condense-long --parallel 1 && "
+            "python scripts/vision_repro.py tables",
     })  # fmt: skip
     prune = {}
     for name in ("fmnist-teacher", "fmnist-prune-none", "fmnist-prune-ce", "fmnist-prune-at"):
@@ -188,7 +226,67 @@ def tables(out: Path) -> None:
     _write(out / "vision_prune.json", {
         "what": "unpruned teacher vs 50% channel-pruned (BN scale): no recovery, CE, CE+AT",
         "command": "python scripts/vision_repro.py run && python scripts/vision_repro.py tables",
-        "under_load": True, "rows": prune,
+        "under_load": True, "rows": _carry(out / "vision_prune.json", "rows", prune),
+    })  # fmt: skip
+
+
+def _seed_rows(prefix: str, recipe: str) -> dict:
+    """One row from the finished runs <prefix>-s<seed> (not fmnist-vit-deit-soft-s0 for
+    fmnist-vit-deit): test accuracies, their mean/std, validation accuracies, wall times."""
+    pattern = re.compile(rf"{re.escape(prefix)}-s(\d+)")
+    matches = ((pattern.fullmatch(p.name), p) for p in RUNS.glob(f"{prefix}-s*"))
+    folders = sorted((int(m.group(1)), p) for m, p in matches if m)
+    found = [(seed, p, _read(p / "results.json")) for seed, p in folders]
+    found = [(seed, p, r) for seed, p, r in found if r]
+    acc = [r["student"]["accuracy"] for _, _, r in found]
+    secs = [r["train"]["seconds_this_session"] for _, _, r in found]
+    return {
+        "recipe": recipe, "runs": [p.name for _, p, _ in found],
+        "seeds": [seed for seed, _, _ in found], "accuracy": acc, **_stats(acc),
+        "val_accuracy": [r["student"].get("select_accuracy") for _, _, r in found],
+        "steps": [r["train"]["steps"] for _, _, r in found],
+        "params": found[0][2]["student"]["params"] if found else None,
+        "train_seconds": secs,
+        "train_seconds_mean": statistics.fmean(secs) if secs else None,
+        "train_wall_seconds_all_sessions": [_wall(p) for _, p, _ in found],
+    }  # fmt: skip
+
+
+def _long_tables(out: Path) -> None:
+    """vision_fmnist_3000.json: the 3000-step students (3 seeds) and the AT selection (seed 0,
+    validation accuracy only; the test figures of the candidates are not used)."""
+    n, chosen = LONG_STEPS, _at_chosen()
+    rows = {
+        "scratch": _seed_rows(f"fmnist-scratch-{n}", "recipes/fmnist-scratch.yaml"),
+        "kd-at": _seed_rows(f"fmnist-kd-at-{n}", "recipes/fmnist-kd-at.yaml"),
+    }
+    for label in AT_GRID:  # every AT setting: seed 0 (the selection), seeds 1-2 when chosen
+        rows[f"at-{label}"] = _seed_rows(f"fmnist-at-{label}-{n}",
+                                         f"recipes/fmnist-at.yaml + {_at_losses(label)}")
+    selection = {}
+    for label, (term, weight, at) in AT_GRID.items():
+        r = _read(RUNS / f"fmnist-at-{label}-{n}-s0" / "results.json")
+        selection[label] = {
+            "term": term, "beta": 2 * weight, "weight_per_stage": weight, "stages": list(at),
+            "val_accuracy": r["student"].get("select_accuracy") if r else None,
+            "override": _at_losses(label),
+        }  # fmt: skip
+    loop = " ".join(f"train.{k}={n}" for k in ("max_steps", "eval_every", "save_every"))
+    _write(out / "vision_fmnist_3000.json", {
+        "what": f"Fashion-MNIST test accuracy (10k) of cnn:small students at {n} steps (twice the "
+                "recipes' 1500), teacher cnn:large (runs/fmnist-teacher); mean/sample std over "
+                "seeds; rows at-<label> are the AT settings of at_selection (seed 0 chose on "
+                "validation; the chosen one, at_chosen, has 3 seeds; at-p300 is the previous "
+                "recipe)",
+        "command": f"python scripts/vision_repro.py run --parts at-select students-3000 "
+                   f"--parallel 1 && python scripts/vision_repro.py tables (each run: attnkd "
+                   f"distill recipes/fmnist-<r>.yaml name=fmnist-<r>-{n}-s<seed> "
+                   f"train.seed=<seed> {loop} [losses=<override>] --no-progress --overwrite)",
+        "under_load": "one thread per run; scratch/kd-at/at-p300 two side by side on a nearly "
+                      "quiet machine (earlier session); the at_group runs one at a time while "
+                      "other agents' jobs shared the 2 cores",
+        "rows": rows, "at_chosen": chosen,
+        "at_selection": selection,
     })  # fmt: skip
 
 
@@ -204,6 +302,38 @@ def _at_selection() -> dict:
             found[p.name] = {"at_weights": weights,
                              "val_accuracy": r["student"].get("select_accuracy")}  # fmt: skip
     return found
+
+
+def _condense_cells(base: Path, methods: list[str], sizes: list[int], out: Path,
+                    png_suffix: str) -> dict:  # fmt: skip
+    """One cell per method and size from base/condense-<m>-ipc<n>-s0/results.json (n = 0 where
+    missing); each set's image grid is copied to results/vision_condense_png/."""
+    cells = {}
+    for m in methods:
+        for ipc in sizes:
+            folder = base / f"condense-{m}-ipc{ipc}-s0"
+            r = _read(folder / "results.json")
+            if not r or "test_accuracies" not in r:
+                cells[f"{m}/ipc{ipc}"] = {"n": 0, "mean": None, "std": None}  # missing
+                continue
+            acc = r["test_accuracies"]
+            _copy_png(folder / "images.png",
+                      out / "vision_condense_png" / f"{m}-ipc{ipc}-s0{png_suffix}.png")  # fmt: skip
+            moved = _moved(m, ipc, 0) if base == RUNS / "condense" else None
+            cells[f"{m}/ipc{ipc}"] = {
+                "accuracy": acc, **_stats(acc), "judge_seeds": r["judge_seeds"],
+                "judge_net": r["judge_net"], "judge_steps": r["eval_steps"],
+                "condense_seed": r["config"]["seed"], "iterations": r["config"]["iterations"],
+                "real_batch": r["config"]["real_batch"], "augment": r["config"]["augment"],
+                "attention_weight": r["config"].get("attention_weight"),
+                "power": r["config"].get("power"),
+                "condense_seconds": r["condense_seconds"], "judge_seconds": r["judge_seconds"],
+                "loss_first": r["loss_first"], "loss_last": r["loss_last"],
+                "pixel_range": r["pixel_range"],
+                "mean_abs_pixel_change_from_start": moved if moved is not None
+                else r.get("mean_abs_change_from_start"),
+            }  # fmt: skip
+    return cells
 
 
 def _moved(method: str, ipc: int, seed: int) -> float | None:
@@ -228,6 +358,18 @@ def _copy_png(src: Path, dst: Path) -> None:
         tmp.replace(dst)
 
 
+def _carry(path: Path, section: str, new: dict) -> dict:
+    """``new`` with every entry this checkout has no finished run for (missing, or n = 0) taken
+    from the committed ``path`` instead, marked ``carried_from_earlier_session`` (the runs of an
+    earlier session are not always copied along; their figures stay as they were measured)."""
+    old = (_read(path) or {}).get(section, {})
+    merged = dict(new)
+    for key, entry in old.items():
+        if (key not in new or not new[key].get("n", 1)) and entry.get("n", 1):
+            merged[key] = {**entry, "carried_from_earlier_session": True}
+    return merged
+
+
 def _write(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -246,13 +388,17 @@ def main() -> None:
     r.add_argument("--judge-steps", type=int, nargs=3, default=[300, 300, 100],
                    metavar=("IPC1", "IPC10", "IPC50"), help="judge training steps per size")
     r.add_argument("--parts", nargs="+", default=PARTS, choices=PARTS)
+    r.add_argument("--methods", nargs="+", default=None, choices=CONDENSE["methods"],
+                   help="condense: only these methods")
+    r.add_argument("--ipc", type=int, nargs="+", default=None, choices=CONDENSE["ipc"],
+                   help="condense: only these sizes")
     t = sub.add_parser("tables")
     t.add_argument("--out", default="results")
     a = p.parse_args()
     if a.cmd == "run":
         sizes = CONDENSE["ipc"]
         run(a.seeds, a.parallel, dict(zip(sizes, a.condense_iterations)),
-            dict(zip(sizes, a.judge_steps)), a.parts)  # fmt: skip
+            dict(zip(sizes, a.judge_steps)), a.parts, a.methods, a.ipc)  # fmt: skip
     else:
         tables(Path(a.out))
 

@@ -168,7 +168,7 @@ def _eval_decoder(args) -> int:
 
         settings = SpecSettings(
             gamma=args.gamma, temperature=args.temperature, prompts=args.prompts,
-            new_tokens=args.new_tokens, shortlist=args.shortlist,
+            new_tokens=args.new_tokens, shortlist=args.shortlist, packed=args.packed,
         )  # fmt: skip
         if args.text:
             settings.text = args.text[0]
@@ -195,6 +195,8 @@ def _add_decoder_eval_args(e: argparse.ArgumentParser) -> None:
                    help="draft tokens per block (default 4; 0: chosen from α and c)")
     g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy only (default 1)")
     g.add_argument("--shortlist", type=int, default=0, help="draft output on N frequent tokens")
+    g.add_argument("--packed", action="store_true",
+                   help="oneDNN pre-packed linear layers in teacher and draft (CPU decoding)")
     g.add_argument("--prompts", type=int, default=4, help="held-out prompts (default 4)")
     g.add_argument("--new-tokens", type=int, default=64, help="tokens per prompt (default 64)")
     g.add_argument("--protocol", default=None, help="perplexity protocol: windows:W:stride=S")
@@ -338,7 +340,8 @@ def cmd_condense(args) -> int:
     for ipc in args.ipc:
         for seed in args.seeds:
             cfg = CondenseConfig(args.method, ipc, args.iterations, args.lr, args.real_batch,
-                                 seed=seed, augment=not args.no_augment)  # fmt: skip
+                                 seed=seed, augment=not args.no_augment,
+                                 attention_weight=args.attention_weight)  # fmt: skip
             r = run_condense(cfg, args.out, args.image_dir, args.eval_steps, args.judge_seeds)
             print(f"{args.method} ipc={ipc} seed={seed}: test accuracy "
                   f"{100 * r['test_accuracy']:.2f}% ({r['total_seconds']:.0f}s)")  # fmt: skip
@@ -451,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--iterations", type=int, default=200, help="matching iterations")
     k.add_argument("--lr", type=float, default=1.0, help="step size on synthetic pixels")
     k.add_argument("--real-batch", type=int, default=128, help="real images per class and step")
+    k.add_argument("--attention-weight", type=float, default=100.0,
+                   help="datadam: weight of attention matching against the embedding MMD's 1")
     k.add_argument("--seeds", type=int, nargs="+", default=[0])
     k.add_argument("--eval-steps", type=int, default=300, help="steps training the judge network")
     k.add_argument("--judge-seeds", type=int, nargs="+", default=None,

@@ -107,6 +107,20 @@ def test_cli_speculative_writes_json(teacher_dir, text_file, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == res
 
 
+def test_cli_speculative_packed_keeps_greedy_equality(teacher_dir, text_file, tmp_path):
+    from attnkd.eval.cpu_linear import packing_available
+
+    if not packing_available():
+        pytest.skip("no oneDNN in this build")
+    out = tmp_path / "spec.json"
+    argv = ["eval", str(teacher_dir), "--speculative", "--draft", "self:1", "--gamma", "2"]
+    argv += ["--prompts", "2", "--new-tokens", "10", "--text", f"file:{text_file}"]
+    argv += ["--shortlist", "10", "--packed", "--json", str(out)]
+    assert main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["settings"]["packed"] is True and res["greedy_equal"] is True
+
+
 def test_cli_protocol_perplexity(teacher_dir, text_file, tmp_path):
     out = tmp_path / "ppl.json"
     argv = ["eval", str(teacher_dir), "--protocol", "windows:32:stride=16"]

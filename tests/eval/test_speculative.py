@@ -305,6 +305,18 @@ def test_choose_gamma_maximises_the_modelled_speedup():
     assert choose_gamma(0.95, 0.01, max_gamma=10) > choose_gamma(0.5, 0.3, max_gamma=10)
 
 
+def test_monotone_verify_ratios_floor_at_one_and_never_decrease():
+    from attnkd.eval.spec_cost import monotone_verify_ratios
+
+    assert monotone_verify_ratios({1: 1.1, 2: 1.2, 3: 1.4}) == {1: 1.1, 2: 1.2, 3: 1.4}
+    got = monotone_verify_ratios({1: 1.2, 2: 0.9, 3: 0.95, 4: 1.3})
+    # 0.9 and 0.95 floor to 1.0; then 1.2 > 1.0 pools with both: (1.2 + 1 + 1) / 3.
+    assert got[1] == got[2] == got[3] == pytest.approx(3.2 / 3) and got[4] == 1.3
+    vals = list(monotone_verify_ratios({1: 2.0, 2: 1.5, 3: 1.7, 5: 1.1}).values())
+    assert vals == sorted(vals) and min(vals) >= 1.0
+    assert sum(vals) == pytest.approx(2.0 + 1.5 + 1.7 + 1.1)  # pooling keeps the total
+
+
 def test_teacher_forced_acceptance_against_a_naive_loop():
     teacher, draft = llama(0), llama(1, layers=1)
     blocks = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(0))

@@ -66,6 +66,34 @@ def test_datadam_loss_is_dm_plus_attention_and_zero_for_the_same_batch():
     assert matching_loss(net, x, x, "datadam").item() < 1e-10
 
 
+def test_datadam_attention_term_matches_naive_pre_pooling_maps():
+    """datadam − dm = attention_weight · Σ_stages ‖mean Q_real − mean Q_syn‖² of the ReLU outputs
+    before each stage's pooling, with Q = Σ_c |F_c|^p flattened and L2-normalised per image."""
+    torch.manual_seed(1)
+    net = build_model("cnn:condense-micro").requires_grad_(False)
+    x, y = torch.randn(5, 1, 28, 28), torch.randn(2, 1, 28, 28)
+
+    def pre_pool(z):
+        maps = []
+        for stage in net.stages:
+            z = stage[0](z)  # conv-norm-ReLU
+            maps.append(z)
+            z = stage[1](z)  # 2x2 average pooling
+        return maps
+
+    for power, weight in ((1.0, 100.0), (4.0, 3.0)):
+        expected = 0.0
+        for fr, fs in zip(pre_pool(x), pre_pool(y), strict=True):
+            qr = [fr[b].abs().pow(power).sum(0).flatten() for b in range(len(fr))]
+            qs = [fs[b].abs().pow(power).sum(0).flatten() for b in range(len(fs))]
+            er = sum(q / q.norm() for q in qr) / len(qr)
+            es = sum(q / q.norm() for q in qs) / len(qs)
+            expected += float(((er - es) ** 2).sum())
+        dam = matching_loss(net, x, y, "datadam", power, 1.0, weight)
+        dm = matching_loss(net, x, y, "dm", power, 1.0, weight)
+        assert float(dam - dm) == pytest.approx(weight * expected, rel=1e-4)
+
+
 def test_condense_command_writes_grid_and_results(tmp_path, data):
     rc = main(["condense", "--method", "dm", "--ipc", "1", "--iterations", "2", "--real-batch",
                "4", "--eval-steps", "2", "--image-dir", str(tmp_path / "d"),

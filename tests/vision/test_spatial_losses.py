@@ -6,7 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from attnkd.capture.images import FeatureCapture
+from attnkd.config.schema import LossTermConfig
 from attnkd.losses import spatial
+from attnkd.losses.terms import build_terms
+from attnkd.models.adapters import geometry
+from attnkd.vision.models import build_model
 
 torch.manual_seed(0)
 
@@ -147,3 +152,19 @@ def test_deit_losses():
     assert spatial.deit_distillation(zd, zt, hard=False, temperature=t).item() == pytest.approx(
         ref.item(), rel=1e-5)  # fmt: skip
     assert abs(spatial.deit_distillation(zt, zt, hard=False).item()) < 1e-6
+
+
+def test_at_group_term_reads_the_maps_before_pooling():
+    torch.manual_seed(0)
+    t, s = build_model("cnn:large"), build_model("cnn:small")
+    x = torch.randn(4, 1, 28, 28)
+    cfg = [LossTermConfig(name="at_group", teacher_layer=0, student_layer=0)]
+    (term,) = build_terms(cfg, geometry(t.config), geometry(s.config))
+    t_taps, s_taps = term.taps()
+    with FeatureCapture(t, t_taps) as tc, FeatureCapture(s, s_taps) as sc:
+        t(x), s(x)
+    got = term(tc.taps, sc.taps, torch.zeros(4, dtype=torch.long))["at"]
+    ft = t.stages[0][1](t.stages[0][0](x))  # teacher: two conv blocks, then pooling
+    fs = s.stages[0][0](x)  # student: one conv block
+    assert ft.shape[-1] == fs.shape[-1] == 28
+    assert torch.allclose(got, spatial.at_loss(fs, ft))

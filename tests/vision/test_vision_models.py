@@ -92,3 +92,21 @@ def test_prune_keeps_the_most_important_channels():
     x = torch.randn(2, 1, 28, 28)
     same.eval()
     assert torch.allclose(same(x), m(x), atol=1e-6)
+
+
+def test_group_tap_is_the_last_conv_block_before_pooling():
+    for name, convs in (("cnn:large", [2, 2, 2]), ("cnn:small", [1, 1, 2])):
+        m = build_model(name)
+        x = torch.randn(2, 1, 28, 28)
+        taps = [VisionTap(k, i) for k in ("group", "fmap") for i in range(3)]
+        with FeatureCapture(m, taps) as cap:
+            m(x)
+        h = x
+        for i, stage in enumerate(m.stages):  # naive: run the blocks one by one
+            for j, block in enumerate(stage):
+                h = block(h)
+                if j == convs[i] - 1:
+                    assert torch.equal(cap.taps.get("group", i), h)
+            assert torch.equal(cap.taps.get("fmap", i), h)
+        assert [cap.taps.get("group", i).shape[-1] for i in range(3)] == [28, 14, 7]
+        assert [cap.taps.get("fmap", i).shape[-1] for i in range(3)] == [14, 7, 7]

@@ -2,7 +2,8 @@
 
 The same scoped-forward-hook mechanism as :mod:`attnkd.capture.hooks`, keyed by the paths each
 image model declares (``model.tap_path(kind, layer)``) instead of a transformer family adapter.
-Kinds: ``fmap`` (a CNN stage's or ViT block's output: (B, C, H, W) or (B, N, D)), ``embedding``
+Kinds: ``fmap`` (a CNN stage's or ViT block's output: (B, C, H, W) or (B, N, D)), ``group``
+(a CNN stage's last conv-norm-ReLU output, before the stage's pooling), ``embedding``
 (the input of the classifier head, (B, D)), ``logits`` (B, classes), ``dist_logits`` (the ViT
 distillation head), ``q``/``k``/``v`` (ViT projections, (B, N, D)). Hooks are removed when the
 ``with`` block exits.
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from attnkd.models.adapters import resolve_layer
 
-VISION_KINDS = ("fmap", "embedding", "logits", "dist_logits", "q", "k", "v")
+VISION_KINDS = ("fmap", "group", "embedding", "logits", "dist_logits", "q", "k", "v")
 
 
 @dataclass(frozen=True)

@@ -107,9 +107,14 @@ class ShortlistHead(nn.Module):
         self.register_buffer("weight", head.weight.detach()[ids].clone())
         bias = getattr(head, "bias", None)
         self.register_buffer("bias", None if bias is None else bias.detach()[ids].clone())
+        self.packed: nn.Module | None = None
+        """Set by :func:`attnkd.eval.cpu_linear.pack_linears`: the same rows, pre-packed."""
 
     def forward(self, hidden: Tensor) -> Tensor:
-        short = nn.functional.linear(hidden, self.weight, self.bias)
+        if self.packed is not None:
+            short = self.packed(hidden)
+        else:
+            short = nn.functional.linear(hidden, self.weight, self.bias)
         out = short.new_full((*short.shape[:-1], self.vocab_size), float("-inf"))
         return out.index_copy_(-1, self.token_ids, short)
 

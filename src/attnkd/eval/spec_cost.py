@@ -51,6 +51,24 @@ def break_even_alpha(gamma: int, c: float, v: float = 1.0) -> float:
     return hi
 
 
+def monotone_verify_ratios(v: Mapping[int, float]) -> dict[int, float]:
+    """Measured verification ratios γ -> v(γ) made physically consistent: at least 1 (a call
+    scoring γ + 1 tokens costs no less than a 1-token step) and non-decreasing in γ (the
+    least-squares non-decreasing fit, pool-adjacent-violators). Timing noise can break both on a
+    busy machine, and :func:`choose_gamma` would then chase the noise."""
+    gammas = sorted(v)
+    blocks: list[list[float]] = []  # [mean, weight] of pooled runs
+    for g in gammas:
+        blocks.append([max(float(v[g]), 1.0), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, w2), (m1, w1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2])
+    out: list[float] = []
+    for mean, weight in blocks:
+        out += [mean] * int(weight)
+    return dict(zip(gammas, out, strict=True))
+
+
 def choose_gamma(
     alpha: float, c: float, v: float | Mapping[int, float] = 1.0, max_gamma: int = 8
 ) -> int:
@@ -166,7 +184,7 @@ def _step_time(model: nn.Module, prefix: list[int], new: list[int], repeats: int
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        lm.logits(prefix + new)
+        lm.logits(prefix + new, keep=len(new))  # as verification: every new row's logits
         times.append(time.perf_counter() - t0)
         lm.rollback(len(prefix))
     return statistics.median(times)

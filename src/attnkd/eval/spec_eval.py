@@ -49,6 +49,9 @@ class SpecSettings:
     seed: int = 0
     cost_repeats: int = 5
     """Timed calls per step-cost measurement (median of 3 interleaved rounds of medians)."""
+    packed: bool = False
+    """Pre-pack every linear layer of the teacher and the draft with oneDNN
+    (:mod:`attnkd.eval.cpu_linear`; CPU, float32) before anything is timed."""
 
 
 def _check(s: SpecSettings) -> None:
@@ -86,6 +89,11 @@ def pooled_results(results: list[DecodeResult]) -> dict:
     proposed = sum(r.proposed for r in results)
     out = {"tokens": tokens, "seconds": seconds, "teacher_calls": calls}
     out["tokens_per_s"] = tokens / seconds if seconds else math.nan
+    # After the teacher's first call (the prompt's prefill): its tokens and time left out.
+    decode = sum(r.decode_seconds for r in results)
+    later = tokens - sum(min(r.blocks[0], r.tokens) for r in results if r.blocks)
+    out["prefill_seconds"] = seconds - decode
+    out["decode_tokens_per_s"] = later / decode if decode > 0 else math.nan
     if proposed:
         out["alpha"] = sum(r.accepted for r in results) / proposed
         out["alpha_expected"] = sum(r.expected_accept for r in results) / proposed
@@ -194,6 +202,11 @@ def evaluate_speculative(
         eos = [t.tokenizer.eos_token_id] if t.tokenizer.eos_token_id is not None else []
         vocab = int(t.model.config.vocab_size)
         d = with_shortlist(d, token_shortlist(train, s.shortlist, vocab, always=eos))
+    if s.packed:  # the draft first: a self-draft's layers are the teacher's own modules
+        from attnkd.eval.cpu_linear import pack_linears
+
+        pack_linears(d)
+        pack_linears(t.model)
     prompts = spaced_prompts(held, s.prompts, s.prompt_tokens)
     out = {"teacher": teacher, "draft": draft_name, "shortlist": s.shortlist}
     out["settings"] = {k: getattr(s, k) for k in s.__dataclass_fields__}

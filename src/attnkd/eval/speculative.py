@@ -46,6 +46,9 @@ class DecodeResult:
     the accepted indicator (greedy): the expected count of ``accepted``, a lower-variance α."""
     blocks: list[int] = field(default_factory=list)
     """Tokens produced by each teacher call."""
+    prefill_seconds: float = 0.0
+    """Wall time until the teacher's first call returned (the prompt's prefill; in speculative
+    decoding it also holds the first block's drafting and verification)."""
 
     @property
     def tokens(self) -> int:
@@ -64,6 +67,11 @@ class DecodeResult:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else math.nan
+
+    @property
+    def decode_seconds(self) -> float:
+        """Wall time after the teacher's first call (the prompt's prefill)."""
+        return self.seconds - self.prefill_seconds
 
 
 class CachedLM:
@@ -193,8 +201,10 @@ def teacher_decode(
     lm = CachedLM(teacher)
     seq = list(prompt)
     out: list[int] = []
+    prefill = 0.0
     while not _stop(out, max_new_tokens, eos_token_id):
         logits = lm.logits(seq)[-1]
+        prefill = prefill or time.perf_counter() - t0
         if temperature == 0:
             x = int(logits.argmax())
         else:
@@ -202,7 +212,7 @@ def teacher_decode(
         seq.append(x)
         out.append(x)
     seconds = time.perf_counter() - t0
-    return DecodeResult(out, lm.calls, seconds, blocks=[1] * lm.calls)
+    return DecodeResult(out, lm.calls, seconds, blocks=[1] * lm.calls, prefill_seconds=prefill)
 
 
 def speculative_decode(
@@ -246,6 +256,7 @@ def speculative_decode(
                 break
         g = len(drafted)
         logits = t.logits(seq + drafted, keep=g + 1)
+        res.prefill_seconds = res.prefill_seconds or time.perf_counter() - t0
         if g and logits.shape[-1] != width:
             raise AttnkdError(
                 f"the draft's logits have {width} entries, the teacher's {logits.shape[-1]}: "

@@ -130,7 +130,10 @@ class ImageCNN(nn.Module):
         self.head = nn.Linear(cin * size * size if flatten else cin, config.num_classes)
 
     def tap_path(self, kind: str, layer: int = 0) -> str:
-        """Module path of a tap: 'fmap' stage output, 'embedding' head input, 'logits'."""
+        """Module path of a tap: 'fmap' stage output, 'group' the stage's last conv-norm-ReLU
+        (the end of the group, before its pooling), 'embedding' head input, 'logits'."""
+        if kind == "group":
+            return f"stages.{layer}.{self.config.convs[layer] - 1}"
         return {"fmap": f"stages.{layer}", "embedding": "head", "logits": "head"}[kind]
 
     def forward(self, pixel_values: Tensor, **_: object) -> Tensor:

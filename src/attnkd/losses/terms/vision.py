@@ -64,6 +64,18 @@ class AttentionTransferPaperTerm(AttentionTransferTerm):
     mode = "paper"
 
 
+@register("at_group", "attention transfer at the end of each CNN group, before its pooling")
+class AttentionTransferGroupTerm(AttentionTransferTerm):
+    """AT on the stage's last conv-norm-ReLU output (the paper's placement: the end of a group
+    of blocks, at the group's full resolution) instead of the pooled stage output."""
+
+    teacher_kinds = student_kinds = ("group",)
+
+    def forward(self, t, s, labels):
+        fs, ft = s.get("group", self.s_layer), t.get("group", self.t_layer)
+        return {"at": spatial.at_loss(fs, ft, mode=self.mode)}
+
+
 @register("channel_at", "ECA-style channel attention (GAP per channel, L2-normalised) matching")
 class ChannelAttentionTerm(VisionTerm):
     """When widths differ, the teacher's descriptor is averaged over equal channel groups down to
