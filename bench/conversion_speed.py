@@ -1,27 +1,35 @@
 """Teacher (SDPA softmax attention) vs converted attention, side by side in one run.
 
-Decoder (SmolLM2-135M-Instruct, all 30 layers converted to hybrid window + linear):
-- ``forward``: one forward of the transformer body (no LM head, which is the same for both and
-  would dominate memory) at each ``--sizes`` length, batch 1: peak extra resident memory of a
-  first call without cache, then ``--repeats`` timed calls (median), the last one building the
-  decoding cache of that prompt;
-- ``decode``: from that cache, ``--steps`` greedy tokens one at a time: tokens/s, and the
-  cache's bytes after the prompt (teacher: its DynamicCache keys/values; converted: window
-  buffers + linear states).
+Decoder (SmolLM2-135M-Instruct, all 30 layers converted to hybrid window + linear;
+``--window 128 --terrace --sinks 4`` for the window and sinks of ``smollm2-hybrid.yaml``):
+- ``forward``: one whole-model forward (embeddings, 30 layers, final norm, LM head) at each
+  ``--sizes`` length, batch 1, prefill-style: logits of the last position only
+  (``logits_to_keep=1``, both sides; the other positions' logits are not needed to decode). The
+  first call also gives the peak extra resident memory; ``--repeats`` calls in all, alternating
+  teacher / converted (median time); the last builds the decoding cache of that prompt;
+- ``decode``: from that cache, ``--steps`` greedy tokens one at a time through the whole model:
+  tokens/s, and the cache's bytes after the prompt (teacher: its DynamicCache keys/values;
+  converted: window buffers + linear states).
+``summary`` in the JSON: forward and decoding speed-ups at the longest context, the cache ratio
+there, and the spread of the converted model's decoding tokens/s over all contexts (max / min
+- 1, and each context against the shortest).
 Encoder (all-MiniLM-L6-v2, linear and hybrid): its six attention modules alone and the whole
-model, batch ``--batch`` x 512.
+model, batch ``--batch`` x 512. ``--per-layer``: one SmolLM2 decoder layer instead of the whole
+model (see :func:`bench_layer`).
 
 Measurements alternate teacher / converted case by case, so load from other processes falls on
 both. Each time is taken twice: wall clock and this process's CPU time (``time.process_time``,
 all threads), whose ratio is the steadier one on a machine shared with other jobs. The feature
 maps are untrained (speed does not depend on their values). The load average before and after
 is stored in ``meta``.
-``--json PATH`` writes ``{"meta": ..., "records": [{"model", "kind", "context", "speedup",
-"cpu_speedup", "memory_ratio", ...}]}``: speedup = teacher time / converted time (decode:
-converted tokens/s / teacher tokens/s), memory_ratio = converted / teacher (forward: peak extra
-memory; decode: cache bytes).
+``--json PATH`` writes ``{"meta": ..., "summary": ..., "records": [{"model", "kind", "context",
+"speedup", "cpu_speedup", "memory_ratio", ...}]}``: speedup = teacher time / converted time
+(decode: converted tokens/s / teacher tokens/s), memory_ratio = converted / teacher (forward:
+peak extra memory; decode: cache bytes).
 
-    python bench/conversion_speed.py --threads 2 --json results/conversion_speed.json
+    python bench/conversion_speed.py --skip-encoder --window 128 --terrace --sinks 4 \
+        --kinds hybrid,window --threads 1 --repeats 1 --steps 32 \
+        --json results/conversion_speed_smollm2.json
 """
 
 from __future__ import annotations
@@ -48,24 +56,20 @@ DECODER = "HuggingFaceTB/SmolLM2-135M-Instruct"
 ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def _exact_rss() -> None:
-    """Make resident memory follow tensor allocations: a fixed mmap threshold (glibc raises it
-    after frees, after which big tensors come from the heap and stay resident when freed) and
-    a trim of freed heap memory, so a peak reading is this call's own."""
+def _settle_heap() -> None:
+    """The same allocator state before every measured call: glibc's malloc with the mmap
+    threshold at its ceiling (32 MiB, where glibc's own adaptive threshold ends up after the
+    first large frees; a low fixed threshold makes every mid-sized tensor a fresh mmap and
+    page-faults the many temporaries of the converted layers) and freed heap memory returned
+    to the system, so that a peak reading (VmHWM) is this call's own: its live tensors plus
+    the heap it had to grow."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
-    libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 64 * 1024 * 1024)  # M_TRIM_THRESHOLD
     libc.malloc_trim(0)
-
-
-def _peak(fn) -> int:
-    """Peak extra resident bytes of one call of ``fn``."""
-    _exact_rss()
-    base = reset_peak()
-    fn()
-    return max(0, status_kb("VmHWM") - base) * 1024
 
 
 class _Timer:
@@ -80,21 +84,33 @@ class _Timer:
         self.cpu = time.process_time() - self.cpu
 
 
-def _pair(teacher_fn, converted_fn, repeats: int) -> dict:
-    """One untimed call each that measures its peak memory, then ``repeats`` timed calls each,
-    alternating (load falls on both): medians of wall and CPU seconds, peak bytes and the
-    result of each side's last call."""
-    out = {"t_mem": _peak(lambda: teacher_fn(False)), "c_mem": _peak(lambda: converted_fn(False))}
-    times: dict[str, list[tuple[float, float]]] = {"t": [], "c": []}
-    for r in range(repeats):
-        for key, fn in (("t", teacher_fn), ("c", converted_fn)):
+def _timed(fns: dict, repeats: int) -> dict[str, dict]:
+    """``repeats`` timed calls of each function, alternating (load falls on all), the first of
+    which also measures its peak memory (read outside the timed block): per key the medians of
+    wall and CPU seconds (``s``, ``cpu_s``), the peak bytes (``mem``) and the result of its last
+    call (``last``). Each function takes ``keep`` (True on the last call)."""
+    out: dict[str, dict] = {key: {"times": []} for key in fns}
+    for r in range(max(1, repeats)):
+        for key, fn in fns.items():
+            if r == 0:
+                _settle_heap()
+                base = reset_peak()
             with _Timer() as t:
-                out[key + "_last"] = fn(r == repeats - 1)
-            times[key].append((t.wall, t.cpu))
-    for key in ("t", "c"):
-        out[key + "_s"] = statistics.median(w for w, _ in times[key])
-        out[key + "_cpu_s"] = statistics.median(c for _, c in times[key])
+                out[key]["last"] = fn(r == repeats - 1)
+            if r == 0:
+                out[key]["mem"] = max(0, status_kb("VmHWM") - base) * 1024
+            out[key]["times"].append((t.wall, t.cpu))
+    for res in out.values():
+        times = res.pop("times")
+        res["s"] = statistics.median(w for w, _ in times)
+        res["cpu_s"] = statistics.median(c for _, c in times)
     return out
+
+
+def _pair(teacher_fn, converted_fn, repeats: int) -> dict:
+    """:func:`_timed` of a teacher and a converted function, keys ``t_s``, ``c_cpu_s``, ..."""
+    res = _timed({"t": teacher_fn, "c": converted_fn}, repeats)
+    return {f"{side}_{k}": v for side, r in res.items() for k, v in r.items()}
 
 
 def _cache_bytes(cache) -> int:
@@ -126,17 +142,30 @@ def _record(model, kind, context, t_value, c_value, t_mem, c_mem, higher_is_bett
     return rec
 
 
+def _name(kind: str, args) -> str:
+    if kind not in ("window", "hybrid"):
+        return f"SmolLM2-135M/{kind}"
+    name = f"SmolLM2-135M/{kind}-w{args.window}" + ("-terrace" if args.terrace else "")
+    return name + (f"-sinks{args.sinks}" if args.sinks else "")
+
+
 def bench_decoder(args) -> list[dict]:
+    """The teacher and each of ``--kinds`` (all 30 layers converted), context by context: each
+    converted model's forward and decoding against the teacher's, timed in the same rounds."""
     teacher = freeze(load_causal_lm(DECODER, "sdpa", tokenizer=False).model)
-    spec = ConversionSpec(kind="hybrid", window=args.window, chunk=args.chunk)
-    converted = convert_attention(teacher, spec).eval()
-    name = f"SmolLM2-135M/hybrid-w{args.window}"
+    models = {}
+    for kind in args.kinds:
+        windowed = kind in ("window", "hybrid")
+        spec = ConversionSpec(kind=kind, window=args.window, chunk=args.chunk,
+                              terrace=args.terrace and windowed,
+                              sinks=args.sinks if windowed else 0)  # fmt: skip
+        models[_name(kind, args)] = convert_attention(teacher, spec).eval()
     vocab = teacher.config.vocab_size
     records = []
 
     def body(model, ids):
         def run(keep: bool):  # keep: return the decoding cache of the prompt
-            out = model.model(ids, use_cache=keep)
+            out = model(ids, use_cache=keep, logits_to_keep=1)
             return out.cache if keep else None
 
         return run
@@ -144,24 +173,31 @@ def bench_decoder(args) -> list[dict]:
     with torch.no_grad():
         for seq in args.sizes:
             ids = torch.randint(0, vocab, (1, seq), generator=torch.Generator().manual_seed(seq))
-            r = _pair(body(teacher, ids), body(converted, ids), args.repeats)
-            records.append(_record(name, "forward", seq, r["t_s"], r["c_s"], r["t_mem"],
-                                   r["c_mem"], False, cpu_speedup=r["t_cpu_s"] / r["c_cpu_s"],
-                                   teacher_s=r["t_s"], converted_s=r["c_s"],
-                                   teacher_cpu_s=r["t_cpu_s"], converted_cpu_s=r["c_cpu_s"],
-                                   teacher_peak_bytes=r["t_mem"],
-                                   converted_peak_bytes=r["c_mem"]))  # fmt: skip
-            t_bytes, c_bytes = _cache_bytes(r["t_last"]), _cache_bytes(r["c_last"])
-            t_tps, t_cpu = _decode(teacher, r["t_last"], args.steps)
-            c_tps, c_cpu = _decode(converted, r["c_last"], args.steps)
-            records.append(_record(name, "decode", seq, t_tps, c_tps, t_bytes, c_bytes, True,
-                                   cpu_speedup=c_cpu / t_cpu,
-                                   teacher_tokens_per_s=t_tps, converted_tokens_per_s=c_tps,
-                                   teacher_cpu_tokens_per_s=t_cpu,
-                                   converted_cpu_tokens_per_s=c_cpu,
-                                   teacher_cache_bytes=t_bytes, converted_cache_bytes=c_bytes,
-                                   steps=args.steps))  # fmt: skip
-            del r
+            fns = {"teacher": body(teacher, ids)}
+            fns.update({name: body(m, ids) for name, m in models.items()})
+            res = _timed(fns, args.repeats)
+            t = res.pop("teacher")
+            t_bytes = _cache_bytes(t["last"])
+            t_tps, t_cpu = _decode(teacher, t["last"], args.steps)
+            for name, c in res.items():
+                records.append(_record(name, "forward", seq, t["s"], c["s"], t["mem"], c["mem"],
+                                       False, cpu_speedup=t["cpu_s"] / c["cpu_s"],
+                                       scope="whole model, logits of the last position",
+                                       teacher_s=t["s"], converted_s=c["s"],
+                                       teacher_cpu_s=t["cpu_s"], converted_cpu_s=c["cpu_s"],
+                                       teacher_peak_bytes=t["mem"],
+                                       converted_peak_bytes=c["mem"]))  # fmt: skip
+                c_bytes = _cache_bytes(c["last"])
+                c_tps, c_cpu = _decode(models[name], c["last"], args.steps)
+                records.append(_record(name, "decode", seq, t_tps, c_tps, t_bytes, c_bytes, True,
+                                       cpu_speedup=c_cpu / t_cpu,
+                                       teacher_tokens_per_s=t_tps, converted_tokens_per_s=c_tps,
+                                       teacher_cpu_tokens_per_s=t_cpu,
+                                       converted_cpu_tokens_per_s=c_cpu,
+                                       teacher_cache_bytes=t_bytes,
+                                       converted_cache_bytes=c_bytes,
+                                       steps=args.steps))  # fmt: skip
+            del res, t
     return records
 
 
@@ -176,9 +212,10 @@ def bench_layer(args) -> list[dict]:
     from transformers import DynamicCache
 
     teacher = freeze(load_causal_lm(DECODER, "sdpa", tokenizer=False).model)
-    spec = ConversionSpec(kind="hybrid", window=args.window, chunk=args.chunk, layers=[0])
+    spec = ConversionSpec(kind="hybrid", window=args.window, chunk=args.chunk, layers=[0],
+                          terrace=args.terrace, sinks=args.sinks)  # fmt: skip
     converted = convert_attention(teacher, spec).eval()
-    name = f"SmolLM2-135M/hybrid-w{args.window}"
+    name = _name("hybrid", args)
     cfg = teacher.config
     t_layer, c_layer = teacher.model.layers[0], converted.model.layers[0]
     rotary = teacher.model.rotary_emb
@@ -269,6 +306,31 @@ def bench_encoder(args) -> list[dict]:
     return records
 
 
+def summarise(records: list[dict]) -> dict:
+    """Per converted decoder: figures at the longest context and the spread of its decoding
+    tokens/s over the contexts (max / min - 1, and each context against the shortest)."""
+    out = {}
+    for name in dict.fromkeys(r["model"] for r in records if r["model"].startswith("SmolLM2")):
+        fwd = {r["context"]: r for r in records if r["model"] == name and r["kind"] == "forward"}
+        dec = {r["context"]: r for r in records if r["model"] == name and r["kind"] == "decode"}
+        if not fwd or not dec:
+            continue
+        top, low = max(fwd), min(dec)
+        tps = {c: r["converted_tokens_per_s"] for c, r in sorted(dec.items())}
+        out[name] = {
+            "context": top,
+            "forward_speedup": fwd[top]["speedup"],
+            "forward_cpu_speedup": fwd[top]["cpu_speedup"],
+            "decode_speedup": dec[top]["speedup"],
+            "decode_cpu_speedup": dec[top]["cpu_speedup"],
+            "cache_ratio": dec[top]["memory_ratio"],
+            "converted_decode_tokens_per_s": tps,
+            "converted_decode_spread": max(tps.values()) / min(tps.values()) - 1,
+            "converted_decode_vs_shortest": {c: v / tps[low] for c, v in tps.items()},
+        }
+    return out
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -280,6 +342,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--chunk", type=int, default=None, help="chunk of the parallel form")
+    p.add_argument("--terrace", action="store_true", help="terraced window (tiles of --window)")
+    p.add_argument("--sinks", type=int, default=0, help="window/hybrid: attention sinks")
+    p.add_argument("--kinds", type=lambda t: t.split(","), default=["hybrid"],
+                   help="decoder: converted kinds to time against the teacher (hybrid,window,"
+                   "linear)")  # fmt: skip
     p.add_argument("--batch", type=int, default=8, help="encoder batch")
     p.add_argument("--skip-encoder", action="store_true")
     p.add_argument("--skip-decoder", action="store_true")
@@ -309,9 +376,10 @@ def main() -> None:
     meta = {
         "command": "python bench/conversion_speed.py "
         + " ".join(
-            f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
+            f"--{k.replace('_', '-')}"
+            + ("" if v is True else f" {','.join(map(str, v)) if isinstance(v, list) else v}")
             for k, v in vars(args).items()
-            if k != "json" and v not in (None, False, "")
+            if k != "json" and v is not None and v is not False and v != ""
         ),  # fmt: skip
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -325,7 +393,8 @@ def main() -> None:
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as fh:
-            json.dump({"meta": meta, "records": records}, fh, indent=2)
+            json.dump({"meta": meta, "summary": summarise(records), "records": records}, fh,
+                      indent=2)  # fmt: skip
             fh.write("\n")
         os.replace(tmp, args.json)
 

@@ -344,6 +344,11 @@ def _validate_convert(cfg: DistillConfig) -> None:
         _check(c.rank >= 1, "convert.rank", f"must be >= 1, got {c.rank}")
     _check(c.kind == "linear" or c.window >= 1, "convert.window", f"must be >= 1, got {c.window}")
     _check(c.chunk is None or c.chunk >= 1, "convert.chunk", f"must be >= 1, got {c.chunk}")
+    _check(not c.terrace or (c.kind in ("window", "hybrid") and c.chunk in (None, c.window)),
+           "convert.terrace", "needs kind window or hybrid and chunk = window")  # fmt: skip
+    _check(c.sinks == 0 or (c.kind in ("window", "hybrid")
+                            and 0 < c.sinks <= (c.chunk or c.window)),
+           "convert.sinks", "needs kind window or hybrid and 0 < sinks <= chunk")  # fmt: skip
 
 
 def _teacher_stand_in(cfg: DistillConfig) -> DistillConfig:

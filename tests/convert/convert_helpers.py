@@ -59,8 +59,10 @@ def expand_kv(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.repeat_interleave(heads // x.shape[1], dim=1)
 
 
-def naive_mix(q, k, v, fq, fk, window, causal, key_mask=None, gamma=None):
+def naive_mix(q, k, v, fq, fk, window, causal, key_mask=None, gamma=None, terrace=False, sinks=0):
     """Full (S x S) weights: gamma*exp(s) on window keys, phi.phi on the others, one normaliser.
+    ``terrace``: the window of query i is every key j <= i in i's tile of ``window`` positions
+    or in the tile before. ``sinks``: keys j < sinks are window keys of every query i >= j.
 
     Computed in float64 without any max-shift (inputs are small)."""
     h = (q if q is not None else fq).shape[1]
@@ -75,6 +77,10 @@ def naive_mix(q, k, v, fq, fk, window, causal, key_mask=None, gamma=None):
     if key_mask is not None:
         allowed = allowed & key_mask[:, None, None, :]
     in_win = (diff.abs() < window) if not causal else (diff >= 0) & (diff < window)
+    if terrace:
+        in_win = (diff >= 0) & (j // window >= i // window - 1)
+    if sinks:
+        in_win = in_win | ((diff >= 0) & (j < sinks))
     w = torch.zeros(v.shape[0], h, s_len, s_len, dtype=torch.float64)
     if q is not None and window > 0:
         kk = expand_kv(k, h).double()

@@ -11,7 +11,13 @@ import pytest
 import torch
 from convert_helpers import batch, tiny_bert, tiny_llama
 
-from attnkd.convert import ConversionSpec, convert_attention, load_converted, save_converted
+from attnkd.convert import (
+    ConversionSpec,
+    convert_attention,
+    converted_modules,
+    load_converted,
+    save_converted,
+)
 from attnkd.errors import AttnkdError
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -42,6 +48,8 @@ def test_round_trip_reproduces_outputs(tmp_path, make, vocab, kind):
         "share": {"2": 1} if share else None,
         "topk": 5,
         "rank": 3,
+        "terrace": False,
+        "sinks": 0,
     }
     assert sorted(p.name for p in folder.iterdir()) == [
         "config.json",
@@ -54,6 +62,17 @@ def test_round_trip_reproduces_outputs(tmp_path, make, vocab, kind):
         a, b = student(ids, attention_mask=mask), loaded(ids, attention_mask=mask)
     key = "logits" if hasattr(a, "logits") else "last_hidden_state"
     torch.testing.assert_close(getattr(b, key), getattr(a, key), atol=0, rtol=0)
+
+
+def test_terraced_hybrid_round_trip(tmp_path):
+    spec = ConversionSpec(kind="hybrid", window=4, terrace=True, sinks=2)
+    student = _perturbed(convert_attention(tiny_llama(), spec))
+    loaded = load_converted(save_converted(student, tmp_path / "conv"))
+    assert all(m.mixer.terrace and m.mixer.sinks == 2 for m in converted_modules(loaded).values())
+    ids, mask = batch(60)
+    with torch.no_grad():
+        a, b = student(ids, attention_mask=mask), loaded(ids, attention_mask=mask)
+    torch.testing.assert_close(b.logits, a.logits, atol=0, rtol=0)
 
 
 def test_loading_imports_no_training_code(tmp_path):

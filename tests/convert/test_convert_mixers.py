@@ -82,6 +82,84 @@ def test_window_and_hybrid_equal_naive(kind, causal, padding, window, chunk):
     )
 
 
+@pytest.mark.parametrize("kind", ["window", "hybrid"])
+@pytest.mark.parametrize("padding", [None, "left", "right"])
+@pytest.mark.parametrize("window", [1, 4, 5, 16, 50])
+def test_terraced_window_equals_naive(kind, padding, window):
+    q, k, v = _inputs()
+    mask = None if padding is None else _padding(padding == "left")
+    cls = WindowAttention if kind == "window" else HybridAttention
+    mixer = _perturb(cls(H, HKV, D, True, window=window, terrace=True))
+    y = mixer(q, k, v, mask)
+    fq = fk = gamma = None
+    if kind == "hybrid":
+        fq, fk, gamma = mixer.feature_q(q), mixer.feature_k(k), mixer.gamma().detach()
+    ref = naive_mix(q, k, v, fq, fk, window, True, mask, gamma, terrace=True)
+    torch.testing.assert_close(
+        _real_rows(y.double(), mask), _real_rows(ref, mask), atol=1e-5, rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize("kind", ["window", "hybrid"])
+@pytest.mark.parametrize("padding", [None, "left", "right"])
+@pytest.mark.parametrize(
+    "window,chunk,terrace",
+    [(4, 4, True), (5, 5, True), (7, 3, False), (4, None, False), (16, None, True)],
+)
+@pytest.mark.parametrize("sinks", [1, 3])
+def test_sinks_equal_naive(kind, padding, window, chunk, terrace, sinks):
+    q, k, v = _inputs()
+    mask = None if padding is None else _padding(padding == "left")
+    cls = WindowAttention if kind == "window" else HybridAttention
+    mixer = _perturb(cls(H, HKV, D, True, window=window, chunk=chunk, terrace=terrace,
+                         sinks=sinks))  # fmt: skip
+    y = mixer(q, k, v, mask)
+    fq = fk = gamma = None
+    if kind == "hybrid":
+        fq, fk, gamma = mixer.feature_q(q), mixer.feature_k(k), mixer.gamma().detach()
+    ref = naive_mix(q, k, v, fq, fk, window, True, mask, gamma, terrace=terrace, sinks=sinks)
+    torch.testing.assert_close(
+        _real_rows(y.double(), mask), _real_rows(ref, mask), atol=1e-5, rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    "terrace,sinks,padding",
+    [(False, 0, None), (True, 2, "left"), (False, 3, "right"), (True, 0, "right")],
+)
+def test_groups_of_chunks_give_the_same_output(monkeypatch, terrace, sinks, padding):
+    """One chunk per group, a few, or all at once: the same numbers (and naive ones)."""
+    import attnkd.convert._band as band
+
+    q, k, v = _inputs(seed=6)
+    mask = None if padding is None else _padding(padding == "left")
+    mixer = _perturb(HybridAttention(H, HKV, D, True, window=4, terrace=terrace, sinks=sinks))
+    outs = []
+    for group_bytes in (1, 3 * 4 * B * HKV * 2 * 4 * 14, 1 << 30):
+        monkeypatch.setattr(band, "GROUP_BYTES", group_bytes)
+        outs.append(mixer(q, k, v, mask))
+    fq, fk = mixer.feature_q(q), mixer.feature_k(k)
+    ref = naive_mix(q, k, v, fq, fk, 4, True, mask, mixer.gamma().detach(), terrace=terrace,
+                    sinks=sinks)  # fmt: skip
+    for y in outs:
+        torch.testing.assert_close(
+            _real_rows(y.double(), mask), _real_rows(ref, mask), atol=1e-5, rtol=1e-4
+        )
+
+
+def test_terraced_window_sees_more_than_the_sliding_one_and_needs_causal_tiles():
+    q, k, v = _inputs()
+    slide = WindowAttention(H, HKV, D, True, window=4)(q, k, v)
+    tiles = WindowAttention(H, HKV, D, True, window=4, terrace=True)(q, k, v)
+    torch.testing.assert_close(tiles[:, :, :4], slide[:, :, :4])  # tile 0: the same keys
+    for i in range(4, 8):  # tile 1 also sees all of tile 0
+        assert not torch.allclose(tiles[:, :, i], slide[:, :, i])
+    with pytest.raises(ValueError, match="terraced"):
+        WindowAttention(H, HKV, D, False, window=4, terrace=True)
+    with pytest.raises(ValueError, match="terraced"):
+        HybridAttention(H, HKV, D, True, window=4, chunk=2, terrace=True)
+
+
 def test_window_covering_everything_is_softmax_attention():
     q, k, v = _inputs()
     for causal in (True, False):
@@ -113,17 +191,25 @@ def test_feature_map_starts_at_identity_and_is_a_pair_of_distributions():
         fm(torch.randn(1, H + 1, 3, D))
 
 
-@pytest.mark.parametrize("kind", ["linear", "window", "hybrid"])
+KINDS = ["linear", "window", "hybrid", "window-terrace", "hybrid-terrace", "hybrid-sinks",
+         "hybrid-terrace-sinks", "window-terrace-sinks"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("prompt", [1, 6, 20])
-def test_recurrent_decoding_equals_parallel_token_for_token(kind, prompt):
+@pytest.mark.parametrize("left", [True, False])
+def test_recurrent_decoding_equals_parallel_token_for_token(kind, prompt, left):
     q, k, v = _inputs(seed=3)
-    mask = _padding(left=True)  # generation pads on the left
+    mask = _padding(left=True) if left else None  # generation pads on the left
     if kind == "linear":
         mixer = LinearAttention(H, HKV, D, True, chunk=8)
     else:
-        cls = WindowAttention if kind == "window" else HybridAttention
-        mixer = cls(H, HKV, D, True, window=5)
+        cls = WindowAttention if kind.startswith("window") else HybridAttention
+        mixer = cls(H, HKV, D, True, window=5, terrace="terrace" in kind,
+                    sinks=3 if "sinks" in kind else 0)  # fmt: skip
     _perturb(mixer)
+    if mask is None:
+        mask = torch.ones(B, S, dtype=torch.bool)
     with torch.no_grad():
         full = mixer(q, k, v, mask)
         state = MixerState()
@@ -139,10 +225,29 @@ def test_recurrent_decoding_equals_parallel_token_for_token(kind, prompt):
     assert state.seen == S
     torch.testing.assert_close(_real_rows(got, mask), _real_rows(full, mask), atol=1e-5, rtol=1e-4)
     # the state does not grow with the context: window buffer plus fixed-size sums
-    if kind != "linear":
-        assert state.keys.shape[2] <= mixer.window
+    if mixer.sinks:
+        assert state.sink_keys.shape[2] == mixer.sinks
+    if kind != "linear":  # terraced: the newest key's tile and the one before it
+        assert state.keys.shape[2] == min(S, mixer.window_keys(S - 1))
+        assert state.keys.shape[2] <= (2 * mixer.window - 1 if mixer.terrace else mixer.window)
     else:
         assert state.keys.shape[2] == 0
+
+
+@pytest.mark.parametrize("terrace,sinks", [(False, 0), (True, 0), (True, 2), (False, 3)])
+def test_gradients_equal_those_of_the_naive_form(terrace, sinks):
+    q, k, v = _inputs(seed=4)
+    mask = _padding(False)
+    mixer = _perturb(HybridAttention(H, HKV, D, True, window=4, terrace=terrace, sinks=sinks))
+    w = torch.randn(B, H, S, D, generator=torch.Generator().manual_seed(5)).double()
+    (mixer(q, k, v, mask).double() * w).sum().backward()
+    got = [p.grad.clone() for p in mixer.parameters()]
+    mixer.zero_grad()
+    fq, fk = mixer.feature_q(q), mixer.feature_k(k)
+    ref = naive_mix(q, k, v, fq, fk, 4, True, mask, mixer.gamma(), terrace=terrace, sinks=sinks)
+    (ref * w).sum().backward()
+    for a, b in zip(got, (p.grad for p in mixer.parameters()), strict=True):
+        torch.testing.assert_close(a.double(), b.double(), atol=1e-5, rtol=1e-3)
 
 
 def test_gradients_reach_feature_maps_and_gamma():

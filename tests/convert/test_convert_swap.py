@@ -83,14 +83,29 @@ def test_bad_specs_raise_config_errors():
         convert_attention(teacher, ConversionSpec(kind="linear", layers=[5]))
     with pytest.raises(ConfigError, match="convert.window"):
         convert_attention(teacher, ConversionSpec(kind="hybrid", window=0))
+    with pytest.raises(ConfigError, match="convert.terrace"):  # BERT is bidirectional
+        convert_attention(teacher, ConversionSpec(kind="hybrid", window=4, terrace=True))
+    with pytest.raises(ConfigError, match="convert.terrace"):
+        convert_attention(tiny_llama(), ConversionSpec(kind="window", chunk=2, terrace=True))
+    with pytest.raises(ConfigError, match="convert.sinks"):  # more sinks than a chunk
+        convert_attention(tiny_llama(), ConversionSpec(kind="hybrid", window=4, sinks=5))
+    with pytest.raises(ConfigError, match="convert.sinks"):  # BERT is bidirectional
+        convert_attention(teacher, ConversionSpec(kind="window", window=4, sinks=1))
 
 
-@pytest.mark.parametrize("kind", ["linear", "window", "hybrid", "shared", "sparse"])
+@pytest.mark.parametrize(
+    "kind",
+    ["linear", "window", "hybrid", "shared", "sparse", "window-terrace", "hybrid-terrace",
+     "hybrid-terrace-sinks"],
+)  # fmt: skip
 @pytest.mark.parametrize("left", [False, True])
 def test_decoding_with_a_cache_equals_the_full_forward(kind, left):
     """Prompt through the cache, then one token at a time: logits equal the parallel form."""
     teacher = tiny_llama()
-    spec = ConversionSpec(kind=kind, window=5, layers=[0, 2], chunk=4, share={2: 0}, topk=4)
+    terrace = "terrace" in kind
+    spec = ConversionSpec(kind=kind.split("-")[0], window=5, layers=[0, 2],
+                          chunk=5 if terrace else 4, share={2: 0}, topk=4,
+                          terrace=terrace, sinks=2 if "sinks" in kind else 0)  # fmt: skip
     student = convert_attention(teacher, spec)
     with torch.no_grad():
         for p in student.parameters():  # move the feature maps off their initial values

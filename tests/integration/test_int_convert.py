@@ -111,10 +111,14 @@ def test_convert_config_errors_exit_2(base_overrides, capsys):
                  "convert.stages=[e2e]"]) == 2  # fmt: skip
     assert "earlier layer" in capsys.readouterr().err
     assert main(["convert", *base_overrides, "convert.kind=hybrid", "convert.stages=[x]"]) == 2
+    assert main(["convert", *base_overrides, "convert.kind=hybrid", "convert.terrace=true",
+                 "convert.chunk=2"]) == 2  # fmt: skip
+    assert "convert.terrace" in capsys.readouterr().err
     assert main(["convert", *base_overrides]) == 2  # no convert.kind
 
 
-def test_attnkd_convert_hybrid_on_a_tiny_decoder(tmp_path, capsys):
+@pytest.mark.parametrize("terrace", [False, True])
+def test_attnkd_convert_hybrid_on_a_tiny_decoder(tmp_path, capsys, terrace):
     teacher = tmp_path / "tiny-llama"
     tok = make_decoder_tokenizer(WORDS)
     tiny_llama(seed=0, vocab_size=len(tok)).save_pretrained(teacher)
@@ -129,11 +133,13 @@ def test_attnkd_convert_hybrid_on_a_tiny_decoder(tmp_path, capsys):
         "data.max_length=16", "train.max_steps=4", "train.max_minutes=null",
         "train.eval_every=2", "train.batch_size=4", "train.lr=1e-2",
         "convert.kind=hybrid", "convert.window=4", "convert.layers=[1, 2]",
+        f"convert.terrace={str(terrace).lower()}",
     ]  # fmt: skip
     assert main(["convert", *args, "--no-progress"]) == 0
     run = tmp_path / "runs" / "tiny-lm"
     results = json.loads((run / "results.json").read_text())
     assert results["conversion"]["layers"] == [1, 2]
+    assert results["conversion"]["terrace"] is terrace
     assert results["student"]["perplexity"] > 0
     capsys.readouterr()
     assert main(["eval", str(run), "--split", "eval"]) == 0

@@ -245,6 +245,12 @@ class ConvertConfig:
     """'sparse': keys kept per query."""
     rank: int = 8
     """'sparse': dimensions of the score estimate."""
+    terrace: bool = False
+    """'window'/'hybrid', causal models: window in tiles of ``window`` keys, each query seeing
+    its own tile and the one before by softmax (LoLCATs' terracing; needs chunk = window)."""
+    sinks: int = 0
+    """'window'/'hybrid', causal models: the first ``sinks`` positions stay softmax keys of
+    every query (StreamingLLM's attention sinks; at most the chunk)."""
     loss: str = "mse"
     """Stage 1 (attention transfer): 'mse' (attention outputs), 'ce' (attention weights,
     linear only), 'ce+mse', or 'kl' (sparse: estimated attention vs the teacher's)."""

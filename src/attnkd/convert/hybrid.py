@@ -30,6 +30,8 @@ class HybridAttention(Mixer):
         causal: bool,
         window: int = 64,
         chunk: int | None = None,
+        terrace: bool = False,
+        sinks: int = 0,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -43,4 +45,6 @@ class HybridAttention(Mixer):
             feature_k=HedgehogFeatureMap(num_kv_heads, head_dim),
             learn_gamma=True,
             chunk=chunk or window,
+            terrace=terrace,
+            sinks=sinks,
         )

@@ -78,7 +78,8 @@ def spec_from_config(cfg: DistillConfig) -> ConversionSpec:
             "convert.kind", "set it to 'linear', 'window', 'hybrid', 'shared' or 'sparse'"
         )
     return ConversionSpec(kind=c.kind, layers=c.layers, window=c.window, chunk=c.chunk,
-                          share=c.share, topk=c.topk, rank=c.rank)  # fmt: skip
+                          share=c.share, topk=c.topk, rank=c.rank,
+                          terrace=c.terrace, sinks=c.sinks)  # fmt: skip
 
 
 class StudentModule(nn.Module):

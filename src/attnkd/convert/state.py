@@ -21,7 +21,8 @@ class MixerState(CacheLayerMixin):
     """Recurrent state of one converted layer (all tensors float32 or wider).
 
     keys/values: (B, H_kv, <= window, D) window buffer, oldest first; ``real``: (B, <= window)
-    bool; kv: (B, H_kv, F, Dv); z: (B, H_kv, F); ``seen``: tokens processed so far.
+    bool; kv: (B, H_kv, F, Dv); z: (B, H_kv, F); ``sink_*``: the attention sinks (the first
+    positions, kept as softmax keys once out of the window); ``seen``: tokens processed so far.
     """
 
     is_sliding = False
@@ -32,6 +33,7 @@ class MixerState(CacheLayerMixin):
         self.real: Tensor | None = None
         self.kv: Tensor | None = None
         self.z: Tensor | None = None
+        self.sink_keys = self.sink_values = self.sink_real = None
         self.seen = 0
 
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
@@ -54,18 +56,20 @@ class MixerState(CacheLayerMixin):
 
     def reset(self) -> None:
         self.keys = self.values = self.real = self.kv = self.z = None
+        self.sink_keys = self.sink_values = self.sink_real = None
         self.seen = 0
         self.is_initialized = False
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        for name in ("keys", "values", "real", "kv", "z"):
+        for name in ("keys", "values", "real", "kv", "z", "sink_keys", "sink_values", "sink_real"):
             x = getattr(self, name)
             if x is not None:
                 setattr(self, name, x.index_select(0, beam_idx.to(x.device)))
 
     def nbytes(self) -> int:
         """Bytes held (window buffer and linear state)."""
-        xs = (self.keys, self.values, self.real, self.kv, self.z)
+        xs = (self.keys, self.values, self.real, self.kv, self.z, self.sink_keys,
+              self.sink_values, self.sink_real)  # fmt: skip
         return sum(x.numel() * x.element_size() for x in xs if x is not None)
 
     # ------------------------------------------------------------------ used by the mixers
@@ -89,6 +93,25 @@ class MixerState(CacheLayerMixin):
         self.keys, self.values = self.keys[:, :, cut:], self.values[:, :, cut:]
         self.real = self.real[:, cut:]
         return out
+
+    def push_sinks(self, k: Tensor, v: Tensor, real: Tensor) -> None:
+        """Keep keys that left the window as attention sinks (softmax keys of every query)."""
+        if self.sink_keys is None:
+            self.sink_keys, self.sink_values, self.sink_real = k, v, real
+        else:
+            self.sink_keys = torch.cat([self.sink_keys, k], dim=2)
+            self.sink_values = torch.cat([self.sink_values, v], dim=2)
+            self.sink_real = torch.cat([self.sink_real, real], dim=1)
+
+    def softmax_keys(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """Keys, values and mask the softmax part reads: the sinks, then the window buffer."""
+        if self.sink_keys is None:
+            return self.keys, self.values, self.real
+        if self.keys is None:
+            return self.sink_keys, self.sink_values, self.sink_real
+        return (torch.cat([self.sink_keys, self.keys], dim=2),
+                torch.cat([self.sink_values, self.values], dim=2),
+                torch.cat([self.sink_real, self.real], dim=1))  # fmt: skip
 
     def fold(self, fk: Tensor, v: Tensor) -> None:
         """Add keys' feature maps fk (B, H_kv, T, F) (zero at padding) and v to kv and z."""

@@ -46,7 +46,12 @@ class ConversionSpec:
     layers (None = all), the window size (window/hybrid) and the chunk size of the parallel form
     (None = window, or 64 for linear). ``shared``: ``share`` maps each sharing layer to its
     source layer (``layers`` is ignored). ``sparse``: ``topk`` keys per query, picked by scores
-    estimated in ``rank`` dimensions."""
+    estimated in ``rank`` dimensions. ``terrace`` (window/hybrid, causal): the window is cut
+    in tiles of ``window`` keys and each query sees by softmax its own tile up to itself and
+    the whole tile before (``window`` to ``2 window - 1`` keys; LoLCATs' "terracing"), so no
+    key inside the slab is linear: cheaper than a sliding window of the same size. ``sinks``
+    (window/hybrid, causal, <= chunk): the first ``sinks`` positions stay softmax keys of every
+    query (StreamingLLM's attention sinks) instead of entering the linear sums."""
 
     kind: str = "hybrid"
     layers: list[int] | None = None
@@ -55,6 +60,8 @@ class ConversionSpec:
     share: dict[int, int] | None = None
     topk: int = 32
     rank: int = 8
+    terrace: bool = False
+    sinks: int = 0
 
     def __post_init__(self) -> None:
         if self.share is not None:  # JSON/YAML keys may come as strings
@@ -212,7 +219,20 @@ def build_mixer(spec: ConversionSpec, model_config, causal: bool) -> Mixer:
         raise ConfigError("convert.kind", "'shared' mixers are built by convert_attention")
     if spec.window < 1:
         raise ConfigError("convert.window", f"must be >= 1 for '{spec.kind}', got {spec.window}")
-    return KINDS[spec.kind](*heads, window=spec.window, chunk=spec.chunk)
+    if spec.terrace and not (causal and spec.chunk in (None, spec.window)):
+        raise ConfigError(
+            "convert.terrace",
+            f"a terraced window needs a causal model and chunk == window ({spec.window}), "
+            f"got causal={causal}, chunk {spec.chunk}",
+        )
+    if spec.sinks and not (causal and 0 < spec.sinks <= (spec.chunk or spec.window)):
+        raise ConfigError(
+            "convert.sinks",
+            f"attention sinks need a causal model and 0 < sinks <= chunk "
+            f"({spec.chunk or spec.window}), got causal={causal}, sinks {spec.sinks}",
+        )
+    return KINDS[spec.kind](*heads, window=spec.window, chunk=spec.chunk, terrace=spec.terrace,
+                            sinks=spec.sinks)  # fmt: skip
 
 
 def _sharing(spec: ConversionSpec, n: int) -> dict[int, int]:

@@ -24,9 +24,18 @@ class WindowAttention(Mixer):
         causal: bool,
         window: int = 64,
         chunk: int | None = None,
+        terrace: bool = False,
+        sinks: int = 0,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         super().__init__(
-            num_heads, num_kv_heads, head_dim, causal, window=window, chunk=chunk or window
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            causal,
+            window=window,
+            chunk=chunk or window,
+            terrace=terrace,
+            sinks=sinks,
         )
