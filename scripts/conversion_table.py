@@ -137,9 +137,11 @@ def main() -> None:
     for r in table["rows"]:
         p = r["perplexity"] or {}
         s = r["speed"] or {}
+        fwd, dec = s.get("forward_speedup"), s.get("decode_speedup")
+        speed = (f"forward x{fwd:.2f}  decode x{dec:.2f}" if fwd and dec
+                 else "speed not measured")
         print(f"{r['kind']:>30}  ppl {p.get('tinyshakespeare', float('nan')):7.2f} / "
-              f"{p.get('wikitext2', float('nan')):7.2f}  forward x{s.get('forward_speedup', 0):.2f}"
-              f"  decode x{s.get('decode_speedup', 0):.2f}")  # fmt: skip
+              f"{p.get('wikitext2', float('nan')):7.2f}  {speed}")  # fmt: skip
 
 
 if __name__ == "__main__":
