@@ -349,6 +349,26 @@ def _validate_convert(cfg: DistillConfig) -> None:
     _check(c.sinks == 0 or (c.kind in ("window", "hybrid")
                             and 0 < c.sinks <= (c.chunk or c.window)),
            "convert.sinks", "needs kind window or hybrid and 0 < sinks <= chunk")  # fmt: skip
+    _validate_lora(c.lora, c.stages)
+
+
+def _validate_lora(lora, stages: list[str]) -> None:
+    """``convert.lora`` (stage 3 through adapters); whether the targets exist is checked on
+    the converted model (:func:`attnkd.convert.lora.add_lora`)."""
+    if lora.rank == 0:
+        return
+    _check(lora.rank >= 1, "convert.lora.rank", f"must be >= 1 (0 = no adapters), got {lora.rank}")
+    _check(lora.alpha > 0, "convert.lora.alpha", f"must be > 0, got {lora.alpha}")
+    _check(0.0 <= lora.dropout < 1.0, "convert.lora.dropout",
+           f"must be in [0, 1), got {lora.dropout}")  # fmt: skip
+    _check(bool(lora.targets) and all(isinstance(t, str) and t for t in lora.targets),
+           "convert.lora.targets", "expected a non-empty list of module names, e.g. [q_proj]")
+    _check("e2e" in stages, "convert.lora", "adapters train in stage 3: add 'e2e' to "
+           "convert.stages or set convert.lora.rank=0")  # fmt: skip
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise ConfigError("convert.lora", "needs peft (pip install 'attnkd[lm]')") from None
 
 
 def _teacher_stand_in(cfg: DistillConfig) -> DistillConfig:
