@@ -361,8 +361,8 @@ def _validate_lora(lora, stages: list[str]) -> None:
     _check(lora.alpha > 0, "convert.lora.alpha", f"must be > 0, got {lora.alpha}")
     _check(0.0 <= lora.dropout < 1.0, "convert.lora.dropout",
            f"must be in [0, 1), got {lora.dropout}")  # fmt: skip
-    _check(bool(lora.targets) and all(isinstance(t, str) and t for t in lora.targets),
-           "convert.lora.targets", "expected a non-empty list of module names, e.g. [q_proj]")
+    names = bool(lora.targets) and all(isinstance(t, str) and t for t in lora.targets)
+    _check(names, "convert.lora.targets", "expected a non-empty list of names, e.g. [q_proj]")
     _check("e2e" in stages, "convert.lora", "adapters train in stage 3: add 'e2e' to "
            "convert.stages or set convert.lora.rank=0")  # fmt: skip
     try:
