@@ -224,3 +224,35 @@ def test_attnkd_convert_transfer_then_lora_e2e_and_resume(lm_args, tmp_path, cap
     assert resumed.keys() == saved.keys()
     for k in saved:
         assert torch.equal(resumed[k], saved[k]), k
+
+
+def test_lora_dropout_follows_training_mode_while_the_model_stays_in_eval():
+    teacher, student = _pair()
+    add_lora(student, rank=4, alpha=8, dropout=0.5, targets=["v_proj"])
+    module = convert_run.StudentModule(student)
+    batch = _batch(teacher.config.vocab_size)
+    with torch.no_grad():
+        for p in lora_parameters(student):  # non-zero B so the adapters' dropout shows
+            p.fill_(0.05)
+        module.train()
+        assert not student.training
+        a, b = student(**batch).logits, student(**batch).logits
+        assert not torch.equal(a, b)
+        module.eval()
+        c, d = student(**batch).logits, student(**batch).logits
+        assert torch.equal(c, d)
+
+
+def test_the_recipe_comment_enables_lora_stage_3(tmp_path):
+    from pathlib import Path
+
+    from attnkd.config.io import load_config
+
+    recipe = Path(__file__).parents[2] / "recipes" / "smollm2-hybrid.yaml"
+    text = recipe.read_text(encoding="utf-8")
+    lines = [ln.replace("  # ", "  ", 1) for ln in text.split("\n")]
+    (tmp_path / "r.yaml").write_text("\n".join(lines), encoding="utf-8")
+    cfg = load_config(tmp_path / "r.yaml")
+    assert cfg.convert.stages == ["transfer", "e2e"] and cfg.convert.lora.rank == 8
+    assert cfg.convert.lora.targets == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert load_config(recipe).convert.lora.rank == 0
