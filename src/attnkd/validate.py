@@ -349,12 +349,13 @@ def _validate_convert(cfg: DistillConfig) -> None:
     _check(c.sinks == 0 or (c.kind in ("window", "hybrid")
                             and 0 < c.sinks <= (c.chunk or c.window)),
            "convert.sinks", "needs kind window or hybrid and 0 < sinks <= chunk")  # fmt: skip
-    _validate_lora(c.lora, c.stages)
+    _validate_lora(c.lora)
 
 
-def _validate_lora(lora, stages: list[str]) -> None:
-    """``convert.lora`` (stage 3 through adapters); whether the targets exist is checked on
-    the converted model (:func:`attnkd.convert.lora.add_lora`)."""
+def _validate_lora(lora) -> None:
+    """``convert.lora`` (stage 3 through adapters; a run without an 'e2e' stage ignores it, so
+    a staged run may set it once at the top level); whether the targets exist is checked on
+    the converted model (:func:`attnkd.convert.lora.lora_modules`)."""
     if lora.rank == 0:
         return
     _check(lora.rank >= 1, "convert.lora.rank", f"must be >= 1 (0 = no adapters), got {lora.rank}")
@@ -363,8 +364,6 @@ def _validate_lora(lora, stages: list[str]) -> None:
            f"must be in [0, 1), got {lora.dropout}")  # fmt: skip
     names = bool(lora.targets) and all(isinstance(t, str) and t for t in lora.targets)
     _check(names, "convert.lora.targets", "expected a non-empty list of names, e.g. [q_proj]")
-    _check("e2e" in stages, "convert.lora", "adapters train in stage 3: add 'e2e' to "
-           "convert.stages or set convert.lora.rank=0")  # fmt: skip
     try:
         import peft  # noqa: F401
     except ImportError:

@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from int_helpers import WORDS, make_decoder_tokenizer, make_sentence, tiny_llama
+from int_helpers import WORDS, make_decoder_tokenizer, make_sentence, tiny_bert, tiny_llama
 from safetensors.torch import load_file
 
 import attnkd.convert.run as convert_run
@@ -157,7 +157,6 @@ def test_convert_config_errors_name_the_lora_key(lm_args, capsys):
         "convert.lora.dropout=1.5": "convert.lora.dropout",
         "convert.lora.targets=[]": "convert.lora.targets",
         "convert.lora.targets=[q_proj, qkv_proj]": "convert.lora.targets",
-        "convert.stages=[transfer]": "convert.lora",
     }
     for override, key in bad.items():
         assert main(["convert", "name=bad", *lm_args, override, "--no-progress"]) == 2, override
@@ -226,6 +225,22 @@ def test_attnkd_convert_transfer_then_lora_e2e_and_resume(lm_args, tmp_path, cap
         assert torch.equal(resumed[k], saved[k]), k
 
 
+def test_lora_on_a_converted_bert_merges_to_the_adapted_outputs():
+    teacher = freeze(tiny_bert())
+    student = freeze(convert_attention(teacher, ConversionSpec(kind="linear", layers=[1])))
+    with pytest.raises(ConfigError, match=r"valid names: \['dense', 'key', 'query', 'value'\]"):
+        add_lora(student, rank=2, alpha=4, dropout=0.0, targets=["q_proj"])
+    setup = add_lora(student, rank=2, alpha=4, dropout=0.0,
+                     targets=["query", "value", "attention.output.dense"])  # fmt: skip
+    assert len(setup.modules) == 3 and all(".layer.1." in n for n in setup.modules)
+    _train(teacher, student, setup, steps=2)
+    batch = _batch(teacher.config.vocab_size)
+    with torch.no_grad():
+        adapted = student(**batch).last_hidden_state
+        merged = merge_lora(setup)(**batch).last_hidden_state
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=0)
+
+
 def test_lora_dropout_follows_training_mode_while_the_model_stays_in_eval():
     teacher, student = _pair()
     add_lora(student, rank=4, alpha=8, dropout=0.5, targets=["v_proj"])
@@ -256,3 +271,22 @@ def test_the_recipe_comment_enables_lora_stage_3(tmp_path):
     assert cfg.convert.stages == ["transfer", "e2e"] and cfg.convert.lora.rank == 8
     assert cfg.convert.lora.targets == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert load_config(recipe).convert.lora.rank == 0
+
+
+def test_lora_set_once_at_the_top_of_a_staged_run(base_overrides, tmp_path):
+    """The transfer stage ignores ``convert.lora``; the e2e stage trains and merges adapters."""
+    stages = ("stages=[{name: transfer, kind: convert, convert: {stages: [transfer]}}, "
+              "{name: e2e, kind: convert, convert: {stages: [e2e]}}]")  # fmt: skip
+    lora = "convert.lora={rank: 2, targets: [query, value]}"
+    args = [*base_overrides, "convert.kind=hybrid", "convert.window=4", "train.max_steps=2",
+            "student.layers=null", lora, stages]  # fmt: skip
+    assert main(["distill", *args, "--no-progress"]) == 0
+    run = tmp_path / "runs" / "tiny"
+    first = _weights(run / "stages" / "01-transfer" / "student")
+    final = _weights(run / "student")
+    assert final.keys() == first.keys()
+    changed = {k for k in first if not torch.equal(first[k], final[k])}
+    # merged adapters moved query/value weights; the rest changed only in the mixers
+    assert any(".query.weight" in k for k in changed) and any(".value.weight" in k for k in changed)
+    assert all(k.endswith((".query.weight", ".value.weight")) or ".mixer." in k
+               for k in changed), changed  # fmt: skip
