@@ -290,3 +290,17 @@ def test_lora_set_once_at_the_top_of_a_staged_run(base_overrides, tmp_path):
     assert any(".query.weight" in k for k in changed) and any(".value.weight" in k for k in changed)
     assert all(k.endswith((".query.weight", ".value.weight")) or ".mixer." in k
                for k in changed), changed  # fmt: skip
+
+
+def test_lora_on_mla_layers_leaves_the_latent_projections_to_full_training():
+    from attnkd.convert.mla import convert_to_mla
+
+    teacher = freeze(tiny_llama())
+    student = freeze(convert_to_mla(teacher, rank=8, layers=[1]))
+    with pytest.raises(ConfigError, match=r"valid names: \['down_proj', 'gate_proj', 'o_proj', "):
+        add_lora(student, rank=2, alpha=4, dropout=0.0, targets=["kv_up"])
+    setup = add_lora(student, rank=2, alpha=4, dropout=0.0, targets=["q_proj", "o_proj"])
+    assert sorted(n.rsplit(".", 1)[-1] for n in setup.modules) == ["o_proj", "q_proj"]
+    grad = {n for n, p in student.named_parameters() if p.requires_grad}
+    assert any(".kv_down." in n for n in grad) and any(".kv_up." in n for n in grad)
+    assert all(".lora_" in n or ".kv_down." in n or ".kv_up." in n for n in grad), grad

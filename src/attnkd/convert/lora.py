@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from attnkd.convert.align import set_trainable
+from attnkd.convert.mla import LatentKVAttention
 from attnkd.convert.swap import converted_modules
 from attnkd.errors import ConfigError
 from attnkd.models.adapters import adapter_for, base_model
@@ -41,16 +42,21 @@ class LoraSetup:
 
 
 def lora_candidates(model: nn.Module) -> dict[str, nn.Linear]:
-    """Full name -> linear layer of every ``nn.Linear`` in the converted blocks, mixers left
-    out (the names LoRA targets are matched against)."""
+    """Full name -> linear layer of every ``nn.Linear`` in the converted blocks (MLA layers
+    included), the conversion's new modules left out (mixers, latent projections): the names
+    LoRA targets are matched against."""
     adapter, base = adapter_for(model), base_model(model)
     prefix = next((n + "." for n, m in model.named_modules() if m is base and n), "")
+    latent = [m for m in model.modules() if isinstance(m, LatentKVAttention)]
+    layers = sorted({*converted_modules(model), *(m.layer_idx for m in latent)})
+    new = [c.mixer for c in converted_modules(model).values()]
+    new += [sub for m in latent for sub in (m.kv_down, m.kv_up)]
+    skip = {id(sub) for m in new for sub in m.modules()}
     out: dict[str, nn.Linear] = {}
-    for i in converted_modules(model):
+    for i in layers:
         block_path = prefix + adapter.layer_path(i)
-        block = model.get_submodule(block_path)
-        for name, m in block.named_modules():
-            if isinstance(m, nn.Linear) and ".mixer." not in f".{name}.":
+        for name, m in model.get_submodule(block_path).named_modules():
+            if isinstance(m, nn.Linear) and id(m) not in skip:
                 out[f"{block_path}.{name}"] = m
     return out
 
