@@ -38,8 +38,7 @@ ROWS = [
      "nothing linear (no new parameters)", "recipe": None, "ppl": "window-w128-terrace-sinks4",
      "speed": "SmolLM2-135M/window-w128-terrace-sinks4", "budget": "none (nothing to train)"},
     {"kind": "linear", "what": "Hedgehog linear attention only, feature maps at identity",
-     "recipe": None, "ppl": "linear", "speed": None, "budget": "none",
-     "speed_reason": "not in the speed check (add linear to --kinds to time it)"},
+     "recipe": None, "ppl": "linear", "speed": "SmolLM2-135M/linear", "budget": "none"},
     {"kind": "shared", "what": "EchoAtt sharing 5<-4, 6<-3, 7<-3, 8<-3, 24<-23, 26<-25 "
      "(results/smollm2_similarity.json), no KD", "recipe": None, "ppl": "shared",
      "speed": None, "budget": "none"},
@@ -79,11 +78,18 @@ def _layer_speed(name: str) -> dict | None:
             "command": doc["meta"]["command"], "note": doc["meta"]["note"]}  # fmt: skip
 
 
+SPEED_FILES = ("conversion_speed_smollm2.json", "conversion_speed_smollm2_linear.json")
+
+
 def build() -> dict:
     ppl = _load("conversion_ppl.json").get("results", {})
     teacher = _load("lm_perplexity_protocol.json").get("results", {}).get("teacher", {})
-    speed_doc = _load("conversion_speed_smollm2.json")
-    speed = speed_doc.get("summary", {})
+    speed, speed_command = {}, {}
+    for name in SPEED_FILES:  # each bench run: {"meta": {"command"}, "summary": {model: ...}}
+        doc = _load(name)
+        for model, summary in doc.get("summary", {}).items():
+            speed[model] = summary
+            speed_command[model] = doc["meta"]["command"]
     rows = []
     for spec in ROWS:
         row = {k: spec.get(k) for k in ("kind", "what", "recipe")}
@@ -102,7 +108,7 @@ def build() -> dict:
         s = speed.get(spec["speed"]) if spec["speed"] else None
         row["speed"] = s
         if s:
-            row["speed_command"] = speed_doc["meta"]["command"]
+            row["speed_command"] = speed_command[spec["speed"]]
         else:
             row["speed_reason"] = (
                 spec.get("speed_reason") or NOT_MEASURED["pending" if spec["speed"] else "speed"]
@@ -120,7 +126,7 @@ def build() -> dict:
             "perplexity": {t: teacher[t]["perplexity"] for t in TEXTS if t in teacher},
             "source": "results/lm_perplexity_protocol.json",
         },  # fmt: skip
-        "speed_meta": speed_doc.get("meta"),
+        "speed_meta": {name: _load(name).get("meta") for name in SPEED_FILES},
         "rows": rows,
         "screens": _load("conversion_ppl_screen.json").get("results", {}),
         "screens_note": "quick screens on the last 3% of Tiny Shakespeare only (teacher row "

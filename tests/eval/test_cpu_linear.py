@@ -16,16 +16,12 @@ from attnkd.eval.cpu_linear import PackedLinear, pack_linears, packing_available
 from attnkd.eval.drafts import ShortlistHead, self_draft, token_shortlist, with_shortlist
 from attnkd.eval.spec_eval import pooled_results
 from attnkd.eval.speculative import CachedLM, speculative_decode, teacher_decode
+from tiny_lms import single_thread
 
 needs_onednn = pytest.mark.skipif(not packing_available(), reason="no oneDNN in this build")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 def llama(seed: int, layers: int = 2, vocab: int = 40):

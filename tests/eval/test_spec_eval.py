@@ -12,16 +12,12 @@ import torch
 from attnkd.cli import main
 from attnkd.eval.drafts import self_draft
 from attnkd.eval.spec_eval import SpecSettings, speculative_report
+from tiny_lms import single_thread
 
 WORDS = [f"w{i}" for i in range(40)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 def _tokenizer():

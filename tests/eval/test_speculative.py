@@ -25,6 +25,7 @@ from attnkd.eval.spec_cost import (
     teacher_forced_acceptance,
 )
 from attnkd.eval.speculative import CachedLM, speculative_decode, teacher_decode
+from tiny_lms import single_thread
 
 V = 8
 PROMPT = [1, 2, 3]
@@ -33,12 +34,7 @@ FALSE_FAILURE = 1e-6
 a random seed (asymptotic law); seeds are fixed, so each test is deterministic."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 def llama(seed: int, layers: int = 2, init: float = 0.1, vocab: int = V):

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from lm_fixtures import write_model, write_text
 
+from tiny_lms import single_thread
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
 from int_helpers import VOCAB, make_sentence, make_tokenizer, tiny_bert  # noqa: E402
 
+from tiny_lms import single_thread
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 def sst2_rows(n_sentences: int, seed: int = 0) -> list[tuple[str, int]]:
