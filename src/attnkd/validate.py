@@ -349,6 +349,25 @@ def _validate_convert(cfg: DistillConfig) -> None:
     _check(c.sinks == 0 or (c.kind in ("window", "hybrid")
                             and 0 < c.sinks <= (c.chunk or c.window)),
            "convert.sinks", "needs kind window or hybrid and 0 < sinks <= chunk")  # fmt: skip
+    _validate_lora(c.lora)
+
+
+def _validate_lora(lora) -> None:
+    """``convert.lora`` (stage 3 through adapters; a run without an 'e2e' stage ignores it, so
+    a staged run may set it once at the top level); whether the targets exist is checked on
+    the converted model (:func:`attnkd.convert.lora.lora_modules`)."""
+    if lora.rank == 0:
+        return
+    _check(lora.rank >= 1, "convert.lora.rank", f"must be >= 1 (0 = no adapters), got {lora.rank}")
+    _check(lora.alpha > 0, "convert.lora.alpha", f"must be > 0, got {lora.alpha}")
+    _check(0.0 <= lora.dropout < 1.0, "convert.lora.dropout",
+           f"must be in [0, 1), got {lora.dropout}")  # fmt: skip
+    names = bool(lora.targets) and all(isinstance(t, str) and t for t in lora.targets)
+    _check(names, "convert.lora.targets", "expected a non-empty list of names, e.g. [q_proj]")
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise ConfigError("convert.lora", "needs peft (pip install 'attnkd[lm]')") from None
 
 
 def _teacher_stand_in(cfg: DistillConfig) -> DistillConfig:

@@ -228,6 +228,20 @@ class TrainConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters for conversion stage 3 (``convert.lora``; PEFT, the ``lm`` extra)."""
+
+    rank: int = 0
+    """Adapter rank; 0 = no adapters (stage 3 fine-tunes as ``e2e_params`` says)."""
+    alpha: float = 16.0
+    """Scale of the adapters' update: ``alpha / rank``."""
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Linear layers of the converted blocks that get adapters: a module name or the end of
+    one (e.g. 'o_proj', 'attention.output.dense')."""
+
+
+@dataclass
 class ConvertConfig:
     """Attention conversion (``attnkd convert``, METHODS.md section 5); ``kind`` '' = none."""
 
@@ -261,6 +275,10 @@ class ConvertConfig:
     e2e_params: str = "attention"
     """What stages 2-3 train besides the new parameters: 'attention' (q/k/v/o of converted
     layers) or 'mixer' (the new parameters only)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Stage 3 (e2e) through LoRA adapters instead (``lora.rank`` >= 1): the adapters and the
+    new parameters train, every inherited weight stays frozen; the adapters are merged into
+    the weights before the model is saved."""
 
 
 STAGE_SECTIONS = ("teacher", "student", "data", "train", "convert", "dpo")

@@ -4,7 +4,8 @@
 chosen layers of a copy of a BERT or Llama-family model (kinds: linear, window, hybrid, shared,
 sparse; ``convert_to_mla`` for GQA -> MLA); ``save_converted`` / ``load_converted``
 write and read it (safetensors + ``conversion.json``) without any training code. Stage-1
-attention transfer lives in :mod:`attnkd.convert.transfer` (imported on demand).
+attention transfer lives in :mod:`attnkd.convert.transfer`, stage-3 LoRA adapters in
+:mod:`attnkd.convert.lora` (both imported on demand).
 """
 
 from attnkd.convert._band import banded_attention

@@ -7,7 +7,8 @@ perplexity), train the mixers with the engine's ``fit`` on the teacher's layer i
 converted model (``student/``: safetensors + ``conversion.json``, :func:`load_converted`).
 
 ``convert.stages`` lists what runs, in order: ``transfer`` (stage 1, :mod:`.transfer`), ``align``
-(stage 2, MOHAWK block outputs, :mod:`.align`) and ``e2e`` (stage 3, end-to-end KD, :mod:`.e2e`).
+(stage 2, MOHAWK block outputs, :mod:`.align`) and ``e2e`` (stage 3, end-to-end KD, :mod:`.e2e`;
+through LoRA adapters merged before saving when ``convert.lora.rank`` >= 1, :mod:`.lora`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from attnkd.config.schema import DistillConfig
 from attnkd.convert.align import make_align_step, set_trainable
 from attnkd.convert.e2e import make_e2e_step
 from attnkd.convert.io import CONVERSION, load_converted, save_converted
+from attnkd.convert.lora import add_lora, lora_modules, merge_lora
 from attnkd.convert.mla import convert_to_mla
 from attnkd.convert.swap import ConversionSpec, convert_attention, mixer_parameters
 from attnkd.convert.transfer import TransferModule, make_transfer_step
@@ -85,7 +87,7 @@ def spec_from_config(cfg: DistillConfig) -> ConversionSpec:
 class StudentModule(nn.Module):
     """The whole converted student for stages 2-3 (only what :func:`set_trainable` chose has
     gradients). It stays in eval mode (no dropout), as in stage 1: the targets are the
-    deterministic teacher's."""
+    deterministic teacher's; only LoRA's own dropout (``convert.lora.dropout``) follows ``mode``."""
 
     def __init__(self, student: nn.Module):
         super().__init__()
@@ -94,28 +96,50 @@ class StudentModule(nn.Module):
     def train(self, mode: bool = True) -> StudentModule:
         super().train(mode)
         self.student.eval()
+        for name, m in self.student.named_modules():
+            if name.endswith("lora_dropout"):
+                m.train(mode)
         return self
 
 
 def stage_plan(cfg: DistillConfig, teacher: nn.Module, student: nn.Module) -> list[tuple]:
-    """``[(stage name, module to train, step function), ...]`` for ``cfg.convert.stages``."""
+    """``[(stage name, prepare), ...]`` for ``cfg.convert.stages``; ``prepare()`` (called just
+    before the stage trains) sets what trains and returns ``(module to train, step function,
+    LoraSetup or None)``. Configuration errors are raised here, before any stage trains."""
+    c = cfg.convert
+    lora = c.lora.rank >= 1
+
+    def transfer():
+        for p in student.parameters():
+            p.requires_grad_(False)
+        for p in mixer_parameters(student):
+            p.requires_grad_(True)
+        module = TransferModule(student)
+        return module, make_transfer_step(teacher, student, c.loss), None
+
+    def whole(stage: str):
+        def prepare():
+            setup = None
+            if stage == "e2e" and lora:
+                setup = add_lora(student, c.lora.rank, c.lora.alpha, c.lora.dropout,
+                                 c.lora.targets)  # fmt: skip
+            else:
+                set_trainable(student, c.e2e_params)
+            build = make_align_step if stage == "align" else make_e2e_step
+            return StudentModule(student), build(teacher, student), setup
+
+        return prepare
+
     plan = []
-    for stage in cfg.convert.stages:
-        if stage == "transfer":
-            for p in student.parameters():
-                p.requires_grad_(False)
-            for p in mixer_parameters(student):
-                p.requires_grad_(True)
-            module = TransferModule(student)
-            plan.append((stage, module, make_transfer_step(teacher, student, cfg.convert.loss)))
-            continue
-        try:
-            set_trainable(student, cfg.convert.e2e_params)
-        except ValueError as err:
-            raise ConfigError("convert.e2e_params", str(err)) from None
-        step = make_align_step(teacher, student) if stage == "align" else make_e2e_step(
-            teacher, student)  # fmt: skip
-        plan.append((stage, StudentModule(student), step))
+    for stage in c.stages:
+        if stage != "transfer" and not (stage == "e2e" and lora):
+            try:  # raises now, not after the stages before it trained
+                set_trainable(student, c.e2e_params)
+            except ValueError as err:
+                raise ConfigError("convert.e2e_params", str(err)) from None
+        if stage == "e2e" and lora:
+            lora_modules(student, c.lora.targets)
+        plan.append((stage, transfer if stage == "transfer" else whole(stage)))
     return plan
 
 
@@ -169,7 +193,8 @@ def run_convert(
     t0 = time.time()
     done = []
     plan = stage_plan(cfg, teacher, student) if stages else []
-    for (stage, module, step), stage_dir in zip(plan, dirs, strict=True):
+    for (stage, prepare), stage_dir in zip(plan, dirs, strict=True):
+        module, step, lora = prepare()
         stage_dir.mkdir(parents=True, exist_ok=True)
         t_stage = time.time()
         result = fit(
@@ -180,10 +205,19 @@ def run_convert(
         best = stage_dir / "checkpoints" / "best"
         if (best / "model.safetensors").exists():
             load_checkpoint(best, module)
+        if lora is not None:  # fold the adapters in: the student saves and loads without peft
+            merge_lora(lora)
         done.append({"stage": stage, "steps": result.steps_done, "best_step": result.best_step,
                      f"select_{setup.select_metric}": result.best_metric,
                      "stopped_early": result.stopped_early,
                      "seconds_this_session": time.time() - t_stage})  # fmt: skip
+        if lora is not None:
+            done[-1]["lora"] = {
+                "rank": cfg.convert.lora.rank,
+                "alpha": cfg.convert.lora.alpha,
+                "modules": len(lora.modules),
+                "trainable_params": sum(p.numel() for p in lora.trainable),
+            }
     if not done:  # evaluate the conversion as built (e.g. window, no training)
         result = FitResult(0, None, None, {}, False, run_dir)
     train_s = time.time() - t0
