@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
-from int_helpers import WORDS, make_decoder_tokenizer, make_sentence, tiny_bert, tiny_llama
+from int_helpers import (
+    save_tiny_llama_folder,
+    tiny_bert,
+    tiny_llama,
+    write_story,
+)
 
 from attnkd.cli import main
 from attnkd.convert import ConversionSpec, convert_attention, load_converted
@@ -119,13 +123,8 @@ def test_convert_config_errors_exit_2(base_overrides, capsys):
 
 @pytest.mark.parametrize("terrace", [False, True])
 def test_attnkd_convert_hybrid_on_a_tiny_decoder(tmp_path, capsys, terrace):
-    teacher = tmp_path / "tiny-llama"
-    tok = make_decoder_tokenizer(WORDS)
-    tiny_llama(seed=0, vocab_size=len(tok)).save_pretrained(teacher)
-    tok.save_pretrained(teacher)
-    rng = random.Random(5)
-    text = tmp_path / "story.txt"
-    text.write_text("\n".join(make_sentence(rng) for _ in range(200)) + "\n", encoding="utf-8")
+    teacher = save_tiny_llama_folder(tmp_path / "tiny-llama")
+    text = write_story(tmp_path / "story.txt", seed=5, lines=200)
     args = [
         "name=tiny-lm", "task=causal_lm", f"output_dir={tmp_path / 'runs'}",
         f"teacher.name={teacher}", "student.layers=null", "losses=[]",

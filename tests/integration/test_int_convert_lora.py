@@ -4,11 +4,15 @@ configuration errors and ``attnkd convert`` end to end with resume, on a tiny Ll
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
-from int_helpers import WORDS, make_decoder_tokenizer, make_sentence, tiny_bert, tiny_llama
+from int_helpers import (
+    save_tiny_llama_folder,
+    tiny_bert,
+    tiny_llama,
+    write_story,
+)
 from safetensors.torch import load_file
 
 import attnkd.convert.run as convert_run
@@ -19,18 +23,14 @@ from attnkd.convert.lora import add_lora, lora_parameters, merge_lora
 from attnkd.convert.swap import mixer_parameters
 from attnkd.errors import ConfigError
 from attnkd.models.load import freeze
+from tiny_lms import single_thread
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 pytest.importorskip("peft")  # the lm extra
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+_one_thread = pytest.fixture(autouse=True)(single_thread)
 
 
 def _batch(vocab: int, seed: int = 0):
@@ -133,13 +133,8 @@ def test_a_target_that_names_nothing_is_refused_with_the_valid_names():
 
 @pytest.fixture
 def lm_args(tmp_path):
-    teacher = tmp_path / "tiny-llama"
-    tok = make_decoder_tokenizer(WORDS)
-    tiny_llama(seed=0, vocab_size=len(tok)).save_pretrained(teacher)
-    tok.save_pretrained(teacher)
-    rng = random.Random(5)
-    text = tmp_path / "story.txt"
-    text.write_text("\n".join(make_sentence(rng) for _ in range(200)) + "\n", encoding="utf-8")
+    teacher = save_tiny_llama_folder(tmp_path / "tiny-llama")
+    text = write_story(tmp_path / "story.txt", seed=5, lines=200)
     return [
         "task=causal_lm", f"output_dir={tmp_path / 'runs'}",
         f"teacher.name={teacher}", "student.layers=null", "losses=[]",
