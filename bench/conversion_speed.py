@@ -363,7 +363,12 @@ def main() -> None:
     )
     p.add_argument("--note", default="", help="free text stored in meta (e.g. 'under load')")
     p.add_argument("--json", default=None)
+    p.add_argument("--report", default=None,
+                   help="folder for an HTML page of the curves (needs --json); or later: "
+                   "python -m attnkd.report.speed JSON... --out DIR")  # fmt: skip
     args = p.parse_args()
+    if args.report and not args.json:
+        p.error("--report needs --json (the page is drawn from that file)")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -397,6 +402,10 @@ def main() -> None:
                       indent=2)  # fmt: skip
             fh.write("\n")
         os.replace(tmp, args.json)
+    if args.report:
+        from attnkd.report.speed import speed_report
+
+        print(speed_report([args.json], args.report))
 
 
 if __name__ == "__main__":
