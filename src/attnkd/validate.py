@@ -460,20 +460,11 @@ def validate_stages(cfg: DistillConfig, check_data: bool = True, check_models: b
 def _check_token_terms(cfg: DistillConfig) -> None:
     """A set with per-token terms (the general runner): refuse those of a teacher whose
     vocabulary differs from the student's, naming the teacher and the term
-    (:func:`attnkd.teachers.compat.check_tokenizer_compat`)."""
-    from attnkd.models.hub import vocabulary_fingerprint
-    from attnkd.teachers.compat import check_tokenizer_compat
+    (:func:`attnkd.teachers.compat.check_set_tokenizers`)."""
+    from attnkd.teachers.compat import check_set_tokenizers
 
-    student = cfg.student.init if cfg.student.init != "teacher" else cfg.teachers[0].name
-    reference = vocabulary_fingerprint(student)
-    for i, e in enumerate(cfg.teachers):
-        fp = vocabulary_fingerprint(e.name)
-        same = None if fp is None or reference is None else fp == reference
-        names = [t.name for t in e.losses] + [t.name for t in cfg.losses]
-        keys = [f"teachers[{i}].losses[{j}].name" for j in range(len(e.losses))]
-        keys += [f"losses[{j}].name" for j in range(len(cfg.losses))]
-        label = e.label or f"t{i}"
-        check_tokenizer_compat(f"{label} ({e.name})", names, keys, same)
+    labels = [f"{e.label or f't{i}'} ({e.name})" for i, e in enumerate(cfg.teachers)]
+    check_set_tokenizers(cfg, labels)
 
 
 def _validate_cached_set(cfg: DistillConfig, check_data: bool, check_models: bool) -> None:

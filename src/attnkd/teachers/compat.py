@@ -78,6 +78,27 @@ def check_tokenizer_compat(
             )
 
 
+def check_set_tokenizers(cfg, labels: list[str]) -> list[bool | None]:
+    """Apply :func:`check_tokenizer_compat` to every teacher of ``cfg.teachers`` (its own terms
+    and the shared ``losses``) against the student's vocabulary (the first teacher's when the
+    student is cut from it); ``labels[i]`` names teacher ``i`` in messages. Returns, per
+    teacher, whether its vocabulary equals the student's (None: unknown)."""
+    from attnkd.models.hub import vocabulary_fingerprint
+
+    student = cfg.student.init if cfg.student.init != "teacher" else cfg.teachers[0].name
+    reference = vocabulary_fingerprint(student)
+    sames = []
+    for i, e in enumerate(cfg.teachers):
+        fp = vocabulary_fingerprint(e.name)
+        same = None if fp is None or reference is None else fp == reference
+        names = [t.name for t in e.losses] + [t.name for t in cfg.losses]
+        keys = [f"teachers[{i}].losses[{j}].name" for j in range(len(e.losses))]
+        keys += [f"losses[{j}].name" for j in range(len(cfg.losses))]
+        check_tokenizer_compat(labels[i], names, keys, same)
+        sames.append(same)
+    return sames
+
+
 def check_ensemble_term(name: str, teacher_kinds: tuple[str, ...], key: str) -> None:
     """An ensemble term may only read taps whose average is meaningful."""
     bad = [k for k in teacher_kinds if k not in ENSEMBLE_KINDS]

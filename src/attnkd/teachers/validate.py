@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from attnkd.config.schema import DistillConfig, StrategyConfig, TeacherConfig
 from attnkd.errors import ConfigError
-from attnkd.teachers.compat import check_ensemble_term, check_tokenizer_compat
+from attnkd.teachers.compat import check_ensemble_term, check_set_tokenizers
 from attnkd.teachers.set import member_labels
 
 __all__ = ["validate_teaching"]
@@ -144,17 +144,8 @@ def _check_tokenizers(cfg: DistillConfig, labels: list[str]) -> None:
     """Every teacher reads the batches of the first teacher's tokenizer; a teacher whose
     vocabulary differs may use sentence-level terms only (and needs its own tokenisation,
     which this runner does not do: refused with a clear error)."""
-    from attnkd.models.hub import vocabulary_fingerprint
-
-    student_tok = cfg.teachers[0].name if cfg.student.init == "teacher" else cfg.student.init
-    reference = vocabulary_fingerprint(student_tok)
-    for i, e in enumerate(cfg.teachers):
-        fp = vocabulary_fingerprint(e.name)
-        same = None if fp is None or reference is None else fp == reference
-        names = [t.name for t in e.losses] + [t.name for t in cfg.losses]
-        keys = [f"teachers[{i}].losses[{j}].name" for j in range(len(e.losses))]
-        keys += [f"losses[{j}].name" for j in range(len(cfg.losses))]
-        check_tokenizer_compat(labels[i], names, keys, same)
+    for i, (e, same) in enumerate(zip(cfg.teachers, check_set_tokenizers(cfg, labels),
+                                      strict=True)):  # fmt: skip
         if same is False:
             raise ConfigError(
                 f"teachers[{i}].name",

@@ -16,7 +16,8 @@ from attnkd.capture import split_heads
 from attnkd.losses import features as feat
 from attnkd.losses.cls_losses import attention_entropy, hard_negative_contrastive, ofa_target_loss
 from attnkd.losses.logits import IGNORE_INDEX, hinton_kd
-from attnkd.losses.terms.base import LossTerm, TermError, register
+from attnkd.losses.terms.base import LossTerm, register
+from attnkd.losses.terms.features import width_projector
 
 
 class ClassificationTerm(LossTerm):
@@ -104,16 +105,7 @@ class HardNegativeContrastiveTerm(LossTerm):
 
     def __init__(self, cfg, teacher, student):
         super().__init__(cfg, teacher, student)
-        if cfg.projector:
-            self.projector = feat.Projector(student.hidden_size, teacher.hidden_size)
-        elif student.hidden_size != teacher.hidden_size:
-            raise TermError(
-                "projector",
-                f"student width {student.hidden_size} != teacher width {teacher.hidden_size}: "
-                "set projector: true",
-            )
-        else:
-            self.projector = None
+        self.projector = width_projector(cfg, teacher, student)
 
     def forward(self, t, s, mask):
         hs = s.get("hidden", self.s_layer)

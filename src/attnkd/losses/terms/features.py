@@ -10,6 +10,21 @@ from attnkd.losses import sentence as sim
 from attnkd.losses.terms.base import LossTerm, TermError, register
 
 
+def width_projector(cfg, teacher, student) -> feat.Projector | None:
+    """The learned student-width -> teacher-width projector of a hidden-state term
+    (``projector: true``), or None when the widths agree; differing widths without one are
+    refused naming the key."""
+    if cfg.projector:
+        return feat.Projector(student.hidden_size, teacher.hidden_size)
+    if student.hidden_size != teacher.hidden_size:
+        raise TermError(
+            "projector",
+            f"student width {student.hidden_size} != teacher width {teacher.hidden_size}: "
+            "set projector: true",
+        )
+    return None
+
+
 class _FeatureTerm(LossTerm):
     """Feature matching with an optional learned projector student width -> teacher width."""
 
@@ -18,16 +33,7 @@ class _FeatureTerm(LossTerm):
     def __init__(self, cfg, teacher, student):
         super().__init__(cfg, teacher, student)
         self.teacher_kinds = self.student_kinds = (self.tap_kind,)
-        if cfg.projector:
-            self.projector = feat.Projector(student.hidden_size, teacher.hidden_size)
-        elif student.hidden_size != teacher.hidden_size:
-            raise TermError(
-                "projector",
-                f"student width {student.hidden_size} != teacher width {teacher.hidden_size}: "
-                "set projector: true",
-            )
-        else:
-            self.projector = None
+        self.projector = width_projector(cfg, teacher, student)
 
     def pair(self, t: Taps, s: Taps) -> tuple[Tensor, Tensor]:
         hs = s.get(self.tap_kind, self.s_layer)
