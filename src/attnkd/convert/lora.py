@@ -48,8 +48,9 @@ def lora_candidates(model: nn.Module) -> dict[str, nn.Linear]:
     adapter, base = adapter_for(model), base_model(model)
     prefix = next((n + "." for n, m in model.named_modules() if m is base and n), "")
     latent = [m for m in model.modules() if isinstance(m, LatentKVAttention)]
-    layers = sorted({*converted_modules(model), *(m.layer_idx for m in latent)})
-    new = [c.mixer for c in converted_modules(model).values()]
+    converted = converted_modules(model)
+    layers = sorted({*converted, *(m.layer_idx for m in latent)})
+    new = [c.mixer for c in converted.values()]
     new += [sub for m in latent for sub in (m.kv_down, m.kv_up)]
     skip = {id(sub) for m in new for sub in m.modules()}
     out: dict[str, nn.Linear] = {}
