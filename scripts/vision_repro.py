@@ -35,7 +35,10 @@ JUDGE_SEEDS = ["0", "1", "2"]
 """Every condensed set (condensation seed 0) is judged by three fresh ConvNet-3s."""
 RUNS = Path("runs")
 PARTS = ["teacher", "students", "vit", "condense", "prune", "at-select", "students-3000",
-         "condense-long"]  # fmt: skip
+         "condense-long", "teacher-seeds"]  # fmt: skip
+TEACHER_SEEDS = (1, 2)
+"""More seeds of the teacher recipe, one after the other (runs fmnist-teacher-s<seed>; seed 0 is
+runs/fmnist-teacher)."""
 LONG_STEPS = 3000
 """The longer student budget (twice the recipes' 1500 steps): runs fmnist-<r>-3000-s<seed>."""
 AT_GRID = {"p300": ("at", 150.0, (0, 1, 2)), "g300": ("at_group", 150.0, (0, 1, 2)),
@@ -101,6 +104,12 @@ def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
     logs.mkdir(parents=True, exist_ok=True)
     if "teacher" in parts and not _done("fmnist-teacher"):
         _cli(["distill", "recipes/fmnist-teacher.yaml", "--no-progress"], logs / "teacher.log")
+    for seed in TEACHER_SEEDS if "teacher-seeds" in parts else ():
+        name = f"fmnist-teacher-s{seed}"
+        if not _done(name):
+            args = ["distill", "recipes/fmnist-teacher.yaml", f"name={name}", f"train.seed={seed}",
+                    "--no-progress", "--overwrite"]  # fmt: skip
+            _cli(args, logs / f"{name}.log")
     jobs = []
     for seed in seeds:
         for s in STUDENTS:
