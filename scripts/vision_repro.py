@@ -33,9 +33,19 @@ CONDENSE_LONG = {"methods": ["datadam", "dm"], "ipc": [1], "iterations": 1000, "
 """A longer matching budget at 1 image per class (runs/condense-1000)."""
 JUDGE_SEEDS = ["0", "1", "2"]
 """Every condensed set (condensation seed 0) is judged by three fresh ConvNet-3s."""
+LIMITED = {"images": 2000, "steps": 1500, "eval_every": 300}
+"""The data-limited regime: the students see a class-balanced 2000 of the training images
+(data.max_images; 200 per class, seeded by train.seed) for 1500 steps of 128 (96 epochs), the
+best of 5 evaluations on the (full) validation split kept.
+Runs fmnist-lim<images>-<label>-s<seed>."""
+LIMITED_GRID = {"p300": ("at", 150.0, (0, 1, 2)), "p1000": ("at", 500.0, (0, 1, 2)),
+                "g300": ("at_group", 150.0, (0, 1, 2))}  # fmt: skip
+"""AT settings compared on validation (seed 0) in the data-limited regime: the full-data recipe's
+β = 300 on the pooled maps, the authors' β = 1000 (AT as a stronger regulariser where data is
+scarce), and β = 300 on the maps before pooling (at_group)."""
 RUNS = Path("runs")
 PARTS = ["teacher", "students", "vit", "condense", "prune", "at-select", "students-3000",
-         "condense-long", "teacher-seeds"]  # fmt: skip
+         "condense-long", "teacher-seeds", "limited-select", "limited"]  # fmt: skip
 TEACHER_SEEDS = (1, 2)
 """More seeds of the teacher recipe, one after the other (runs fmnist-teacher-s<seed>; seed 0 is
 runs/fmnist-teacher)."""
@@ -84,9 +94,9 @@ def _at_chosen() -> str | None:
     return best[0] if best else None
 
 
-def _at_losses(label: str) -> str:
-    """The ``losses=`` override of one AT_GRID setting: CE + AT at its stages."""
-    term, weight, at = AT_GRID[label]
+def _at_losses(label: str, grid: dict | None = None) -> str:
+    """The ``losses=`` override of one AT_GRID (or ``grid``) setting: CE + AT at its stages."""
+    term, weight, at = (grid or AT_GRID)[label]
     stages = ", ".join(f"{{name: {term}, weight: {weight}, teacher_layer: {i}, student_layer: {i}}}"
                        for i in at)  # fmt: skip
     return f"losses=[{{name: ce}}, {stages}]"
@@ -136,6 +146,7 @@ def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
                 args = ["distill", f"recipes/fmnist-{r}.yaml", f"name={name}",
                         f"train.seed={seed}", *extra, *long]  # fmt: skip
                 jobs.append(lambda a=args, n=name: _cli(a, logs / f"{n}.log"))
+    jobs += _limited_jobs(seeds, parts, logs)
     if "prune" in parts:
         jobs.append(lambda: _prune_chain(logs))
     for ipc in condense_ipc:
@@ -160,6 +171,53 @@ def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
                 jobs.append(lambda a=args, f=log: _cli(a, f))
     with ThreadPoolExecutor(parallel) as pool:
         list(pool.map(lambda job: job(), jobs))
+
+
+def _limited_name(label: str, seed: int) -> str:
+    return f"fmnist-lim{LIMITED['images']}-{label}-s{seed}"
+
+
+def _limited_chosen() -> str | None:
+    """The LIMITED_GRID setting with the best validation accuracy among its finished seed-0 runs
+    (the first on a tie; None before any finished)."""
+    best = None
+    for label in LIMITED_GRID:
+        r = _read(RUNS / _limited_name(label, 0) / "results.json")
+        if r and (best is None or r["student"]["select_accuracy"] > best[1]):
+            best = (label, r["student"]["select_accuracy"])
+    return best[0] if best else None
+
+
+def _limited_args(label: str, seed: int) -> list[str]:
+    """``attnkd distill`` arguments of one data-limited run: 'scratch', 'kd-at' (its recipe) or
+    an AT setting of LIMITED_GRID (fmnist-at.yaml with its losses)."""
+    recipe = {"scratch": "scratch", "kd-at": "kd-at"}.get(label, "at")
+    extra = [] if recipe != "at" else [_at_losses(label, LIMITED_GRID)]
+    steps, every = LIMITED["steps"], LIMITED["eval_every"]
+    return ["distill", f"recipes/fmnist-{recipe}.yaml", f"name={_limited_name(label, seed)}",
+            f"train.seed={seed}", f"data.max_images={LIMITED['images']}",
+            f"train.max_steps={steps}", f"train.eval_every={every}", f"train.save_every={steps}",
+            *extra, "--no-progress", "--overwrite"]  # fmt: skip
+
+
+def _limited_jobs(seeds: list[int], parts: list[str], logs: Path) -> list:
+    """'limited-select': scratch and every LIMITED_GRID setting at seed 0 (choose on validation);
+    'limited': scratch and the chosen AT setting at every seed, then KD + AT at every seed."""
+    labels = []
+    if "limited-select" in parts:
+        labels += [("scratch", 0)] + [(label, 0) for label in LIMITED_GRID]
+    chosen = _limited_chosen()
+    if "limited" in parts and chosen:
+        pairs = [(label, seed) for seed in seeds for label in ("scratch", chosen)]
+        labels += pairs + [("kd-at", seed) for seed in seeds]  # the twins first, then KD + AT
+    jobs, seen = [], set()
+    for label, seed in labels:
+        name = _limited_name(label, seed)
+        if name not in seen and not _done(name):
+            seen.add(name)
+            args = _limited_args(label, seed)
+            jobs.append(lambda a=args, n=name: _cli(a, logs / f"{n}.log"))
+    return jobs
 
 
 def _wall(run: Path) -> float | None:
