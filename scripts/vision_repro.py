@@ -48,7 +48,7 @@ PARTS = ["teacher", "students", "vit", "condense", "prune", "at-select", "studen
          "condense-long", "teacher-seeds", "limited-select", "limited"]  # fmt: skip
 TEACHER_SEEDS = (1, 2)
 """More seeds of the teacher recipe, one after the other (runs fmnist-teacher-s<seed>; seed 0 is
-runs/fmnist-teacher)."""
+runs/fmnist-teacher). A run stopped by SIGTERM has saved a checkpoint and continues from it."""
 LONG_STEPS = 3000
 """The longer student budget (twice the recipes' 1500 steps): runs fmnist-<r>-3000-s<seed>."""
 AT_GRID = {"p300": ("at", 150.0, (0, 1, 2)), "g300": ("at_group", 150.0, (0, 1, 2)),
@@ -116,9 +116,10 @@ def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
         _cli(["distill", "recipes/fmnist-teacher.yaml", "--no-progress"], logs / "teacher.log")
     for seed in TEACHER_SEEDS if "teacher-seeds" in parts else ():
         name = f"fmnist-teacher-s{seed}"
-        if not _done(name):
+        if not _done(name):  # a run stopped early (SIGTERM saves a checkpoint) continues
+            again = "--resume" if (RUNS / name / "checkpoints" / "last").is_dir() else "--overwrite"
             args = ["distill", "recipes/fmnist-teacher.yaml", f"name={name}", f"train.seed={seed}",
-                    "--no-progress", "--overwrite"]  # fmt: skip
+                    "--no-progress", again]  # fmt: skip
             _cli(args, logs / f"{name}.log")
     jobs = []
     for seed in seeds:
@@ -243,21 +244,13 @@ def _stats(values: list[float]) -> dict:
 def tables(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = {}
-    teacher = _read(RUNS / "fmnist-teacher" / "results.json")
+    teacher = _teacher_row()
     if teacher:
-        rows["teacher"] = {
-            "recipe": "recipes/fmnist-teacher.yaml", "seeds": [0],
-            "accuracy": [teacher["student"]["accuracy"]],
-            **_stats([teacher["student"]["accuracy"]]), "params": teacher["student"]["params"],
-            "val_accuracy": [teacher["student"].get("select_accuracy")],
-            "steps": [teacher["train"]["steps"]],
-            "train_seconds": [teacher["train"]["seconds_this_session"]],
-            "train_seconds_mean": teacher["train"]["seconds_this_session"],
-            "train_wall_seconds_all_sessions": [_wall(RUNS / "fmnist-teacher")],
-        }  # fmt: skip
+        rows["teacher"] = teacher
     for s in STUDENTS:
         rows[s] = _seed_rows(f"fmnist-{s}", f"recipes/fmnist-{s}.yaml")
     _long_tables(out)
+    _limited_tables(out)
     _write(out / "vision_fmnist.json", {
         "what": "Fashion-MNIST test accuracy (10k), mean/std over seeds; only runs that finished",
         "command": "python scripts/vision_repro.py run && python scripts/vision_repro.py tables",
@@ -294,6 +287,65 @@ def tables(out: Path) -> None:
         "what": "unpruned teacher vs 50% channel-pruned (BN scale): no recovery, CE, CE+AT",
         "command": "python scripts/vision_repro.py run && python scripts/vision_repro.py tables",
         "under_load": True, "rows": _carry(out / "vision_prune.json", "rows", prune),
+    })  # fmt: skip
+
+
+def _teacher_row() -> dict | None:
+    """The teacher recipe over its seeds: seed 0 is runs/fmnist-teacher (the teacher every student
+    learns from), seeds 1-2 runs/fmnist-teacher-s<seed> (part teacher-seeds)."""
+    found = [(0, RUNS / "fmnist-teacher")] + [(s, RUNS / f"fmnist-teacher-s{s}")
+                                               for s in TEACHER_SEEDS]  # fmt: skip
+    found = [(seed, p, _read(p / "results.json")) for seed, p in found]
+    found = [(seed, p, r) for seed, p, r in found if r]
+    if not found:
+        return None
+    acc = [r["student"]["accuracy"] for _, _, r in found]
+    secs = [r["train"]["seconds_this_session"] for _, _, r in found]
+    return {
+        "recipe": "recipes/fmnist-teacher.yaml", "runs": [p.name for _, p, _ in found],
+        "seeds": [seed for seed, _, _ in found], "accuracy": acc, **_stats(acc),
+        "params": found[0][2]["student"]["params"],
+        "val_accuracy": [r["student"].get("select_accuracy") for _, _, r in found],
+        "steps": [r["train"]["steps"] for _, _, r in found], "train_seconds": secs,
+        "train_seconds_mean": statistics.fmean(secs),
+        "train_wall_seconds_all_sessions": [_wall(p) for _, p, _ in found],
+        "command_more_seeds": "python scripts/vision_repro.py run --parts teacher-seeds "
+                              "--parallel 1 (attnkd distill recipes/fmnist-teacher.yaml "
+                              "name=fmnist-teacher-s<seed> train.seed=<seed> --no-progress "
+                              "--overwrite; seed 0 is runs/fmnist-teacher)",
+        "under_load_more_seeds": "seeds 1-2 one after the other at nice 15, one thread, while "
+                                 "other agents' jobs and one other run of ours shared the 2 cores",
+    }  # fmt: skip
+
+
+def _limited_tables(out: Path) -> None:
+    """vision_fmnist_limited.json: the data-limited regime (LIMITED): the AT selection on
+    validation (seed 0) and the 3-seed rows of scratch, the chosen AT setting and KD + AT."""
+    rows = {label: _seed_rows(_limited_name(label, 0)[:-3], " ".join(_limited_args(label, 0)))
+            for label in ("scratch", *LIMITED_GRID, "kd-at")}  # fmt: skip
+    selection = {}
+    for label in ("scratch", *LIMITED_GRID):
+        r = _read(RUNS / _limited_name(label, 0) / "results.json")
+        term, weight, at = LIMITED_GRID.get(label, ("", 0.0, ()))
+        selection[label] = {
+            "term": term or None, "beta": 2 * weight if term else None, "stages": list(at),
+            "val_accuracy": r["student"].get("select_accuracy") if r else None,
+        }  # fmt: skip
+    _write(out / "vision_fmnist_limited.json", {
+        "what": f"Fashion-MNIST test accuracy (10k) of cnn:small students trained on "
+                f"{LIMITED['images']} training images (data.max_images: class-balanced, seeded "
+                f"by train.seed), {LIMITED['steps']} steps of 128, best of the evaluations every "
+                f"{LIMITED['eval_every']} steps on the validation split; teacher cnn:large "
+                "(runs/fmnist-teacher, trained on all 57k). at_selection: seed 0, validation "
+                "accuracy only; the chosen setting (at_chosen) and its scratch twin have 3 seeds "
+                "at the same budget; rows hold each run's test figure; the full argument list of "
+                "seed 0 is each row's 'recipe'",
+        "command": "python scripts/vision_repro.py run --parts limited-select --parallel 1 && "
+                   "python scripts/vision_repro.py run --parts limited --parallel 1 && "
+                   "python scripts/vision_repro.py tables",
+        "under_load": "one run at a time, one thread, nice 10, while a teacher run of ours "
+                      "(nice 15) and other agents' jobs shared the 2 cores",
+        "rows": rows, "at_chosen": _limited_chosen(), "at_selection": selection,
     })  # fmt: skip
 
 
