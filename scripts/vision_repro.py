@@ -313,9 +313,24 @@ def _teacher_row() -> dict | None:
                               "--parallel 1 (attnkd distill recipes/fmnist-teacher.yaml "
                               "name=fmnist-teacher-s<seed> train.seed=<seed> --no-progress "
                               "--overwrite; seed 0 is runs/fmnist-teacher)",
-        "under_load_more_seeds": "seeds 1-2 one after the other at nice 15, one thread, while "
-                                 "other agents' jobs and one other run of ours shared the 2 cores",
+        "under_load_more_seeds": "seeds 1-2 one after the other, one thread, at nice 15 while "
+                                 "one other run of ours (nice 10) and 4-6 of other agents' jobs "
+                                 "shared the 2 cores, at nice 10 once ours had finished",
+        "unfinished": [_unfinished(RUNS / f"fmnist-teacher-s{s}") for s in TEACHER_SEEDS
+                       if not _done(f"fmnist-teacher-s{s}")
+                       and (RUNS / f"fmnist-teacher-s{s}").is_dir()],
     }  # fmt: skip
+
+
+def _unfinished(run: Path) -> dict:
+    """A run stopped before its last step: the step of its last checkpoint (where --resume
+    continues) and the training seconds it had used."""
+    meta = _read(run / "checkpoints" / "last" / "state.json") or {}
+    stops = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
+             if '"event": "stop"' in x] if (run / "metrics.jsonl").is_file() else []  # fmt: skip
+    return {"run": run.name, "checkpoint_step": meta.get("state", {}).get("step"),
+            "stopped_at_step": stops[-1]["step"] if stops else None,
+            "train_wall_seconds": stops[-1]["elapsed_s"] if stops else None}  # fmt: skip
 
 
 def _limited_tables(out: Path) -> None:
