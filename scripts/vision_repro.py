@@ -324,13 +324,16 @@ def _teacher_row() -> dict | None:
 
 def _unfinished(run: Path) -> dict:
     """A run stopped before its last step: the step of its last checkpoint (where --resume
-    continues) and the training seconds it had used."""
+    continues), the step it stopped at and its training seconds at the last logged step."""
     meta = _read(run / "checkpoints" / "last" / "state.json") or {}
-    stops = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
-             if '"event": "stop"' in x] if (run / "metrics.jsonl").is_file() else []  # fmt: skip
+    f = run / "metrics.jsonl"
+    events = [json.loads(x) for x in f.read_text().splitlines()] if f.is_file() else []
+    ends = [e for e in events if e.get("event") in ("stop", "terminated")]
+    timed = [e for e in events if "elapsed_s" in e]
     return {"run": run.name, "checkpoint_step": meta.get("state", {}).get("step"),
-            "stopped_at_step": stops[-1]["step"] if stops else None,
-            "train_wall_seconds": stops[-1]["elapsed_s"] if stops else None}  # fmt: skip
+            "stopped_at_step": ends[-1]["step"] if ends else None,
+            "train_wall_seconds_at_last_log": timed[-1]["elapsed_s"] if timed else None,
+            "last_logged_step": timed[-1].get("step") if timed else None}  # fmt: skip
 
 
 def _limited_tables(out: Path) -> None:
