@@ -106,11 +106,11 @@ def test_pair_rank_term_reads_the_teachers_similarity_of_each_batch_pair(teacher
 
 
 def test_a_pair_batch_run_trains_and_reports_its_pairs(pairs_cfg):
-    cfg = pairs_cfg()
+    cfg = pairs_cfg("data.mined_pairs=1")
     validate(cfg)
     results = run_distill(cfg, progress=False)
     pairs = results["train"]["pairs"]
-    assert pairs["kept"] > 0 and pairs["read"] == {"stsb:train": 40}
+    assert pairs["kept"] > 0 and pairs["read"] == {"stsb:train": 40} and pairs["mined"] > 0
     assert results["train"]["held_out"]["stsb:val"]["removed"] > 0
     assert results["train"]["sources"]["stsb:train"]["excluded"] == results["train"][
         "held_out_removed"]  # fmt: skip
@@ -131,3 +131,36 @@ def test_settings_that_need_pairs_are_refused_naming_the_key(pairs_cfg, base_ove
     live = apply_overrides(default_recipe(), [*base_overrides, "data.pair_batches=true"])
     with pytest.raises(ConfigError, match="data.pair_batches.*live teacher"):
         run_distill(replace(live, name="live"), progress=False)
+
+
+def test_mined_pairs_are_each_rows_nearest_others_by_the_weighted_teacher_similarity():
+    from attnkd.tasks.sentence_pairs import mine_pairs
+
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(11, 5, generator=g), torch.randn(11, 3, generator=g)
+    got = mine_pairs([a, b], [2.0, 1.0], k=2, block=4)  # blocks smaller than the corpus
+    ca = torch.nn.functional.cosine_similarity(a[:, None], a[None], dim=-1)
+    cb = torch.nn.functional.cosine_similarity(b[:, None], b[None], dim=-1)
+    sims = (2 * ca + cb) / 3
+    want = []
+    for i in range(11):
+        order = [j for j in sims[i].argsort(descending=True).tolist() if j != i]
+        want += [(i, order[0]), (i, order[1])]
+    assert got == want
+    with pytest.raises(ConfigError, match="data.mined_pairs"):
+        mine_pairs([a], [1.0], k=11)
+
+
+def test_mined_pairs_join_the_source_pairs_without_repeats(pairs_cfg):
+    cfg = pairs_cfg()
+    corpus = build_sentence_corpus(cfg, eval_splits(cfg))
+    plain = corpus_pairs(cfg, corpus)
+    a, b = plain.pairs[0]
+    got = corpus_pairs(cfg, corpus, [(b, a), (a, a), (0, 1), (1, 0)])
+    assert got.pairs[: len(plain.pairs)] == plain.pairs
+    extra = [] if (0, 1) in plain.pairs or (1, 0) in plain.pairs else [(0, 1)]
+    assert got.pairs[len(plain.pairs):] == extra and got.mined == len(extra)
+    with pytest.raises(ConfigError, match="data.mined_pairs.*pair_batches"):
+        validate(pairs_cfg("data.mined_pairs=2", "data.pair_batches=false",
+                           "losses=[{name: sentence_similarity}]"), check_models=False,
+                 check_data=False)  # fmt: skip

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from attnkd.config.schema import DistillConfig
@@ -39,6 +40,8 @@ class CorpusPairs:
     """Pairs with a sentence missing from the corpus, or twice the same sentence."""
     repeated: int = 0
     """Pairs already taken (the same two sentences, in either order)."""
+    mined: int = 0
+    """Pairs added by :func:`mine_pairs` (not already a source pair)."""
     unpaired: int = 0
     """Corpus sentences in no kept pair: pair batches never train on them."""
 
@@ -48,9 +51,12 @@ class CorpusPairs:
         return out
 
 
-def corpus_pairs(cfg: DistillConfig, corpus: Corpus) -> CorpusPairs:
-    """The pairs of ``data.train_sources`` whose two sentences are both in ``corpus``; a
-    ConfigError naming ``data.pair_batches`` when there are none."""
+def corpus_pairs(
+    cfg: DistillConfig, corpus: Corpus, mined: list[tuple[int, int]] = ()
+) -> CorpusPairs:
+    """The pairs of ``data.train_sources`` whose two sentences are both in ``corpus``, then the
+    ``mined`` pairs (corpus rows) not among them; a ConfigError naming ``data.pair_batches``
+    when there are none."""
     d = cfg.data
     index: dict[str, int] = {}
     for i, text in enumerate(corpus.sentences):
@@ -70,11 +76,42 @@ def corpus_pairs(cfg: DistillConfig, corpus: Corpus) -> CorpusPairs:
             else:
                 seen.add((min(ia, ib), max(ia, ib)))
                 out.pairs.append((ia, ib))
+    for ia, ib in mined:
+        if ia != ib and (min(ia, ib), max(ia, ib)) not in seen:
+            seen.add((min(ia, ib), max(ia, ib)))
+            out.pairs.append((ia, ib))
+            out.mined += 1
     if not out.pairs:
         raise ConfigError("data.pair_batches", f"no training pair left in {d.train_sources}: "
-                          f"pair batches need one of {list(PAIR_SOURCES)}")  # fmt: skip
+                          f"pair batches need one of {list(PAIR_SOURCES)} or "
+                          "data.mined_pairs > 0")  # fmt: skip
     paired = {i for p in out.pairs for i in p}
     out.unpaired = len(corpus.sentences) - len(paired)
+    return out
+
+
+def mine_pairs(
+    targets: list[Tensor], weights: list[float], k: int, block: int = 1024
+) -> list[tuple[int, int]]:
+    """Teacher-mined related pairs: each row with its ``k`` nearest other rows by the teachers'
+    cosine similarity (their matrices averaged with ``weights``, as the ensemble target is).
+
+    ``targets``: each teacher's (n, width_i) embeddings of the same n sentences. Returns
+    ``n * k`` pairs ``(row, neighbour)``, nearest first; similarities are computed ``block`` rows
+    at a time, so memory stays at ``block x n``."""
+    n = targets[0].shape[0]
+    if k < 1 or k >= n:
+        raise ConfigError("data.mined_pairs", f"must be in [1, {n - 1}] (the corpus has {n} "
+                          f"sentences), got {k}")  # fmt: skip
+    total = float(sum(weights))
+    units = [F.normalize(t.float(), dim=-1) for t in targets]
+    out: list[tuple[int, int]] = []
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        sims = sum((w / total) * (u[start:stop] @ u.T) for w, u in zip(weights, units))
+        sims[torch.arange(stop - start), torch.arange(start, stop)] = float("-inf")
+        nearest = sims.topk(k, dim=1).indices.tolist()
+        out += [(start + i, j) for i, row in enumerate(nearest) for j in row]
     return out
 
 

@@ -40,7 +40,7 @@ from attnkd.models.load import (
 )
 from attnkd.paths import cache_dir
 from attnkd.tasks.sentence import EvalPairs, GroupedBatches, build_sentence_corpus, eval_splits
-from attnkd.tasks.sentence_pairs import PairBatches, corpus_pairs
+from attnkd.tasks.sentence_pairs import PairBatches, corpus_pairs, mine_pairs
 
 log = logging.getLogger("attnkd")
 
@@ -102,6 +102,11 @@ def check_teachers_static(cfg: DistillConfig) -> None:
         if term.name == "sentence_pair_rank" and not cfg.data.pair_batches:
             raise ConfigError(f"{key}.name", "sentence_pair_rank ranks the training pairs of "
                               "each batch: set data.pair_batches: true")  # fmt: skip
+    if cfg.data.mined_pairs and not cfg.data.pair_batches:
+        raise ConfigError("data.mined_pairs", "mined pairs go into pair batches: set "
+                          "data.pair_batches: true")  # fmt: skip
+    if cfg.data.mined_pairs < 0:
+        raise ConfigError("data.mined_pairs", f"must be >= 0, got {cfg.data.mined_pairs}")
     if cfg.data.pair_batches and cfg.train.batch_size % 2:
         raise ConfigError("train.batch_size", "data.pair_batches puts both sentences of a pair "
                           f"in a batch: use an even size, got {cfg.train.batch_size}")  # fmt: skip
@@ -329,7 +334,11 @@ def run_teachers(
     module = SentenceTargetDistiller(student, cfg.teachers, [t.embeddings for t in targets],
                                      cfg.losses)  # fmt: skip
     module.to(device)
-    pairs = corpus_pairs(cfg, corpus) if d.pair_batches else None
+    mined = []
+    if d.pair_batches and d.mined_pairs:
+        mined = mine_pairs([t.embeddings for t in targets], [e.weight for e in cfg.teachers],
+                           d.mined_pairs)  # fmt: skip
+    pairs = corpus_pairs(cfg, corpus, mined) if d.pair_batches else None
     if pairs is not None:
         log.info("pair batches: %s", pairs.as_dict())
         batches = PairBatches(corpus.sentences, pairs.pairs, tok, cfg.train.batch_size,
