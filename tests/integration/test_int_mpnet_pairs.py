@@ -164,3 +164,13 @@ def test_mined_pairs_join_the_source_pairs_without_repeats(pairs_cfg):
         validate(pairs_cfg("data.mined_pairs=2", "data.pair_batches=false",
                            "losses=[{name: sentence_similarity}]"), check_models=False,
                  check_data=False)  # fmt: skip
+
+
+def test_the_pair_rank_term_refuses_a_live_teacher(teacher_dir):
+    from attnkd.losses.terms import TERMS, TermError
+    from attnkd.models.adapters import geometry
+    from attnkd.models.load import load_encoder
+
+    g = geometry(load_encoder(str(teacher_dir)).model.config)
+    with pytest.raises(TermError, match="data.pair_batches"):
+        TERMS.get("sentence_pair_rank").cls(LossTermConfig("sentence_pair_rank"), g, g)
