@@ -70,8 +70,8 @@ def _mean_std(xs: list[float]) -> dict:
     }
 
 
-def cmd_tables(dataset: str, out: Path | None) -> int:
-    teacher_dir = RUNS / f"{dataset}-teacher"
+def cmd_tables(dataset: str, out: Path | None, runs_dir: Path = RUNS, note: str = "") -> int:
+    teacher_dir = runs_dir / f"{dataset}-teacher"
     teacher = json.loads((teacher_dir / "results.json").read_text())
     t_acc, t_f1 = teacher["student"]["accuracy"], teacher["student"]["f1"]
     rows = [
@@ -85,19 +85,20 @@ def cmd_tables(dataset: str, out: Path | None) -> int:
             "retention": _mean_std([1.0]),
             "steps": teacher["train"]["steps"],
             "wall_s": _mean_std([_wall(teacher_dir)]),
+            "commands": [_command(teacher_dir)],
         }
     ]
     recipes = sorted(
         {
             p.name.rsplit("-s", 1)[0]
-            for p in RUNS.glob(f"{dataset}-l*-s*")
+            for p in runs_dir.glob(f"{dataset}-l*-s*")
             if (p / "results.json").is_file()
         }
     )
     for recipe in recipes:
         runs = sorted(
             p
-            for p in RUNS.glob(f"{recipe}-s*")
+            for p in runs_dir.glob(f"{recipe}-s*")
             if (p / "results.json").is_file() and p.name.rsplit("-s", 1)[0] == recipe
         )
         res = [json.loads((p / "results.json").read_text()) for p in runs]
@@ -116,6 +117,7 @@ def cmd_tables(dataset: str, out: Path | None) -> int:
                 "teacher_used": res[0]["train"]["teacher_used"],
                 "steps": res[0]["train"]["steps"],
                 "wall_s": _mean_std([_wall(p) for p in runs]),
+                "commands": [_command(p) for p in runs],
             }
         )
     table = {
@@ -126,7 +128,8 @@ def cmd_tables(dataset: str, out: Path | None) -> int:
         "train_rows": teacher["train"]["train_examples"],
         "held_out_removed": teacher["train"]["held_out_removed"],
         "note": "wall_s: the whole attnkd distill command (load, train, evaluate, export), "
-        "one thread per run, 2 shared CPU cores under heavy load from other jobs",
+        "one thread per run, 2 shared CPU cores under load from other jobs"
+        + (f"; {note}" if note else ""),
         "rows": rows,
     }
     for r in rows:
@@ -144,6 +147,11 @@ def cmd_tables(dataset: str, out: Path | None) -> int:
     return 0
 
 
+def _command(run_dir: Path) -> str | None:
+    path = run_dir / "wall.json"
+    return json.loads(path.read_text()).get("command") if path.is_file() else None
+
+
 def _wall(run_dir: Path) -> float:
     path = run_dir / "wall.json"
     return json.loads(path.read_text())["wall_s"] if path.is_file() else float("nan")
@@ -157,10 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("tables")
     t.add_argument("dataset", choices=["sst2", "mrpc", "rte"])
     t.add_argument("--json", type=Path, default=None)
+    t.add_argument("--note", default="", help="appended to the table's note (run conditions)")
     args = ap.parse_args(argv)
     if args.cmd == "run":
         return cmd_run(args.items)
-    return cmd_tables(args.dataset, args.json)
+    return cmd_tables(args.dataset, args.json, note=args.note)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,22 @@ CONDENSE_LONG = {"methods": ["datadam", "dm"], "ipc": [1], "iterations": 1000, "
 """A longer matching budget at 1 image per class (runs/condense-1000)."""
 JUDGE_SEEDS = ["0", "1", "2"]
 """Every condensed set (condensation seed 0) is judged by three fresh ConvNet-3s."""
+LIMITED = {"images": 2000, "steps": 1500, "eval_every": 300}
+"""The data-limited regime: the students see a class-balanced 2000 of the training images
+(data.max_images; 200 per class, seeded by train.seed) for 1500 steps of 128 (96 epochs), the
+best of 5 evaluations on the (full) validation split kept.
+Runs fmnist-lim<images>-<label>-s<seed>."""
+LIMITED_GRID = {"p300": ("at", 150.0, (0, 1, 2)), "p1000": ("at", 500.0, (0, 1, 2)),
+                "g300": ("at_group", 150.0, (0, 1, 2))}  # fmt: skip
+"""AT settings compared on validation (seed 0) in the data-limited regime: the full-data recipe's
+β = 300 on the pooled maps, the authors' β = 1000 (AT as a stronger regulariser where data is
+scarce), and β = 300 on the maps before pooling (at_group)."""
 RUNS = Path("runs")
 PARTS = ["teacher", "students", "vit", "condense", "prune", "at-select", "students-3000",
-         "condense-long"]  # fmt: skip
+         "condense-long", "teacher-seeds", "limited-select", "limited"]  # fmt: skip
+TEACHER_SEEDS = (1, 2)
+"""More seeds of the teacher recipe, one after the other (runs fmnist-teacher-s<seed>; seed 0 is
+runs/fmnist-teacher). A run stopped by SIGTERM has saved a checkpoint and continues from it."""
 LONG_STEPS = 3000
 """The longer student budget (twice the recipes' 1500 steps): runs fmnist-<r>-3000-s<seed>."""
 AT_GRID = {"p300": ("at", 150.0, (0, 1, 2)), "g300": ("at_group", 150.0, (0, 1, 2)),
@@ -81,9 +94,9 @@ def _at_chosen() -> str | None:
     return best[0] if best else None
 
 
-def _at_losses(label: str) -> str:
-    """The ``losses=`` override of one AT_GRID setting: CE + AT at its stages."""
-    term, weight, at = AT_GRID[label]
+def _at_losses(label: str, grid: dict | None = None) -> str:
+    """The ``losses=`` override of one AT_GRID (or ``grid``) setting: CE + AT at its stages."""
+    term, weight, at = (grid or AT_GRID)[label]
     stages = ", ".join(f"{{name: {term}, weight: {weight}, teacher_layer: {i}, student_layer: {i}}}"
                        for i in at)  # fmt: skip
     return f"losses=[{{name: ce}}, {stages}]"
@@ -101,6 +114,13 @@ def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
     logs.mkdir(parents=True, exist_ok=True)
     if "teacher" in parts and not _done("fmnist-teacher"):
         _cli(["distill", "recipes/fmnist-teacher.yaml", "--no-progress"], logs / "teacher.log")
+    for seed in TEACHER_SEEDS if "teacher-seeds" in parts else ():
+        name = f"fmnist-teacher-s{seed}"
+        if not _done(name):  # a run stopped early (SIGTERM saves a checkpoint) continues
+            again = "--resume" if (RUNS / name / "checkpoints" / "last").is_dir() else "--overwrite"
+            args = ["distill", "recipes/fmnist-teacher.yaml", f"name={name}", f"train.seed={seed}",
+                    "--no-progress", again]  # fmt: skip
+            _cli(args, logs / f"{name}.log")
     jobs = []
     for seed in seeds:
         for s in STUDENTS:
@@ -127,6 +147,7 @@ def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
                 args = ["distill", f"recipes/fmnist-{r}.yaml", f"name={name}",
                         f"train.seed={seed}", *extra, *long]  # fmt: skip
                 jobs.append(lambda a=args, n=name: _cli(a, logs / f"{n}.log"))
+    jobs += _limited_jobs(seeds, parts, logs)
     if "prune" in parts:
         jobs.append(lambda: _prune_chain(logs))
     for ipc in condense_ipc:
@@ -153,6 +174,53 @@ def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
         list(pool.map(lambda job: job(), jobs))
 
 
+def _limited_name(label: str, seed: int) -> str:
+    return f"fmnist-lim{LIMITED['images']}-{label}-s{seed}"
+
+
+def _limited_chosen() -> str | None:
+    """The LIMITED_GRID setting with the best validation accuracy among its finished seed-0 runs
+    (the first on a tie; None before any finished)."""
+    best = None
+    for label in LIMITED_GRID:
+        r = _read(RUNS / _limited_name(label, 0) / "results.json")
+        if r and (best is None or r["student"]["select_accuracy"] > best[1]):
+            best = (label, r["student"]["select_accuracy"])
+    return best[0] if best else None
+
+
+def _limited_args(label: str, seed: int) -> list[str]:
+    """``attnkd distill`` arguments of one data-limited run: 'scratch', 'kd-at' (its recipe) or
+    an AT setting of LIMITED_GRID (fmnist-at.yaml with its losses)."""
+    recipe = {"scratch": "scratch", "kd-at": "kd-at"}.get(label, "at")
+    extra = [] if recipe != "at" else [_at_losses(label, LIMITED_GRID)]
+    steps, every = LIMITED["steps"], LIMITED["eval_every"]
+    return ["distill", f"recipes/fmnist-{recipe}.yaml", f"name={_limited_name(label, seed)}",
+            f"train.seed={seed}", f"data.max_images={LIMITED['images']}",
+            f"train.max_steps={steps}", f"train.eval_every={every}", f"train.save_every={steps}",
+            *extra, "--no-progress", "--overwrite"]  # fmt: skip
+
+
+def _limited_jobs(seeds: list[int], parts: list[str], logs: Path) -> list:
+    """'limited-select': scratch and every LIMITED_GRID setting at seed 0 (choose on validation);
+    'limited': scratch and the chosen AT setting at every seed, then KD + AT at every seed."""
+    labels = []
+    if "limited-select" in parts:
+        labels += [("scratch", 0)] + [(label, 0) for label in LIMITED_GRID]
+    chosen = _limited_chosen()
+    if "limited" in parts and chosen:
+        pairs = [(label, seed) for seed in seeds for label in ("scratch", chosen)]
+        labels += pairs + [("kd-at", seed) for seed in seeds]  # the twins first, then KD + AT
+    jobs, seen = [], set()
+    for label, seed in labels:
+        name = _limited_name(label, seed)
+        if name not in seen and not _done(name):
+            seen.add(name)
+            args = _limited_args(label, seed)
+            jobs.append(lambda a=args, n=name: _cli(a, logs / f"{n}.log"))
+    return jobs
+
+
 def _wall(run: Path) -> float | None:
     """Training wall time over all sessions of a run: the last 'stop' event's elapsed_s."""
     f = run / "metrics.jsonl"
@@ -176,21 +244,13 @@ def _stats(values: list[float]) -> dict:
 def tables(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = {}
-    teacher = _read(RUNS / "fmnist-teacher" / "results.json")
+    teacher = _teacher_row()
     if teacher:
-        rows["teacher"] = {
-            "recipe": "recipes/fmnist-teacher.yaml", "seeds": [0],
-            "accuracy": [teacher["student"]["accuracy"]],
-            **_stats([teacher["student"]["accuracy"]]), "params": teacher["student"]["params"],
-            "val_accuracy": [teacher["student"].get("select_accuracy")],
-            "steps": [teacher["train"]["steps"]],
-            "train_seconds": [teacher["train"]["seconds_this_session"]],
-            "train_seconds_mean": teacher["train"]["seconds_this_session"],
-            "train_wall_seconds_all_sessions": [_wall(RUNS / "fmnist-teacher")],
-        }  # fmt: skip
+        rows["teacher"] = teacher
     for s in STUDENTS:
         rows[s] = _seed_rows(f"fmnist-{s}", f"recipes/fmnist-{s}.yaml")
     _long_tables(out)
+    _limited_tables(out)
     _write(out / "vision_fmnist.json", {
         "what": "Fashion-MNIST test accuracy (10k), mean/std over seeds; only runs that finished",
         "command": "python scripts/vision_repro.py run && python scripts/vision_repro.py tables",
@@ -227,6 +287,83 @@ def tables(out: Path) -> None:
         "what": "unpruned teacher vs 50% channel-pruned (BN scale): no recovery, CE, CE+AT",
         "command": "python scripts/vision_repro.py run && python scripts/vision_repro.py tables",
         "under_load": True, "rows": _carry(out / "vision_prune.json", "rows", prune),
+    })  # fmt: skip
+
+
+def _teacher_row() -> dict | None:
+    """The teacher recipe over its seeds: seed 0 is runs/fmnist-teacher (the teacher every student
+    learns from), seeds 1-2 runs/fmnist-teacher-s<seed> (part teacher-seeds)."""
+    found = [(0, RUNS / "fmnist-teacher")] + [(s, RUNS / f"fmnist-teacher-s{s}")
+                                               for s in TEACHER_SEEDS]  # fmt: skip
+    found = [(seed, p, _read(p / "results.json")) for seed, p in found]
+    found = [(seed, p, r) for seed, p, r in found if r]
+    if not found:
+        return None
+    acc = [r["student"]["accuracy"] for _, _, r in found]
+    secs = [r["train"]["seconds_this_session"] for _, _, r in found]
+    return {
+        "recipe": "recipes/fmnist-teacher.yaml", "runs": [p.name for _, p, _ in found],
+        "seeds": [seed for seed, _, _ in found], "accuracy": acc, **_stats(acc),
+        "params": found[0][2]["student"]["params"],
+        "val_accuracy": [r["student"].get("select_accuracy") for _, _, r in found],
+        "steps": [r["train"]["steps"] for _, _, r in found], "train_seconds": secs,
+        "train_seconds_mean": statistics.fmean(secs),
+        "train_wall_seconds_all_sessions": [_wall(p) for _, p, _ in found],
+        "command_more_seeds": "python scripts/vision_repro.py run --parts teacher-seeds "
+                              "--parallel 1 (attnkd distill recipes/fmnist-teacher.yaml "
+                              "name=fmnist-teacher-s<seed> train.seed=<seed> --no-progress "
+                              "--overwrite; seed 0 is runs/fmnist-teacher)",
+        "under_load_more_seeds": "seeds 1-2 one after the other, one thread, at nice 15 while "
+                                 "one other run of ours (nice 10) and 4-6 of other agents' jobs "
+                                 "shared the 2 cores, at nice 10 once ours had finished",
+        "unfinished": [_unfinished(RUNS / f"fmnist-teacher-s{s}") for s in TEACHER_SEEDS
+                       if not _done(f"fmnist-teacher-s{s}")
+                       and (RUNS / f"fmnist-teacher-s{s}").is_dir()],
+    }  # fmt: skip
+
+
+def _unfinished(run: Path) -> dict:
+    """A run stopped before its last step: the step of its last checkpoint (where --resume
+    continues), the step it stopped at and its training seconds at the last logged step."""
+    meta = _read(run / "checkpoints" / "last" / "state.json") or {}
+    f = run / "metrics.jsonl"
+    events = [json.loads(x) for x in f.read_text().splitlines()] if f.is_file() else []
+    ends = [e for e in events if e.get("event") in ("stop", "terminated")]
+    timed = [e for e in events if "elapsed_s" in e]
+    return {"run": run.name, "checkpoint_step": meta.get("state", {}).get("step"),
+            "stopped_at_step": ends[-1]["step"] if ends else None,
+            "train_wall_seconds_at_last_log": timed[-1]["elapsed_s"] if timed else None,
+            "last_logged_step": timed[-1].get("step") if timed else None}  # fmt: skip
+
+
+def _limited_tables(out: Path) -> None:
+    """vision_fmnist_limited.json: the data-limited regime (LIMITED): the AT selection on
+    validation (seed 0) and the 3-seed rows of scratch, the chosen AT setting and KD + AT."""
+    rows = {label: _seed_rows(_limited_name(label, 0)[:-3], " ".join(_limited_args(label, 0)))
+            for label in ("scratch", *LIMITED_GRID, "kd-at")}  # fmt: skip
+    selection = {}
+    for label in ("scratch", *LIMITED_GRID):
+        r = _read(RUNS / _limited_name(label, 0) / "results.json")
+        term, weight, at = LIMITED_GRID.get(label, ("", 0.0, ()))
+        selection[label] = {
+            "term": term or None, "beta": 2 * weight if term else None, "stages": list(at),
+            "val_accuracy": r["student"].get("select_accuracy") if r else None,
+        }  # fmt: skip
+    _write(out / "vision_fmnist_limited.json", {
+        "what": f"Fashion-MNIST test accuracy (10k) of cnn:small students trained on "
+                f"{LIMITED['images']} training images (data.max_images: class-balanced, seeded "
+                f"by train.seed), {LIMITED['steps']} steps of 128, best of the evaluations every "
+                f"{LIMITED['eval_every']} steps on the validation split; teacher cnn:large "
+                "(runs/fmnist-teacher, trained on all 57k). at_selection: seed 0, validation "
+                "accuracy only; the chosen setting (at_chosen) and its scratch twin have 3 seeds "
+                "at the same budget; rows hold each run's test figure; the full argument list of "
+                "seed 0 is each row's 'recipe'",
+        "command": "python scripts/vision_repro.py run --parts limited-select --parallel 1 && "
+                   "python scripts/vision_repro.py run --parts limited --parallel 1 && "
+                   "python scripts/vision_repro.py tables",
+        "under_load": "one run at a time, one thread, nice 10, while a teacher run of ours "
+                      "(nice 15) and other agents' jobs shared the 2 cores",
+        "rows": rows, "at_chosen": _limited_chosen(), "at_selection": selection,
     })  # fmt: skip
 
 

@@ -8,7 +8,7 @@ import torch
 from vision_helpers import idx_bytes, write_tiny_fmnist
 
 from attnkd.errors import DataError
-from attnkd.vision.data import ImageBatches, augment, split_train, to_float
+from attnkd.vision.data import ImageBatches, augment, balanced_subset, split_train, to_float
 from attnkd.vision.idx import load_fashion_mnist, read_idx
 
 
@@ -55,6 +55,21 @@ def test_split_is_disjoint_and_seeded(tmp_path):
     a, b = split_train(data, 0.2, 0), split_train(data, 0.2, 0)
     assert len(a.val) == 20 and len(a.train) == 80
     assert torch.equal(a.val.images, b.val.images)
+
+
+def test_balanced_subset_is_seeded_even_and_drawn_from_the_set(tmp_path):
+    write_tiny_fmnist(tmp_path, 100, 20)
+    data = split_train(load_fashion_mnist("train", tmp_path), 0.2, 0).train
+    a, b, c = (balanced_subset(data, 23, seed) for seed in (0, 0, 1))
+    assert len(a) == 23 and torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+    counts = torch.bincount(a.labels, minlength=10)
+    assert counts.min() == 2 and counts.max() == 3 and int((counts == 3).sum()) == 3
+    rows = {bytes(x.flatten().tolist()): int(y) for x, y in zip(data.images, data.labels)}
+    assert all(rows[bytes(x.flatten().tolist())] == int(y) for x, y in zip(a.images, a.labels))
+    assert len({bytes(x.flatten().tolist()) for x in a.images}) == 23  # no image twice
+    assert len(balanced_subset(data, 500, 0)) == len(data)  # asks for more: gives all it has
+    with pytest.raises(ValueError, match="at least one"):
+        balanced_subset(data, 0, 0)
 
 
 def test_augment_shifts_with_black_fill_and_flips():

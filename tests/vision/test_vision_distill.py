@@ -65,6 +65,16 @@ def test_teacher_stage_then_every_image_term(tmp_path, data):
         torch.zeros(1, 1, 28, 28)).shape == (1, 10)  # fmt: skip
 
 
+def test_max_images_trains_on_a_balanced_part(tmp_path, data):
+    cfg = _cfg(tmp_path, "few", steps=2)
+    cfg.data.max_images = 40
+    res = run_distill(cfg, progress=False)
+    assert res["train"]["train_images"] == 40 and res["train"]["val_images"] == 24
+    cfg.data.max_images = 8  # fewer than one batch of 16
+    with pytest.raises(ConfigError, match=r"data\.max_images.*batch_size \(16\)"):
+        validate(cfg)
+
+
 def test_vit_with_distillation_token(tmp_path, data):
     run_distill(_cfg(tmp_path, "t", steps=3), progress=False)
     folder = str(tmp_path / "runs" / "t" / "student")

@@ -158,6 +158,10 @@ class DataConfig:
     """causal_lm: share of the token blocks (the last ones) held out for the final evaluation."""
     max_length: int = 128
     """Longest tokenised sentence (sentence task), or the block length in tokens (causal_lm)."""
+    max_images: int | None = None
+    """image_classification: keep only this many of the training images left after the
+    validation cut (a class-balanced choice seeded by train.seed: the data-limited regime);
+    None keeps them all."""
     image_dir: str | None = None
     """image_classification: the Fashion-MNIST idx folder; None means $ATTNKD_FMNIST_DIR, then
     /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist)."""

@@ -7,7 +7,8 @@ Models are built from names (``cnn:teacher``, ``cnn:small``, ``vit:tiny``, see
 recipe runs first (the teacher stage) and its exported student becomes the teacher.
 
 Splits: ``data.val_fraction`` of the 60k training images (chosen by ``train.seed``) select the
-best checkpoint; the 10k test images are only used for the final figures.
+best checkpoint; the 10k test images are only used for the final figures. ``data.max_images``
+keeps a class-balanced part of the rest for training (the data-limited regime).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from attnkd.errors import AttnkdError
 from attnkd.models.adapters import geometry
 from attnkd.models.load import LoadedModel
 from attnkd.tasks.base import Task, TaskSetup
-from attnkd.vision.data import ImageBatches, accuracy, split_train
+from attnkd.vision.data import ImageBatches, Split, accuracy, balanced_subset, split_train
 from attnkd.vision.idx import load_fashion_mnist
 from attnkd.vision.io import load_image_model, save_image_model
 from attnkd.vision.models import NO_TEACHER, NoTeacher
@@ -101,6 +102,8 @@ def make_step(teacher: nn.Module, distiller: nn.Module, model: nn.Module | None 
 def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> TaskSetup:
     d = cfg.data
     split = split_train(load_fashion_mnist("train", d.image_dir), d.val_fraction, cfg.train.seed)
+    if d.max_images is not None:  # the data-limited regime: a class-balanced part of train
+        split = Split(balanced_subset(split.train, d.max_images, cfg.train.seed), split.val)
     test = load_fashion_mnist("test", d.image_dir)
     batches = ImageBatches(split.train, cfg.train.batch_size, cfg.train.seed)
     has_teacher = not isinstance(teacher, NoTeacher)

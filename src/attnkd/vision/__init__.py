@@ -2,7 +2,14 @@
 CNN/ViT builders, save/load, channel pruning and dataset condensation (DataDAM, DM)."""
 
 from attnkd.vision.condense import CondenseConfig, CondenseResult, condense, matching_loss
-from attnkd.vision.data import ImageBatches, accuracy, augment, split_train, to_float
+from attnkd.vision.data import (
+    ImageBatches,
+    accuracy,
+    augment,
+    balanced_subset,
+    split_train,
+    to_float,
+)
 from attnkd.vision.idx import ImageSet, image_dir, load_fashion_mnist, read_idx
 from attnkd.vision.io import is_image_model, load_image_model, save_image_model
 from attnkd.vision.models import (
@@ -29,6 +36,7 @@ __all__ = [
     "NoTeacher",
     "accuracy",
     "augment",
+    "balanced_subset",
     "build_model",
     "condense",
     "image_dir",

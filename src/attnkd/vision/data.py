@@ -66,6 +66,25 @@ def split_train(data: ImageSet, val_fraction: float, seed: int) -> Split:
     )
 
 
+def balanced_subset(data: ImageSet, n: int, seed: int) -> ImageSet:
+    """``n`` images of ``data`` chosen at random (``seed``) with the classes as even as they can
+    be: ``n // k`` of each of the ``k`` classes, one more for the first ``n % k`` classes in a
+    seeded order (a class with too few images gives all it has). Order: shuffled."""
+    if n < 1:
+        raise ValueError(f"a subset needs at least one image, got {n}")
+    g = torch.Generator().manual_seed(seed * 7_919 + 1)
+    classes = data.labels.unique()
+    extra = set(classes[torch.randperm(len(classes), generator=g)][: n % len(classes)].tolist())
+    keep = []
+    for c in classes.tolist():
+        idx = (data.labels == c).nonzero().flatten()
+        take = n // len(classes) + (c in extra)
+        keep.append(idx[torch.randperm(len(idx), generator=g)[:take]])
+    chosen = torch.cat(keep)
+    chosen = chosen[torch.randperm(len(chosen), generator=g)]
+    return ImageSet(data.images[chosen], data.labels[chosen])
+
+
 class ImageBatches:
     """Shuffled, augmented batches ``{'pixel_values', 'labels'}`` addressable by (epoch, index)."""
 

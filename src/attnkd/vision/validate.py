@@ -43,6 +43,9 @@ def validate_image(cfg: DistillConfig, check_data: bool = True, check_models: bo
     _check(t.batch_size >= 2, "train.batch_size", f"must be >= 2, got {t.batch_size}")
     _check(t.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {t.grad_accum}")
     _check(0 < cfg.data.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
+    m = cfg.data.max_images
+    _check(m is None or m >= t.batch_size, "data.max_images",
+           f"must be at least train.batch_size ({t.batch_size}) or null, got {m}")  # fmt: skip
     _check(bool(cfg.losses), "losses", "needs at least one loss term")
     for i, term in enumerate(cfg.losses):
         key = f"losses[{i}]"

@@ -1,0 +1,66 @@
+"""scripts/cls_repro.py tables: one row per recipe over its seeds, retention against the teacher
+run, the commands and wall times recorded beside each run, runs without results left out."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[2] / "scripts" / "cls_repro.py"
+_spec = importlib.util.spec_from_file_location("cls_repro_script", _PATH)
+cr = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = cr
+_spec.loader.exec_module(cr)
+
+
+def _run(root: Path, name: str, acc: float, layers: int, wall: float | None, **extra) -> None:
+    d = root / name
+    d.mkdir(parents=True)
+    res = {
+        "name": name,
+        "seed": 0,
+        "eval_split": "sst2:heldout",
+        "select_split": "sst2:val",
+        "student": {"accuracy": acc, "f1": acc - 0.01, "layers": layers, "params": 10 * layers},
+        "train": {"steps": 7, "teacher_used": layers < 6, "train_examples": 100,
+                  "held_out_removed": {"sst2:heldout": 3}},
+        **extra,
+    }  # fmt: skip
+    (d / "results.json").write_text(json.dumps(res))
+    if wall is not None:
+        (d / "wall.json").write_text(json.dumps({"wall_s": wall, "command": f"attnkd {name}"}))
+
+
+def test_tables_rows_retention_and_commands(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _run(runs, "sst2-teacher", 0.90, 6, 100.0)
+    _run(runs, "sst2-l3-s0", 0.88, 3, 10.0)
+    _run(runs, "sst2-l3-s1", 0.86, 3, 14.0)
+    _run(runs, "sst2-l3-scratch-s0", 0.80, 3, None)  # no wall.json: wall time is NaN
+    (runs / "sst2-l3-s2").mkdir()  # unfinished: no results.json, left out
+    out = tmp_path / "results" / "t.json"
+    assert cr.cmd_tables("sst2", out, runs_dir=runs, note="quiet") == 0
+    table = json.loads(out.read_text())
+    assert table["note"].endswith("; quiet")
+    rows = {r["recipe"]: r for r in table["rows"]}
+    assert list(rows) == ["sst2-teacher", "sst2-l3", "sst2-l3-scratch"]
+    l3 = rows["sst2-l3"]
+    assert l3["seeds"] == [0, 1] and l3["accuracy"]["values"] == [0.88, 0.86]
+    assert l3["accuracy"]["std"] == pytest.approx(statistics.stdev([0.88, 0.86]))
+    assert l3["retention"]["mean"] == pytest.approx((0.88 + 0.86) / 2 / 0.90)
+    assert l3["wall_s"]["mean"] == pytest.approx(12.0)
+    assert l3["commands"] == ["attnkd sst2-l3-s0", "attnkd sst2-l3-s1"]
+    assert rows["sst2-l3-scratch"]["commands"] == [None]
+    assert rows["sst2-teacher"]["retention"]["mean"] == 1.0
+    assert "sst2-l3 " in capsys.readouterr().out
+    assert not list(out.parent.glob("*.tmp"))  # written atomically, no leftover
+
+
+def test_run_names_keep_the_teacher_name():
+    assert cr.run_name("sst2-teacher", 2) == "sst2-teacher"
+    assert cr.run_name("sst2-l3-kd", 2) == "sst2-l3-kd-s2"
