@@ -6,8 +6,10 @@ seed-by-seed figures of the distillation runs (mean ± std).
         --model mpnet=sentence-transformers/all-mpnet-base-v2 \\
         --model minilm-l6=sentence-transformers/all-MiniLM-L6-v2 \\
         --model paraphrase-l3=sentence-transformers/paraphrase-MiniLM-L3-v2 \\
-        --run student-mpnet=runs/mpnet-sentence-s0,runs/mpnet-sentence-s1 \\
+        --run student-mpnet=runs/mpnet-sentence-seed0,runs/mpnet-sentence-seed1 \\
         --cached mpnet --baseline minilm-l6 --json results/mpnet_sentence.json
+
+(``attnkd repro RECIPE --seeds 3`` writes the runs ``runs/<name>-seed<S>``.)
 
 Every model encodes with its own tokenizer (a student without one reads all-MiniLM-L6-v2's).
 Spearman: cosine of mean-pooled embeddings, max length 128, the 1,500 dev pairs; a model named

@@ -56,9 +56,10 @@ ENCODER_TERMS = [
     if "logits" not in TERMS.get(n).cls.teacher_kinds + TERMS.get(n).cls.student_kinds
     and not issubclass(TERMS.get(n).cls, VisionTerm)
     # class-logit terms, the student-only AEM regulariser and the contrastive dcd term (not 0
-    # on identical inputs) are tested against naive references in tests/tasks
+    # on identical inputs) are tested against naive references in tests/tasks; sentence_pair_rank
+    # runs only on cached pair batches (test_int_mpnet_pairs.py)
     and not issubclass(TERMS.get(n).cls, ClassificationTerm)
-    and n not in ("attention_entropy", "dcd")
+    and n not in ("attention_entropy", "dcd", "sentence_pair_rank")
 ]
 
 

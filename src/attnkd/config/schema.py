@@ -146,6 +146,12 @@ class DataConfig:
     score on later). Each is a plain path, read like 'file:PATH', or a source spec
     'file:PATH[#COLUMNS]' (the train_sources syntax; a named source such as 'rte:dev' works too).
     Matching ignores case, punctuation, spacing and tokenisation, as for the evaluation splits."""
+    pair_batches: bool = False
+    """Sentence task with cached ``teachers:``: build each batch from whole training pairs of the
+    pair sources (stsb/mrpc/rte), so related sentences meet in the similarity matrix."""
+    mined_pairs: int = 0
+    """Pair batches: also pair every training sentence with its k nearest other training
+    sentences by the teachers' cached embeddings (teacher-mined related pairs); 0 = off."""
     val_fraction: float = 0.1
     """Share held out for checkpoint selection (of STS-B train, or of the LM token blocks)."""
     eval_fraction: float = 0.1

@@ -173,6 +173,22 @@ def held_out_sentences(
     return load_source(spec, data_dir, bad_rows=bad_rows)
 
 
+PAIR_SOURCES = tuple(f"{n}:{s}" for n in ("stsb", "mrpc", "rte") for s in ("train", "dev"))
+"""Sources whose sentences come in pairs (:func:`source_pairs`)."""
+
+
+def source_pairs(
+    spec: str, data_dir: PathLike | None = None, *, bad_rows: str = "error"
+) -> list[tuple[str, str]]:
+    """The sentence pairs of a pair source (``stsb:train``, ``mrpc:train``, ``rte:train``, their
+    ``:dev``), each pair's sentences stripped, in file order; ``[]`` for a source of single
+    sentences. Labels and scores are not read: only which sentences belong together."""
+    if spec not in PAIR_SOURCES:
+        return []
+    texts = list(load_source(spec, data_dir, bad_rows=bad_rows))
+    return [(texts[i].strip(), texts[i + 1].strip()) for i in range(0, len(texts), 2)]
+
+
 def source_sentences(
     spec: str, data_dir: PathLike | None = None, *, bad_rows: str = "error"
 ) -> list[str]:

@@ -29,7 +29,9 @@ from attnkd.losses.logits import KDLoss, hinton_kd, token_divergence, token_dive
 from attnkd.losses.sentence import (
     cosine_similarity_matrix,
     ensemble_similarity,
+    pair_similarities,
     similarity_matrix_mse,
+    similarity_rank_loss,
 )
 
 __all__ = [
@@ -47,10 +49,12 @@ __all__ = [
     "hinton_kd",
     "linear_cka",
     "mean_pool",
+    "pair_similarities",
     "relation_kl",
     "sentence_embedding_cosine",
     "sentence_embedding_mse",
     "similarity_matrix_mse",
+    "similarity_rank_loss",
     "token_divergence",
     "token_divergence_from_hidden",
     "value_relation_kl",

@@ -52,3 +52,35 @@ def similarity_matrix_mse(student: Tensor, target: Tensor) -> Tensor:
     off = ~torch.eye(n, dtype=torch.bool, device=student.device)
     s = cosine_similarity_matrix(student)
     return F.mse_loss(s[off], target.detach().to(s.dtype)[off])
+
+
+RANK_SCALE = 20.0
+"""CoSENT's scale λ (Su, 2022): the default of :func:`similarity_rank_loss`."""
+
+
+def similarity_rank_loss(student: Tensor, target: Tensor, scale: float = RANK_SCALE) -> Tensor:
+    """Ranking loss of similarities (CoSENT, with the teacher's similarities as the order):
+    ``log(1 + sum over (i, j) with target_i > target_j of exp(scale * (student_j - student_i)))``.
+
+    Shapes: student (n,) cosine similarities of n sentence pairs; target (n,) the teacher's
+    similarities of the same pairs. Only the order of ``target`` counts (any increasing map of it
+    gives the same loss) and ties add nothing, so the student is taught which pairs are more
+    similar, not the teacher's scale. It tends to 0 as the student orders every pair like the
+    teacher with growing margins; with fewer than two distinct targets it is 0.
+    """
+    if student.dim() != 1 or target.shape != student.shape:
+        raise ValueError(f"need two (n,) vectors, got {tuple(student.shape)} and "
+                         f"{tuple(target.shape)}")  # fmt: skip
+    dtype = torch.promote_types(student.dtype, torch.float32)  # float32 at least, float64 kept
+    s, t = student.to(dtype), target.detach().to(student.device, dtype)
+    gaps = scale * (s[None, :] - s[:, None])  # [i, j] = scale * (s_j - s_i)
+    gaps = gaps.masked_fill(~(t[:, None] > t[None, :]), float("-inf"))
+    return torch.logsumexp(torch.cat([s.new_zeros(1), gaps.flatten()]), dim=0)
+
+
+def pair_similarities(emb: Tensor, pairs: Tensor) -> Tensor:
+    """Cosine similarity of each pair of rows: emb (batch, width), pairs (n, 2) row indices
+    -> (n,)."""
+    if pairs.dim() != 2 or pairs.shape[1] != 2:
+        raise ValueError(f"pairs must be (n, 2) row indices, got {tuple(pairs.shape)}")
+    return F.cosine_similarity(emb[pairs[:, 0]], emb[pairs[:, 1]], dim=-1, eps=1e-8)

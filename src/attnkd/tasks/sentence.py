@@ -152,6 +152,9 @@ def build_sentence_corpus(cfg: DistillConfig, splits: SentenceSplits) -> Corpus:
 
 
 def setup(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, tok) -> TaskSetup:
+    if cfg.data.pair_batches:
+        raise ConfigError("data.pair_batches", "pair batches run with a `teachers:` set of "
+                          "sentence-level terms (cached targets), not a live teacher")  # fmt: skip
     splits = eval_splits(cfg)
     evalset, selectset = splits.eval, splits.select
     corpus = build_sentence_corpus(cfg, splits)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -40,11 +40,14 @@ from attnkd.models.load import (
 )
 from attnkd.paths import cache_dir
 from attnkd.tasks.sentence import EvalPairs, GroupedBatches, build_sentence_corpus, eval_splits
+from attnkd.tasks.sentence_pairs import PairBatches, corpus_pairs, mine_pairs
 
 log = logging.getLogger("attnkd")
 
-SENTENCE_TERMS = ("sentence_similarity", "sentence_mse", "sentence_cosine")
+SENTENCE_TERMS = ("sentence_similarity", "sentence_pair_rank", "sentence_mse", "sentence_cosine")
 """Terms a teacher with its own tokenizer may use (whole-sentence targets)."""
+MATRIX_TERMS = ("sentence_similarity", "sentence_pair_rank")
+"""Terms read from the batch's similarity matrix: no projector, ensemble-able (top level)."""
 
 
 # ---------------------------------------------------------------- validation
@@ -91,10 +94,22 @@ def check_teachers_static(cfg: DistillConfig) -> None:
                               "mean-pooled embeddings: leave the layers at -1")  # fmt: skip
         if term.weight < 0:
             raise ConfigError(f"{key}.weight", f"must be >= 0, got {term.weight}")
-        if key.startswith("losses") and term.name != "sentence_similarity":
+        if key.startswith("losses") and term.name not in MATRIX_TERMS:
             raise ConfigError(f"{key}.name", f"'{term.name}' compares embeddings of one width; "
-                              "as an ensemble term use sentence_similarity, or give it to one "
-                              "teacher (teachers[i].losses)")  # fmt: skip
+                              "as an ensemble term use sentence_similarity or "
+                              "sentence_pair_rank, or give it to one teacher "
+                              "(teachers[i].losses)")  # fmt: skip
+        if term.name == "sentence_pair_rank" and not cfg.data.pair_batches:
+            raise ConfigError(f"{key}.name", "sentence_pair_rank ranks the training pairs of "
+                              "each batch: set data.pair_batches: true")  # fmt: skip
+    if cfg.data.mined_pairs and not cfg.data.pair_batches:
+        raise ConfigError("data.mined_pairs", "mined pairs go into pair batches: set "
+                          "data.pair_batches: true")  # fmt: skip
+    if cfg.data.mined_pairs < 0:
+        raise ConfigError("data.mined_pairs", f"must be >= 0, got {cfg.data.mined_pairs}")
+    if cfg.data.pair_batches and cfg.train.batch_size % 2:
+        raise ConfigError("train.batch_size", "data.pair_batches puts both sentences of a pair "
+                          f"in a batch: use an even size, got {cfg.train.batch_size}")  # fmt: skip
 
 
 def check_teachers_models(cfg: DistillConfig, student_width: int) -> list[int]:
@@ -114,7 +129,7 @@ def check_teachers_models(cfg: DistillConfig, student_width: int) -> list[int]:
                               "teachers must be encoders")  # fmt: skip
         width = int(tcfg.hidden_size)
         for j, term in enumerate(t.losses):
-            if term.name != "sentence_similarity" and width != student_width and not term.projector:
+            if term.name not in MATRIX_TERMS and width != student_width and not term.projector:
                 raise ConfigError(
                     f"teachers[{i}].losses[{j}].projector",
                     f"teacher '{t.name}' is {width} wide, the student {student_width}: "
@@ -208,7 +223,7 @@ class SentenceTargetDistiller(nn.Module):
         width = student.config.hidden_size
         for i, (entry, t) in enumerate(zip(entries, targets)):
             for j, term in enumerate(entry.losses):
-                key = f"{i}_{j}" if term.projector and term.name != "sentence_similarity" else ""
+                key = f"{i}_{j}" if term.projector and term.name not in MATRIX_TERMS else ""
                 if key:
                     self.projectors[key] = feat.Projector(width, t.shape[1])
                 self.terms.append((f"{labels[i]}:{term.name}", i, term, key))
@@ -217,7 +232,8 @@ class SentenceTargetDistiller(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``{"loss": weighted total, "<label>": each term}``; ``batch["rows"]`` (batch,) indexes
-        the cached targets."""
+        the cached targets; ``batch["pairs"]`` (pairs, 2) the batch rows of its training pairs
+        (pair batches, for ``sentence_pair_rank``)."""
         rows = batch["rows"].cpu()
         mask = batch["attention_mask"]
         hidden = self.student(input_ids=batch["input_ids"], attention_mask=mask)[0]
@@ -225,13 +241,18 @@ class SentenceTargetDistiller(nn.Module):
         out: dict[str, Tensor] = {}
         total = emb.sum() * 0.0
         for label, i, term, key in self.terms:
-            if term.name == "sentence_similarity":
+            if term.name in MATRIX_TERMS:
                 who = range(len(self.targets)) if i is None else [i]
                 target = sim.ensemble_similarity(
                     [self.targets[k][rows].to(emb.device) for k in who],
                     [self.mix[k] for k in who],
                 )
-                v = sim.similarity_matrix_mse(emb, target)
+                if term.name == "sentence_similarity":
+                    v = sim.similarity_matrix_mse(emb, target)
+                else:
+                    pairs = batch["pairs"].to(emb.device)
+                    v = sim.similarity_rank_loss(sim.pair_similarities(emb, pairs),
+                                                 target[pairs[:, 0], pairs[:, 1]])  # fmt: skip
             else:
                 t = self.targets[i][rows].to(emb.device)
                 s = self.projectors[key](emb) if key else emb
@@ -313,8 +334,18 @@ def run_teachers(
     module = SentenceTargetDistiller(student, cfg.teachers, [t.embeddings for t in targets],
                                      cfg.losses)  # fmt: skip
     module.to(device)
-    grouped = GroupedBatches(corpus.sentences, tok, cfg.train.batch_size, d.max_length,
-                             cfg.train.seed)  # fmt: skip
+    mined = []
+    if d.pair_batches and d.mined_pairs:
+        mined = mine_pairs([t.embeddings for t in targets], [e.weight for e in cfg.teachers],
+                           d.mined_pairs)  # fmt: skip
+    pairs = corpus_pairs(cfg, corpus, mined) if d.pair_batches else None
+    if pairs is not None:
+        log.info("pair batches: %s", pairs.as_dict())
+        batches = PairBatches(corpus.sentences, pairs.pairs, tok, cfg.train.batch_size,
+                              d.max_length, cfg.train.seed)  # fmt: skip
+    else:
+        batches = _RowBatches(GroupedBatches(corpus.sentences, tok, cfg.train.batch_size,
+                                             d.max_length, cfg.train.seed))  # fmt: skip
 
     def step(batch: dict[str, Tensor]) -> StepOutput:
         out = module(batch)
@@ -334,7 +365,7 @@ def run_teachers(
     best_step = best_metric = None
     steps = 0
     if cfg.train.max_steps > 0:
-        result = fit(cfg.train, module, step, _RowBatches(grouped), run_dir, evaluate=evaluate,
+        result = fit(cfg.train, module, step, batches, run_dir, evaluate=evaluate,
                      select_metric="spearman", resume=resume, progress=progress)  # fmt: skip
         best_step, best_metric, steps = result.best_step, result.best_metric, result.steps_done
         if best_step is not None:
@@ -374,6 +405,9 @@ def run_teachers(
             "seconds_this_session": train_s,
             "corpus_sentences": len(corpus.sentences),
             "held_out_removed": corpus.excluded,
+            "held_out": {name: c.as_dict() for name, c in corpus.exclusions.items()},
+            "sources": {name: asdict(c) for name, c in corpus.counts.items()},
+            "pairs": pairs.as_dict() if pairs is not None else None,
             "select_pairs_dropped": splits.select_dropped,
         },  # fmt: skip
     }

@@ -102,3 +102,17 @@ class SentenceSimilarityTerm(LossTerm):
         ht = feat.mean_pool(t.get("hidden", self.t_layer), mask)
         hs = feat.mean_pool(s.get("hidden", self.s_layer), mask)
         return {"mse": sim.similarity_matrix_mse(hs, sim.cosine_similarity_matrix(ht))}
+
+
+@register("sentence_pair_rank", "rank a batch's training pairs as the teachers do (CoSENT)")
+class SentencePairRankTerm(LossTerm):
+    """Runs only on cached sentence teachers with ``data.pair_batches: true``
+    (:mod:`attnkd.tasks.sentence_pairs`), where each batch knows its training pairs; a live
+    teacher's batches hold single sentences, so building it here is refused."""
+
+    alignment = "sentence"
+
+    def __init__(self, cfg, teacher, student):
+        super().__init__(cfg, teacher, student)
+        raise TermError("name", "sentence_pair_rank needs batches of training pairs: use it in a "
+                        "`teachers:` set with data.pair_batches: true (task sentence)")  # fmt: skip
