@@ -313,9 +313,10 @@ def _teacher_row() -> dict | None:
                               "--parallel 1 (attnkd distill recipes/fmnist-teacher.yaml "
                               "name=fmnist-teacher-s<seed> train.seed=<seed> --no-progress "
                               "--overwrite; seed 0 is runs/fmnist-teacher)",
-        "under_load_more_seeds": "seeds 1-2 one after the other, one thread, at nice 15 while "
-                                 "one other run of ours (nice 10) and 4-6 of other agents' jobs "
-                                 "shared the 2 cores, at nice 10 once ours had finished",
+        "under_load_more_seeds": "one thread each; seed 1 ran at nice 15 beside 4-6 other jobs on "
+                                 "the 2 cores, was stopped at step 4305 (SIGTERM checkpoint) and "
+                                 "resumed (train_seconds is the resumed part only); seed 2 ran "
+                                 "beside seed 1's resumed part and 2-4 other jobs",
         "unfinished": [_unfinished(RUNS / f"fmnist-teacher-s{s}") for s in TEACHER_SEEDS
                        if not _done(f"fmnist-teacher-s{s}")
                        and (RUNS / f"fmnist-teacher-s{s}").is_dir()],
