@@ -199,3 +199,12 @@ def write_story(path: Path, seed: int, lines: int = 300) -> Path:
     rng = random.Random(seed)
     path.write_text("\n".join(make_sentence(rng) for _ in range(lines)) + "\n", encoding="utf-8")
     return path
+
+
+def masked_ids_batch(vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """3 random rows of 20 token ids (from id 5 up), the second with its last 6 positions padded."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (3, 20), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, -6:] = 0
+    return {"input_ids": ids, "attention_mask": mask}

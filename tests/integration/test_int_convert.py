@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from int_helpers import (
+    masked_ids_batch,
     save_tiny_llama_folder,
     tiny_bert,
     tiny_llama,
@@ -24,12 +25,7 @@ from attnkd.models.load import freeze
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-def _batch(vocab: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, vocab, (3, 20), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, -6:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
+_batch = masked_ids_batch
 
 
 def _peaked(model, factor: float = 6.0):

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from int_helpers import (
+    masked_ids_batch,
     save_tiny_llama_folder,
     tiny_bert,
     tiny_llama,
@@ -33,12 +34,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 _one_thread = pytest.fixture(autouse=True)(single_thread)
 
 
-def _batch(vocab: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, vocab, (3, 20), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, -6:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
+_batch = masked_ids_batch
 
 
 def _pair(layers=(1, 2)):

@@ -76,12 +76,8 @@ class MixerState(CacheLayerMixin):
 
     def push(self, k: Tensor, v: Tensor, real: Tensor) -> None:
         """Append keys (B, H_kv, T, D), values and their mask (B, T) to the window buffer."""
-        if self.keys is None:
-            self.keys, self.values, self.real = k, v, real
-        else:
-            self.keys = torch.cat([self.keys, k], dim=2)
-            self.values = torch.cat([self.values, v], dim=2)
-            self.real = torch.cat([self.real, real], dim=1)
+        self.keys, self.values = _cat(self.keys, k, 2), _cat(self.values, v, 2)
+        self.real = _cat(self.real, real, 1)
         self.is_initialized = True
 
     def pop(self, keep: int) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -96,12 +92,8 @@ class MixerState(CacheLayerMixin):
 
     def push_sinks(self, k: Tensor, v: Tensor, real: Tensor) -> None:
         """Keep keys that left the window as attention sinks (softmax keys of every query)."""
-        if self.sink_keys is None:
-            self.sink_keys, self.sink_values, self.sink_real = k, v, real
-        else:
-            self.sink_keys = torch.cat([self.sink_keys, k], dim=2)
-            self.sink_values = torch.cat([self.sink_values, v], dim=2)
-            self.sink_real = torch.cat([self.sink_real, real], dim=1)
+        self.sink_keys, self.sink_values = _cat(self.sink_keys, k, 2), _cat(self.sink_values, v, 2)
+        self.sink_real = _cat(self.sink_real, real, 1)
 
     def softmax_keys(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         """Keys, values and mask the softmax part reads: the sinks, then the window buffer."""
@@ -119,3 +111,8 @@ class MixerState(CacheLayerMixin):
         z = fk.sum(2)
         self.kv = kv if self.kv is None else self.kv + kv
         self.z = z if self.z is None else self.z + z
+
+
+def _cat(old: Tensor | None, new: Tensor, dim: int) -> Tensor:
+    """``new`` appended to ``old`` along ``dim`` (``new`` itself when nothing is held yet)."""
+    return new if old is None else torch.cat([old, new], dim=dim)
