@@ -71,14 +71,14 @@ def corpus_pairs(
             ia, ib = index.get(sentence_key(a)), index.get(sentence_key(b))
             if ia is None or ib is None or ia == ib:
                 out.dropped += 1
-            elif (min(ia, ib), max(ia, ib)) in seen:
+            elif (key := (min(ia, ib), max(ia, ib))) in seen:
                 out.repeated += 1
             else:
-                seen.add((min(ia, ib), max(ia, ib)))
+                seen.add(key)
                 out.pairs.append((ia, ib))
     for ia, ib in mined:
-        if ia != ib and (min(ia, ib), max(ia, ib)) not in seen:
-            seen.add((min(ia, ib), max(ia, ib)))
+        if ia != ib and (key := (min(ia, ib), max(ia, ib))) not in seen:
+            seen.add(key)
             out.pairs.append((ia, ib))
             out.mined += 1
     if not out.pairs:
