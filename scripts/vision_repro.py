@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+from vision_condense import final_cells, final_jobs, select_jobs, selection_table
 
 STUDENTS = ["scratch", "kd", "at", "kd-at", "rkd", "vit-deit", "vit-deit-soft"]
 CONDENSE = {"methods": ["datadam", "dm", "random"], "ipc": [1, 10, 50]}
@@ -45,7 +46,8 @@ LIMITED_GRID = {"p300": ("at", 150.0, (0, 1, 2)), "p1000": ("at", 500.0, (0, 1, 
 scarce), and β = 300 on the maps before pooling (at_group)."""
 RUNS = Path("runs")
 PARTS = ["teacher", "students", "vit", "condense", "prune", "at-select", "students-3000",
-         "condense-long", "teacher-seeds", "limited-select", "limited"]  # fmt: skip
+         "condense-long", "teacher-seeds", "limited-select", "limited", "condense-select",
+         "condense-final"]  # fmt: skip
 TEACHER_SEEDS = (1, 2)
 """More seeds of the teacher recipe, one after the other (runs fmnist-teacher-s<seed>; seed 0 is
 runs/fmnist-teacher). A run stopped by SIGTERM has saved a checkpoint and continues from it."""
@@ -170,6 +172,10 @@ def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
                         *JUDGE_SEEDS, "--out", str(long_dir)]  # fmt: skip
                 log = logs / f"condense-long-{m}-{ipc}-0.log"
                 jobs.append(lambda a=args, f=log: _cli(a, f))
+    if "condense-select" in parts:
+        jobs += select_jobs(_cli, logs)
+    if "condense-final" in parts:
+        jobs += final_jobs(_cli, logs, methods, condense_ipc)
     with ThreadPoolExecutor(parallel) as pool:
         list(pool.map(lambda job: job(), jobs))
 
@@ -260,18 +266,33 @@ def tables(out: Path) -> None:
         "at_weight_selection": _at_selection() or (_read(out / "vision_fmnist.json") or {}).get(
             "at_weight_selection", {}),  # the runs of an earlier session: as committed
     })  # fmt: skip
-    cells = _condense_cells(RUNS / "condense", CONDENSE["methods"], CONDENSE["ipc"], out, "")
+    earlier = _condense_cells(RUNS / "condense", CONDENSE["methods"], CONDENSE["ipc"], out, None)
     long_dir = RUNS / f"condense-{CONDENSE_LONG['iterations']}"
     cells_long = _condense_cells(long_dir, CONDENSE_LONG["methods"], CONDENSE_LONG["ipc"], out,
                                  f"-{CONDENSE_LONG['iterations']}it")  # fmt: skip
-    _write(out / "vision_condense.json", {
+    path = out / "vision_condense.json"
+    old = _read(path) or {}
+    if old.get("cells") and "selection" not in old:  # the one-set table of earlier sessions
+        old["cells_one_set_full_train"] = old.pop("cells")
+        _write(path, old)
+    _write(path, {
         "what": "Fashion-MNIST test accuracy (10k) of fresh ConvNet-3 judges (cnn:condense) "
-                "trained only on N images/class; mean/std over the judge seeds of one set",
-        "command": "python scripts/vision_repro.py run --parts condense && "
+                "trained only on N synthetic images/class; mean/std over condensation seeds "
+                "(one judge each, judge seed = condensation seed); condensed from the first "
+                "55000 training images, settings chosen on the last 5000 ('selection')",
+        "command": "python scripts/vision_repro.py run --parts condense-final --parallel 1 && "
                    "python scripts/vision_repro.py tables",
-        "under_load": True, "cells": _carry(out / "vision_condense.json", "cells", cells),
-        f"cells_{CONDENSE_LONG['iterations']}_iterations": cells_long,
-        "cells_datadam_v1": (_read(out / "vision_condense.json") or {}).get(
+        "under_load": True,
+        "cells": _carry(path, "cells", final_cells(_read, _copy_png, out)),
+        "selection": _carry(path, "selection", selection_table(_read)),
+        "selection_command": "python scripts/vision_repro.py run --parts condense-select "
+                             "--parallel 1 && python scripts/vision_repro.py tables",
+        "cells_one_set_full_train": _carry(path, "cells_one_set_full_train", earlier),
+        "command_one_set_full_train": "python scripts/vision_repro.py run --parts condense && "
+                                      "python scripts/vision_repro.py tables",
+        f"cells_{CONDENSE_LONG['iterations']}_iterations": _carry(
+            path, f"cells_{CONDENSE_LONG['iterations']}_iterations", cells_long),
+        "cells_datadam_v1": (_read(path) or {}).get(
             "cells_datadam_v1", {}),  # the first DataDAM (attention ~1% of the gradient), as kept
         f"command_{CONDENSE_LONG['iterations']}_iterations":
             "python scripts/vision_repro.py run --parts condense-long --parallel 1 && "
@@ -443,9 +464,10 @@ def _at_selection() -> dict:
 
 
 def _condense_cells(base: Path, methods: list[str], sizes: list[int], out: Path,
-                    png_suffix: str) -> dict:  # fmt: skip
+                    png_suffix: str | None) -> dict:  # fmt: skip
     """One cell per method and size from base/condense-<m>-ipc<n>-s0/results.json (n = 0 where
-    missing); each set's image grid is copied to results/vision_condense_png/."""
+    missing); each set's image grid is copied to results/vision_condense_png/ unless
+    ``png_suffix`` is None."""
     cells = {}
     for m in methods:
         for ipc in sizes:
@@ -455,8 +477,9 @@ def _condense_cells(base: Path, methods: list[str], sizes: list[int], out: Path,
                 cells[f"{m}/ipc{ipc}"] = {"n": 0, "mean": None, "std": None}  # missing
                 continue
             acc = r["test_accuracies"]
-            _copy_png(folder / "images.png",
-                      out / "vision_condense_png" / f"{m}-ipc{ipc}-s0{png_suffix}.png")  # fmt: skip
+            if png_suffix is not None:
+                _copy_png(folder / "images.png",
+                          out / "vision_condense_png" / f"{m}-ipc{ipc}-s0{png_suffix}.png")
             moved = _moved(m, ipc, 0) if base == RUNS / "condense" else None
             cells[f"{m}/ipc{ipc}"] = {
                 "accuracy": acc, **_stats(acc), "judge_seeds": r["judge_seeds"],
