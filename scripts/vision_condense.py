@@ -11,6 +11,7 @@ set (and on the held-out slice).
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -18,23 +19,30 @@ from pathlib import Path
 RUNS = Path("runs")
 VAL_IMAGES = 5000
 """The last 5000 training images: held out from condensing, used to choose settings."""
+_BASE = ("--iterations", "300", "--real-batch", "32", "--eval-steps", "300")
 SELECT = {
-    "lr1": ("--iterations", "300", "--real-batch", "32", "--eval-steps", "300"),
-    "lrN": ("--iterations", "300", "--real-batch", "32", "--eval-steps", "300", "--scale-lr"),
+    "lr1": (("dm", "datadam", "random"), _BASE),
+    "lrN": (("dm", "datadam"), (*_BASE, "--scale-lr")),
+    "lr1-w1000": (("datadam",), (*_BASE, "--attention-weight", "1000")),
 }
-"""Settings compared at 10 images per class (the cheapest informative size) for dm and datadam
-(and the random subset, which has no settings): the step of the earlier runs (lr 1 on a loss that
-averages over the N synthetic images of a class) against a per-image step (lr · N)."""
+"""Settings compared at 10 images per class (the cheapest informative size), label -> (methods,
+arguments): the step of the earlier runs (lr 1 on a loss that averages over the N synthetic images
+of a class) against a per-image step (lr · N), for dm and datadam alike (the random subset has no
+settings: judged once); then, for datadam alone, an attention weight of 1000 instead of 100."""
 SELECT_IPC = 10
 FINAL = {
     "methods": ["datadam", "dm", "random"],
     "seeds": {1: [0, 1, 2], 10: [0, 1, 2], 50: [0]},
     "iterations": {1: 300, 10: 300, 50: 80},
     "judge_steps": {1: 300, 10: 300, 50: 600},
-    "args": ["--real-batch", "32", "--scale-lr"],
+    "args": ["--real-batch", "32"],
 }
 """The final table. Judge steps: about 300 epochs of the synthetic set at every size (batches of
-up to 256: 500 images are two batches a step), where the earlier runs gave ipc 50 only 50."""
+up to 256: 500 images are two batches a step), where the earlier runs gave ipc 50 only 50. The
+step (lr 1, not scaled by N) is the one chosen on validation: see SELECT."""
+DATADAM_WEIGHTS = {"lr1": "100", "lr1-w1000": "1000"}
+"""DataDAM's attention weight in the final table: that of the selection run (label) with the best
+validation accuracy (the first on a tie); DM has no such knob and shares every other one."""
 
 
 def _stats(values: list[float]) -> dict:
@@ -51,11 +59,9 @@ def _folder(base: Path, method: str, ipc: int, seed: int) -> Path:
 def select_jobs(cli: Callable[[list[str], Path], int], logs: Path) -> list[Callable]:
     """One job per (setting, method) of the selection not yet finished."""
     jobs = []
-    for label, args in SELECT.items():
+    for label, (methods, args) in SELECT.items():
         base = RUNS / "condense-select" / label
-        for m in ("dm", "datadam", "random"):
-            if m == "random" and label != next(iter(SELECT)):
-                continue  # a random subset has no settings: judged once
+        for m in methods:
             if (_folder(base, m, SELECT_IPC, 0) / "results.json").is_file():
                 continue
             a = ["condense", "--method", m, "--ipc", str(SELECT_IPC), "--seeds", "0", *args,
@@ -65,19 +71,37 @@ def select_jobs(cli: Callable[[list[str], Path], int], logs: Path) -> list[Calla
     return jobs
 
 
+def chosen_attention_weight(read: Callable[[Path], dict | None]) -> str | None:
+    """The DATADAM_WEIGHTS entry whose selection run has the best validation accuracy; None until
+    all of them have finished."""
+    scores = []
+    for label, weight in DATADAM_WEIGHTS.items():
+        folder = _folder(RUNS / "condense-select" / label, "datadam", SELECT_IPC, 0)
+        r = read(folder / "results.json")
+        if not r:
+            return None
+        scores.append((r["val_accuracy"], weight))
+    return max(scores, key=lambda s: s[0])[1]  # max keeps the first of equal scores
+
+
 def final_jobs(cli: Callable[[list[str], Path], int], logs: Path, methods: list[str],
                sizes: list[int]) -> list[Callable]:  # fmt: skip
     """One job per (size, seed, method) of the final table not yet finished; the sizes in order,
-    each seed's methods together (so a partial table still compares like with like)."""
+    each seed's methods together (so a partial table still compares like with like). DataDAM
+    waits for its attention weight to be chosen (None: its cells are left for a later call)."""
     base = RUNS / "condense-final"
+    weight = chosen_attention_weight(lambda p: json.loads(p.read_text()) if p.is_file() else None)
     jobs = []
     for ipc in sizes:
         for seed in FINAL["seeds"][ipc]:
             for m in methods:
                 if (_folder(base, m, ipc, seed) / "results.json").is_file():
                     continue
+                if m == "datadam" and weight is None:
+                    continue
+                extra = ["--attention-weight", weight] if m == "datadam" else []
                 a = ["condense", "--method", m, "--ipc", str(ipc), "--seeds", str(seed),
-                     "--iterations", str(FINAL["iterations"][ipc]), *FINAL["args"],
+                     "--iterations", str(FINAL["iterations"][ipc]), *FINAL["args"], *extra,
                      "--eval-steps", str(FINAL["judge_steps"][ipc]),
                      "--val-images", str(VAL_IMAGES), "--out", str(base)]  # fmt: skip
                 log = logs / f"condense-final-{m}-{ipc}-{seed}.log"
@@ -88,8 +112,8 @@ def final_jobs(cli: Callable[[list[str], Path], int], logs: Path, methods: list[
 def selection_table(read: Callable[[Path], dict | None]) -> dict:
     """Validation accuracy (held-out slice) of every finished selection run."""
     rows = {}
-    for label in SELECT:
-        for m in ("dm", "datadam", "random"):
+    for label, (methods, _) in SELECT.items():
+        for m in methods:
             r = read(_folder(RUNS / "condense-select" / label, m, SELECT_IPC, 0) / "results.json")
             if r:
                 rows[f"{label}/{m}/ipc{SELECT_IPC}"] = {
