@@ -26,7 +26,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
-from vision_condense import final_cells, final_jobs, select_jobs, selection_table
+from vision_condense import (
+    SENSITIVITY,
+    final_cells,
+    final_jobs,
+    select_jobs,
+    selection_table,
+    sensitivity_jobs,
+)
 
 STUDENTS = ["scratch", "kd", "at", "kd-at", "rkd", "vit-deit", "vit-deit-soft"]
 CONDENSE = {"methods": ["datadam", "dm", "random"], "ipc": [1, 10, 50]}
@@ -47,7 +54,7 @@ scarce), and β = 300 on the maps before pooling (at_group)."""
 RUNS = Path("runs")
 PARTS = ["teacher", "students", "vit", "condense", "prune", "at-select", "students-3000",
          "condense-long", "teacher-seeds", "limited-select", "limited", "condense-select",
-         "condense-final"]  # fmt: skip
+         "condense-final", "condense-w100"]  # fmt: skip
 TEACHER_SEEDS = (1, 2)
 """More seeds of the teacher recipe, one after the other (runs fmnist-teacher-s<seed>; seed 0 is
 runs/fmnist-teacher). A run stopped by SIGTERM has saved a checkpoint and continues from it."""
@@ -176,6 +183,8 @@ def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
         jobs += select_jobs(_cli, logs)
     if "condense-final" in parts:
         jobs += final_jobs(_cli, logs, methods, condense_ipc)
+    if "condense-w100" in parts:
+        jobs += sensitivity_jobs(_cli, logs)
     with ThreadPoolExecutor(parallel) as pool:
         list(pool.map(lambda job: job(), jobs))
 
@@ -285,6 +294,12 @@ def tables(out: Path) -> None:
         "under_load": True,
         "cells": _carry(path, "cells", final_cells(_read, _copy_png, out)),
         "selection": _carry(path, "selection", selection_table(_read)),
+        "cells_datadam_weight100_not_selected": _carry(
+            path, "cells_datadam_weight100_not_selected",
+            final_cells(_read, None, out, SENSITIVITY["out"], ["datadam"], [SENSITIVITY["ipc"]])),
+        "command_datadam_weight100_not_selected":
+            "python scripts/vision_repro.py run --parts condense-w100 --parallel 1 && "
+            "python scripts/vision_repro.py tables",
         "selection_command": "python scripts/vision_repro.py run --parts condense-select "
                              "--parallel 1 && python scripts/vision_repro.py tables",
         "cells_one_set_full_train": _carry(path, "cells_one_set_full_train", earlier),
