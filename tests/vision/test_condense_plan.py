@@ -72,3 +72,16 @@ def test_final_cells_average_over_condensation_seeds(runs, tmp_path):
     assert cell["val_accuracy"] == pytest.approx(0.73)
     assert cells["datadam/ipc10"] == {"n": 0, "mean": None, "std": None}
     assert [p.name for p in copied] == ["dm-ipc10-s0.png"]
+
+
+def test_sensitivity_row_is_datadam_at_the_authors_weight_with_the_final_knobs(runs):
+    calls = []
+    for job in plan.sensitivity_jobs(lambda a, f: calls.append(a), runs):
+        job()
+    ipc = plan.SENSITIVITY["ipc"]
+    assert len(calls) == len(plan.FINAL["seeds"][ipc])
+    for a in calls:
+        assert a[a.index("--method") + 1] == "datadam" and a[a.index("--ipc") + 1] == str(ipc)
+        assert a[a.index("--attention-weight") + 1] == "100"
+        assert a[a.index("--iterations") + 1] == str(plan.FINAL["iterations"][ipc])
+        assert all(x in a for x in plan.FINAL["args"])
