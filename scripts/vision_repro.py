@@ -256,8 +256,11 @@ def _stats(values: list[float]) -> dict:
     return {"n": len(values), "mean": statistics.fmean(values), "std": std}
 
 
-def tables(out: Path) -> None:
+def tables(out: Path, condense_only: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    if condense_only:  # a checkout holding only the condensation runs leaves the rest alone
+        _condense_table(out)
+        return
     rows = {}
     teacher = _teacher_row()
     if teacher:
@@ -275,44 +278,7 @@ def tables(out: Path) -> None:
         "at_weight_selection": _at_selection() or (_read(out / "vision_fmnist.json") or {}).get(
             "at_weight_selection", {}),  # the runs of an earlier session: as committed
     })  # fmt: skip
-    earlier = _condense_cells(RUNS / "condense", CONDENSE["methods"], CONDENSE["ipc"], out, None)
-    long_dir = RUNS / f"condense-{CONDENSE_LONG['iterations']}"
-    cells_long = _condense_cells(long_dir, CONDENSE_LONG["methods"], CONDENSE_LONG["ipc"], out,
-                                 f"-{CONDENSE_LONG['iterations']}it")  # fmt: skip
-    path = out / "vision_condense.json"
-    old = _read(path) or {}
-    if old.get("cells") and "selection" not in old:  # the one-set table of earlier sessions
-        old["cells_one_set_full_train"] = old.pop("cells")
-        _write(path, old)
-    _write(path, {
-        "what": "Fashion-MNIST test accuracy (10k) of fresh ConvNet-3 judges (cnn:condense) "
-                "trained only on N synthetic images/class; mean/std over condensation seeds "
-                "(one judge each, judge seed = condensation seed); condensed from the first "
-                "55000 training images, settings chosen on the last 5000 ('selection')",
-        "command": "python scripts/vision_repro.py run --parts condense-final --parallel 1 && "
-                   "python scripts/vision_repro.py tables",
-        "under_load": True,
-        "cells": _carry(path, "cells", final_cells(_read, _copy_png, out)),
-        "selection": _carry(path, "selection", selection_table(_read)),
-        "cells_datadam_weight100_not_selected": _carry(
-            path, "cells_datadam_weight100_not_selected",
-            final_cells(_read, None, out, SENSITIVITY["out"], ["datadam"], [SENSITIVITY["ipc"]])),
-        "command_datadam_weight100_not_selected":
-            "python scripts/vision_repro.py run --parts condense-w100 --parallel 1 && "
-            "python scripts/vision_repro.py tables",
-        "selection_command": "python scripts/vision_repro.py run --parts condense-select "
-                             "--parallel 1 && python scripts/vision_repro.py tables",
-        "cells_one_set_full_train": _carry(path, "cells_one_set_full_train", earlier),
-        "command_one_set_full_train": "python scripts/vision_repro.py run --parts condense && "
-                                      "python scripts/vision_repro.py tables",
-        f"cells_{CONDENSE_LONG['iterations']}_iterations": _carry(
-            path, f"cells_{CONDENSE_LONG['iterations']}_iterations", cells_long),
-        "cells_datadam_v1": (_read(path) or {}).get(
-            "cells_datadam_v1", {}),  # the first DataDAM (attention ~1% of the gradient), as kept
-        f"command_{CONDENSE_LONG['iterations']}_iterations":
-            "python scripts/vision_repro.py run --parts condense-long --parallel 1 && "
-            "python scripts/vision_repro.py tables",
-    })  # fmt: skip
+    _condense_table(out)
     prune = {}
     for name in ("fmnist-teacher", "fmnist-prune-none", "fmnist-prune-ce", "fmnist-prune-at"):
         r = _read(RUNS / name / "results.json")
@@ -478,6 +444,49 @@ def _at_selection() -> dict:
     return found
 
 
+def _condense_table(out: Path) -> None:
+    """results/vision_condense.json (and the grids) from the condensation runs found."""
+    earlier = _condense_cells(RUNS / "condense", CONDENSE["methods"], CONDENSE["ipc"], out, None)
+    long_dir = RUNS / f"condense-{CONDENSE_LONG['iterations']}"
+    cells_long = _condense_cells(long_dir, CONDENSE_LONG["methods"], CONDENSE_LONG["ipc"], out,
+                                 f"-{CONDENSE_LONG['iterations']}it")  # fmt: skip
+    path = out / "vision_condense.json"
+    old = _read(path) or {}
+    if old.get("cells") and "selection" not in old:  # the one-set table of earlier sessions
+        old["cells_one_set_full_train"] = old.pop("cells")
+        _write(path, old)
+    _write(path, {
+        "what": "Fashion-MNIST test accuracy (10k) of fresh ConvNet-3 judges (cnn:condense) "
+                "trained only on N synthetic images/class; mean/std over condensation seeds "
+                "(one judge each, judge seed = condensation seed); condensed from the first "
+                "55000 training images, settings chosen on the last 5000 ('selection')",
+        "command": "python scripts/vision_repro.py run --parts condense-final --parallel 1 && "
+                   "python scripts/vision_repro.py tables --condense-only",
+        "under_load": True,
+        "cells": _carry(path, "cells", final_cells(_read, _copy_png, out)),
+        "selection": _carry(path, "selection", selection_table(_read)),
+        "cells_datadam_weight100_not_selected": _carry(
+            path, "cells_datadam_weight100_not_selected",
+            final_cells(_read, None, out, SENSITIVITY["out"], ["datadam"], [SENSITIVITY["ipc"]])),
+        "command_datadam_weight100_not_selected":
+            "python scripts/vision_repro.py run --parts condense-w100 --parallel 1 && "
+            "python scripts/vision_repro.py tables --condense-only",
+        "selection_command": "python scripts/vision_repro.py run --parts condense-select "
+                             "--parallel 1 && "
+                             "python scripts/vision_repro.py tables --condense-only",
+        "cells_one_set_full_train": _carry(path, "cells_one_set_full_train", earlier),
+        "command_one_set_full_train": "python scripts/vision_repro.py run --parts condense && "
+                                      "python scripts/vision_repro.py tables",
+        f"cells_{CONDENSE_LONG['iterations']}_iterations": _carry(
+            path, f"cells_{CONDENSE_LONG['iterations']}_iterations", cells_long),
+        "cells_datadam_v1": (_read(path) or {}).get(
+            "cells_datadam_v1", {}),  # the first DataDAM (attention ~1% of the gradient), as kept
+        f"command_{CONDENSE_LONG['iterations']}_iterations":
+            "python scripts/vision_repro.py run --parts condense-long --parallel 1 && "
+            "python scripts/vision_repro.py tables",
+    })  # fmt: skip
+
+
 def _condense_cells(base: Path, methods: list[str], sizes: list[int], out: Path,
                     png_suffix: str | None) -> dict:  # fmt: skip
     """One cell per method and size from base/condense-<m>-ipc<n>-s0/results.json (n = 0 where
@@ -570,13 +579,15 @@ def main() -> None:
                    help="condense: only these sizes")
     t = sub.add_parser("tables")
     t.add_argument("--out", default="results")
+    t.add_argument("--condense-only", action="store_true",
+                   help="write only vision_condense.json (and its image grids)")
     a = p.parse_args()
     if a.cmd == "run":
         sizes = CONDENSE["ipc"]
         run(a.seeds, a.parallel, dict(zip(sizes, a.condense_iterations)),
             dict(zip(sizes, a.judge_steps)), a.parts, a.methods, a.ipc)  # fmt: skip
     else:
-        tables(Path(a.out))
+        tables(Path(a.out), a.condense_only)
 
 
 if __name__ == "__main__":
