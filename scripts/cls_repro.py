@@ -2,13 +2,16 @@
 
     python scripts/cls_repro.py run sst2-teacher:0 sst2-l3:0,1,2 sst2-l3-scratch:0,1,2
     python scripts/cls_repro.py tables sst2 --json results/cls_sst2.json
+    python scripts/cls_repro.py curves screen-a screen-b --json results/screen.json
 
 ``run`` trains each ``RECIPE:SEEDS`` item one after another (``attnkd distill
 recipes/RECIPE.yaml name=RECIPE-sSEED train.seed=SEED``; a teacher recipe keeps its own name, as
 its students read ``runs/<dataset>-teacher/student``) and records each command's wall time in
 ``runs/<name>/wall.json``; a run that already has results.json is skipped. ``tables`` reads the
 runs of one data set and writes one row per recipe: metric mean ± std over seeds, retention
-against the teacher run (same evaluation split), wall time.
+against the teacher run (same evaluation split), wall time. ``curves`` records screening runs:
+each run's selection-split score at every evaluation (what a setting is chosen on), its best
+step and, for reference only, its evaluation-split score.
 """
 
 from __future__ import annotations
@@ -140,11 +143,47 @@ def cmd_tables(dataset: str, out: Path | None, runs_dir: Path = RUNS, note: str 
             f"{100 * ret['mean']:.1f}%  n={a['n']}  wall {r['wall_s']['mean']:.0f} s"
         )
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(table, indent=2) + "\n")
-        tmp.replace(out)
+        _write(out, table)
     return 0
+
+
+def cmd_curves(names: list[str], out: Path | None, runs_dir: Path = RUNS, note: str = "") -> int:
+    runs = {}
+    for name in names:
+        d = runs_dir / name
+        if not (d / "results.json").is_file():
+            print(f"error: {d / 'results.json'}: no finished run called '{name}'", file=sys.stderr)
+            return 2
+        res = json.loads((d / "results.json").read_text())
+        curve = {}
+        for line in (d / "metrics.jsonl").read_text().splitlines():
+            ev = json.loads(line)
+            if ev.get("event") == "eval":
+                curve[str(ev["step"])] = ev["metrics"]["accuracy"]
+        runs[name] = {
+            "select_split": res["select_split"],
+            "select_accuracy_by_step": curve,
+            "best_step": res["student"]["best_step"],
+            "select_accuracy": res["student"]["select_accuracy"],
+            "eval_split": res["eval_split"],
+            "eval_accuracy_not_used_to_choose": res["student"]["accuracy"],
+            "command": _command(d) or f"attnkd distill <recipe> name={name}",
+        }
+        steps = ", ".join(f"{k}: {100 * v:.2f}" for k, v in curve.items())
+        r = runs[name]
+        best = f"best {100 * r['select_accuracy']:.2f} at step {r['best_step']}"
+        print(f"{name:24s} {best}  ({steps})")
+    if out is not None:
+        what = "screening runs: selection-split accuracy per evaluation"
+        _write(out, {"what": what, "note": note, "runs": runs})
+    return 0
+
+
+def _write(out: Path, table: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table, indent=2) + "\n")
+    tmp.replace(out)
 
 
 def _command(run_dir: Path) -> str | None:
@@ -166,9 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("dataset", choices=["sst2", "mrpc", "rte"])
     t.add_argument("--json", type=Path, default=None)
     t.add_argument("--note", default="", help="appended to the table's note (run conditions)")
+    c = sub.add_parser("curves")
+    c.add_argument("runs", nargs="+", help="run names under runs/")
+    c.add_argument("--json", type=Path, default=None)
+    c.add_argument("--note", default="", help="what the screen compares and its conditions")
     args = ap.parse_args(argv)
     if args.cmd == "run":
         return cmd_run(args.items)
+    if args.cmd == "curves":
+        return cmd_curves(args.runs, args.json, note=args.note)
     return cmd_tables(args.dataset, args.json, note=args.note)
 
 

@@ -370,10 +370,13 @@ def _validate_lora(lora) -> None:
         raise ConfigError("convert.lora", "needs peft (pip install 'attnkd[lm]')") from None
 
 
-def _teacher_stand_in(cfg: DistillConfig) -> DistillConfig:
+def _teacher_stand_in(cfg: DistillConfig, _seen: tuple[str, ...] = ()) -> DistillConfig:
     """``cfg`` itself, or, when ``teacher.name`` is a folder a ``teacher.recipe`` stage will
     export (not there yet), ``cfg`` with the model that stage starts from as the teacher: the
-    exported teacher has its layers, heads and widths, so the student checks hold for it."""
+    exported teacher has its heads and widths, so the student checks hold for it. A stage whose
+    own teacher is another stage not run yet (an assistant chain: sst2-l2 -> sst2-l3 ->
+    sst2-teacher) resolves down to the first model that exists or is a hub id; layer indices
+    are then checked against that model's depth, not the cut the stages will export."""
     from dataclasses import replace
 
     from attnkd.config.io import load_config
@@ -385,7 +388,10 @@ def _teacher_stand_in(cfg: DistillConfig) -> DistillConfig:
     path = t.recipe if Path(t.recipe).is_file() else find_recipe(t.recipe)
     if path is None:
         raise ConfigError("teacher.recipe", f"recipe not found: {t.recipe}")
-    stage = load_config(path)
+    if str(path) in _seen:
+        raise ConfigError("teacher.recipe", f"teacher stages form a loop: {' -> '.join(_seen)} "
+                          f"-> {path}")  # fmt: skip
+    stage = _teacher_stand_in(load_config(path), (*_seen, str(path)))
     start = stage.teacher.name if stage.student.init == "teacher" else stage.student.init
     return replace(cfg, teacher=replace(t, name=start))
 

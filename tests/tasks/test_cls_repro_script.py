@@ -64,3 +64,25 @@ def test_tables_rows_retention_and_commands(tmp_path, capsys):
 def test_run_names_keep_the_teacher_name():
     assert cr.run_name("sst2-teacher", 2) == "sst2-teacher"
     assert cr.run_name("sst2-l3-kd", 2) == "sst2-l3-kd-s2"
+
+
+def test_curves_record_selection_scores_per_step(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _run(runs, "scr-a", 0.81, 2, 5.0)
+    res = json.loads((runs / "scr-a" / "results.json").read_text())
+    res["student"].update(best_step=4, select_accuracy=0.83)
+    (runs / "scr-a" / "results.json").write_text(json.dumps(res))
+    events = [
+        {"event": "train", "step": 2},
+        {"event": "eval", "step": 2, "metrics": {"accuracy": 0.7}},
+        {"event": "eval", "step": 4, "metrics": {"accuracy": 0.83}},
+    ]
+    (runs / "scr-a" / "metrics.jsonl").write_text("\n".join(json.dumps(e) for e in events))
+    out = tmp_path / "screen.json"
+    assert cr.cmd_curves(["scr-a"], out, runs_dir=runs, note="n") == 0
+    rec = json.loads(out.read_text())["runs"]["scr-a"]
+    assert rec["select_accuracy_by_step"] == {"2": 0.7, "4": 0.83}
+    assert rec["best_step"] == 4 and rec["eval_accuracy_not_used_to_choose"] == 0.81
+    assert rec["command"] == "attnkd scr-a"
+    assert cr.cmd_curves(["missing"], None, runs_dir=runs) == 2
+    assert "missing" in capsys.readouterr().err

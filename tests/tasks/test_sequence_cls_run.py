@@ -125,3 +125,32 @@ def test_bad_split_exits_2_naming_the_key(tmp_path, tiny_model_dir, cls_data, ca
     assert "data.select_task" in capsys.readouterr().err
     assert main(["validate", str(path), "data.unlabeled_sources=[wikitext2]"]) == 2
     assert not (tmp_path / "runs" / "c").exists()
+
+
+def test_assistant_chain_of_teacher_stages_validates_before_any_ran(
+    tmp_path, tiny_model_dir, cls_data, teacher_recipe, capsys
+):
+    """sst2-l2's shape: its teacher is an assistant that a recipe trains, whose own teacher a
+    third recipe trains; nothing has run yet, so validation resolves down to the packaged
+    model. A loop of teacher stages is refused naming teacher.recipe."""
+    t_recipe, t_out = teacher_recipe
+    runs = tmp_path / "runs"
+    assistant = _cfg("a", runs, tiny_model_dir, cls_data)
+    assistant.teacher.name, assistant.teacher.recipe = str(t_out), str(t_recipe)
+    assistant.student.init, assistant.student.layers = "teacher", [0, 2, 3]
+    a_path = tmp_path / "a.yaml"
+    dump_yaml(assistant, a_path)
+    student = _cfg("s", runs, tiny_model_dir, cls_data)
+    student.teacher.name, student.teacher.recipe = str(runs / "a" / "student"), str(a_path)
+    student.student.init, student.student.layers = "teacher", [0, 2]
+    s_path = tmp_path / "s.yaml"
+    dump_yaml(student, s_path)
+    assert main(["validate", str(s_path)]) == 0
+    assert not runs.exists()  # validation trains nothing
+    looped = _cfg("a", runs, tiny_model_dir, cls_data)
+    looped.teacher.name, looped.teacher.recipe = str(runs / "s" / "student"), str(s_path)
+    looped.student.init, looped.student.layers = "teacher", [0, 2, 3]
+    dump_yaml(looped, a_path)
+    assert main(["validate", str(s_path)]) == 2
+    err = capsys.readouterr().err
+    assert "teacher.recipe" in err and "loop" in err
