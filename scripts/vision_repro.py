@@ -26,6 +26,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+from vision_condense import (
+    SENSITIVITY,
+    final_cells,
+    final_jobs,
+    select_jobs,
+    selection_table,
+    sensitivity_jobs,
+)
 
 STUDENTS = ["scratch", "kd", "at", "kd-at", "rkd", "vit-deit", "vit-deit-soft"]
 CONDENSE = {"methods": ["datadam", "dm", "random"], "ipc": [1, 10, 50]}
@@ -45,7 +53,8 @@ LIMITED_GRID = {"p300": ("at", 150.0, (0, 1, 2)), "p1000": ("at", 500.0, (0, 1, 
 scarce), and β = 300 on the maps before pooling (at_group)."""
 RUNS = Path("runs")
 PARTS = ["teacher", "students", "vit", "condense", "prune", "at-select", "students-3000",
-         "condense-long", "teacher-seeds", "limited-select", "limited"]  # fmt: skip
+         "condense-long", "teacher-seeds", "limited-select", "limited", "condense-select",
+         "condense-final", "condense-w100"]  # fmt: skip
 TEACHER_SEEDS = (1, 2)
 """More seeds of the teacher recipe, one after the other (runs fmnist-teacher-s<seed>; seed 0 is
 runs/fmnist-teacher). A run stopped by SIGTERM has saved a checkpoint and continues from it."""
@@ -170,6 +179,12 @@ def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
                         *JUDGE_SEEDS, "--out", str(long_dir)]  # fmt: skip
                 log = logs / f"condense-long-{m}-{ipc}-0.log"
                 jobs.append(lambda a=args, f=log: _cli(a, f))
+    if "condense-select" in parts:
+        jobs += select_jobs(_cli, logs)
+    if "condense-final" in parts:
+        jobs += final_jobs(_cli, logs, methods, condense_ipc)
+    if "condense-w100" in parts:
+        jobs += sensitivity_jobs(_cli, logs)
     with ThreadPoolExecutor(parallel) as pool:
         list(pool.map(lambda job: job(), jobs))
 
@@ -241,8 +256,11 @@ def _stats(values: list[float]) -> dict:
     return {"n": len(values), "mean": statistics.fmean(values), "std": std}
 
 
-def tables(out: Path) -> None:
+def tables(out: Path, condense_only: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    if condense_only:  # a checkout holding only the condensation runs leaves the rest alone
+        _condense_table(out)
+        return
     rows = {}
     teacher = _teacher_row()
     if teacher:
@@ -260,23 +278,7 @@ def tables(out: Path) -> None:
         "at_weight_selection": _at_selection() or (_read(out / "vision_fmnist.json") or {}).get(
             "at_weight_selection", {}),  # the runs of an earlier session: as committed
     })  # fmt: skip
-    cells = _condense_cells(RUNS / "condense", CONDENSE["methods"], CONDENSE["ipc"], out, "")
-    long_dir = RUNS / f"condense-{CONDENSE_LONG['iterations']}"
-    cells_long = _condense_cells(long_dir, CONDENSE_LONG["methods"], CONDENSE_LONG["ipc"], out,
-                                 f"-{CONDENSE_LONG['iterations']}it")  # fmt: skip
-    _write(out / "vision_condense.json", {
-        "what": "Fashion-MNIST test accuracy (10k) of fresh ConvNet-3 judges (cnn:condense) "
-                "trained only on N images/class; mean/std over the judge seeds of one set",
-        "command": "python scripts/vision_repro.py run --parts condense && "
-                   "python scripts/vision_repro.py tables",
-        "under_load": True, "cells": _carry(out / "vision_condense.json", "cells", cells),
-        f"cells_{CONDENSE_LONG['iterations']}_iterations": cells_long,
-        "cells_datadam_v1": (_read(out / "vision_condense.json") or {}).get(
-            "cells_datadam_v1", {}),  # the first DataDAM (attention ~1% of the gradient), as kept
-        f"command_{CONDENSE_LONG['iterations']}_iterations":
-            "python scripts/vision_repro.py run --parts condense-long --parallel 1 && "
-            "python scripts/vision_repro.py tables",
-    })  # fmt: skip
+    _condense_table(out)
     prune = {}
     for name in ("fmnist-teacher", "fmnist-prune-none", "fmnist-prune-ce", "fmnist-prune-at"):
         r = _read(RUNS / name / "results.json")
@@ -442,10 +444,54 @@ def _at_selection() -> dict:
     return found
 
 
+def _condense_table(out: Path) -> None:
+    """results/vision_condense.json (and the grids) from the condensation runs found."""
+    earlier = _condense_cells(RUNS / "condense", CONDENSE["methods"], CONDENSE["ipc"], out, None)
+    long_dir = RUNS / f"condense-{CONDENSE_LONG['iterations']}"
+    cells_long = _condense_cells(long_dir, CONDENSE_LONG["methods"], CONDENSE_LONG["ipc"], out,
+                                 f"-{CONDENSE_LONG['iterations']}it")  # fmt: skip
+    path = out / "vision_condense.json"
+    old = _read(path) or {}
+    if old.get("cells") and "selection" not in old:  # the one-set table of earlier sessions
+        old["cells_one_set_full_train"] = old.pop("cells")
+        _write(path, old)
+    _write(path, {
+        "what": "Fashion-MNIST test accuracy (10k) of fresh ConvNet-3 judges (cnn:condense) "
+                "trained only on N synthetic images/class; mean/std over condensation seeds "
+                "(one judge each, judge seed = condensation seed); condensed from the first "
+                "55000 training images, settings chosen on the last 5000 ('selection')",
+        "command": "python scripts/vision_repro.py run --parts condense-final --parallel 1 && "
+                   "python scripts/vision_repro.py tables --condense-only",
+        "under_load": True,
+        "cells": _carry(path, "cells", final_cells(_read, _copy_png, out)),
+        "selection": _carry(path, "selection", selection_table(_read)),
+        "cells_datadam_weight100_not_selected": _carry(
+            path, "cells_datadam_weight100_not_selected",
+            final_cells(_read, None, out, SENSITIVITY["out"], ["datadam"], [SENSITIVITY["ipc"]])),
+        "command_datadam_weight100_not_selected":
+            "python scripts/vision_repro.py run --parts condense-w100 --parallel 1 && "
+            "python scripts/vision_repro.py tables --condense-only",
+        "selection_command": "python scripts/vision_repro.py run --parts condense-select "
+                             "--parallel 1 && "
+                             "python scripts/vision_repro.py tables --condense-only",
+        "cells_one_set_full_train": _carry(path, "cells_one_set_full_train", earlier),
+        "command_one_set_full_train": "python scripts/vision_repro.py run --parts condense && "
+                                      "python scripts/vision_repro.py tables",
+        f"cells_{CONDENSE_LONG['iterations']}_iterations": _carry(
+            path, f"cells_{CONDENSE_LONG['iterations']}_iterations", cells_long),
+        "cells_datadam_v1": (_read(path) or {}).get(
+            "cells_datadam_v1", {}),  # the first DataDAM (attention ~1% of the gradient), as kept
+        f"command_{CONDENSE_LONG['iterations']}_iterations":
+            "python scripts/vision_repro.py run --parts condense-long --parallel 1 && "
+            "python scripts/vision_repro.py tables",
+    })  # fmt: skip
+
+
 def _condense_cells(base: Path, methods: list[str], sizes: list[int], out: Path,
-                    png_suffix: str) -> dict:  # fmt: skip
+                    png_suffix: str | None) -> dict:  # fmt: skip
     """One cell per method and size from base/condense-<m>-ipc<n>-s0/results.json (n = 0 where
-    missing); each set's image grid is copied to results/vision_condense_png/."""
+    missing); each set's image grid is copied to results/vision_condense_png/ unless
+    ``png_suffix`` is None."""
     cells = {}
     for m in methods:
         for ipc in sizes:
@@ -455,8 +501,9 @@ def _condense_cells(base: Path, methods: list[str], sizes: list[int], out: Path,
                 cells[f"{m}/ipc{ipc}"] = {"n": 0, "mean": None, "std": None}  # missing
                 continue
             acc = r["test_accuracies"]
-            _copy_png(folder / "images.png",
-                      out / "vision_condense_png" / f"{m}-ipc{ipc}-s0{png_suffix}.png")  # fmt: skip
+            if png_suffix is not None:
+                _copy_png(folder / "images.png",
+                          out / "vision_condense_png" / f"{m}-ipc{ipc}-s0{png_suffix}.png")
             moved = _moved(m, ipc, 0) if base == RUNS / "condense" else None
             cells[f"{m}/ipc{ipc}"] = {
                 "accuracy": acc, **_stats(acc), "judge_seeds": r["judge_seeds"],
@@ -532,13 +579,15 @@ def main() -> None:
                    help="condense: only these sizes")
     t = sub.add_parser("tables")
     t.add_argument("--out", default="results")
+    t.add_argument("--condense-only", action="store_true",
+                   help="write only vision_condense.json (and its image grids)")
     a = p.parse_args()
     if a.cmd == "run":
         sizes = CONDENSE["ipc"]
         run(a.seeds, a.parallel, dict(zip(sizes, a.condense_iterations)),
             dict(zip(sizes, a.judge_steps)), a.parts, a.methods, a.ipc)  # fmt: skip
     else:
-        tables(Path(a.out))
+        tables(Path(a.out), a.condense_only)
 
 
 if __name__ == "__main__":

@@ -339,12 +339,15 @@ def cmd_condense(args) -> int:
 
     for ipc in args.ipc:
         for seed in args.seeds:
-            cfg = CondenseConfig(args.method, ipc, args.iterations, args.lr, args.real_batch,
-                                 seed=seed, augment=not args.no_augment,
+            cfg = CondenseConfig(args.method, ipc, args.iterations, args.lr, args.scale_lr,
+                                 args.real_batch, args.power, seed=seed,
+                                 augment=not args.no_augment,
                                  attention_weight=args.attention_weight)  # fmt: skip
-            r = run_condense(cfg, args.out, args.image_dir, args.eval_steps, args.judge_seeds)
-            print(f"{args.method} ipc={ipc} seed={seed}: test accuracy "
-                  f"{100 * r['test_accuracy']:.2f}% ({r['total_seconds']:.0f}s)")  # fmt: skip
+            r = run_condense(cfg, args.out, args.image_dir, args.eval_steps, args.judge_seeds,
+                             args.val_images, args.select)  # fmt: skip
+            split = "val" if args.select else "test"
+            print(f"{args.method} ipc={ipc} seed={seed}: {split} accuracy "
+                  f"{100 * r[f'{split}_accuracy']:.2f}% ({r['total_seconds']:.0f}s)")  # fmt: skip
     print(f"written under {args.out}/condense-{args.method}-ipc*-s*/ (images.png, results.json)")
     return 0
 
@@ -453,7 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--ipc", type=int, nargs="+", default=[10], help="images per class")
     k.add_argument("--iterations", type=int, default=200, help="matching iterations")
     k.add_argument("--lr", type=float, default=1.0, help="step size on synthetic pixels")
+    k.add_argument("--scale-lr", action="store_true",
+                   help="step size lr x images-per-class (each image steps as it would at ipc 1)")
     k.add_argument("--real-batch", type=int, default=128, help="real images per class and step")
+    k.add_argument("--power", type=float, default=1.0, help="datadam: attention map exponent p")
     k.add_argument("--attention-weight", type=float, default=100.0,
                    help="datadam: weight of attention matching against the embedding MMD's 1")
     k.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -462,6 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one judge network per seed (default: the condensation seed)")
     k.add_argument("--no-augment", action="store_true",
                    help="match without the siamese shift/flip augmentation")
+    k.add_argument("--val-images", type=int, default=0,
+                   help="hold out the last N training images: condense from the rest, "
+                        "also score the judges there")  # fmt: skip
+    k.add_argument("--select", action="store_true",
+                   help="score the judges on the held-out images only (never the test set)")
     k.add_argument("--image-dir", default=None, help="Fashion-MNIST idx folder")
     k.add_argument("--out", default="runs", help="output folder")
     k.set_defaults(fn=cmd_condense)

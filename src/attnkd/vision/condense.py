@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnkd.capture.images import FeatureCapture, VisionTap
+from attnkd.errors import ConfigError
 from attnkd.losses.spatial import attention_map
 from attnkd.vision.data import MEAN, STD, to_float
 from attnkd.vision.idx import ImageSet
@@ -53,6 +54,10 @@ class CondenseConfig:
     iterations: int = 200
     lr: float = 1.0
     """SGD step size on the synthetic pixels (momentum 0.5), as in distribution matching."""
+    scale_lr: bool = False
+    """Step with ``lr · images_per_class``: each class's loss compares the MEAN over its N
+    synthetic images, so an image's gradient shrinks as 1/N; scaling gives every image the step
+    it would have at N = 1 (the same as summing instead of averaging over the synthetic set)."""
     real_batch: int = 128
     """Real images of one class per iteration."""
     power: float = 1.0
@@ -79,6 +84,21 @@ class CondenseResult:
     losses: list[float] = field(default_factory=list)
     moved: float = 0.0
     """Mean absolute change of the pixels from their real starting images (normalised units)."""
+
+
+def check_config(cfg: CondenseConfig) -> None:
+    """Raise :class:`~attnkd.errors.ConfigError` naming the first bad field of ``cfg``."""
+    if cfg.method not in METHODS:
+        raise ConfigError("method", f"must be one of {METHODS}, got '{cfg.method}'")
+    checks = (("images_per_class", cfg.images_per_class >= 1, "an integer >= 1"),
+              ("iterations", cfg.iterations >= 0, "an integer >= 0"),
+              ("lr", cfg.lr > 0, "a number > 0"), ("real_batch", cfg.real_batch >= 1, ">= 1"),
+              ("power", cfg.power > 0, "a number > 0"), ("shift", cfg.shift >= 0, ">= 0"),
+              ("mmd_weight", cfg.mmd_weight >= 0, "a number >= 0"),
+              ("attention_weight", cfg.attention_weight >= 0, "a number >= 0"))  # fmt: skip
+    for key, ok, want in checks:
+        if not ok:
+            raise ConfigError(key, f"must be {want}, got {getattr(cfg, key)}")
 
 
 def siamese_augment(x: Tensor, dy: int, dx: int, flip: bool) -> Tensor:
@@ -127,15 +147,13 @@ def matching_loss(net: nn.Module, real: Tensor, syn: Tensor, method: str, power:
 
 def condense(data: ImageSet, cfg: CondenseConfig, num_classes: int = 10) -> CondenseResult:
     """Learn (or, for 'random', pick) ``cfg.images_per_class`` images per class from ``data``."""
-    if cfg.method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got '{cfg.method}'")
-    if cfg.images_per_class < 1:
-        raise ValueError(f"images_per_class must be >= 1, got {cfg.images_per_class}")
+    check_config(cfg)
     g = torch.Generator().manual_seed(cfg.seed)
     pools = _by_class(data, num_classes)
     for c, pool in enumerate(pools):
         if len(pool) < cfg.images_per_class:
-            raise ValueError(f"class {c} has {len(pool)} images, fewer than {cfg.images_per_class}")
+            raise ConfigError("images_per_class", f"class {c} has only {len(pool)} images, "
+                              f"fewer than {cfg.images_per_class}")  # fmt: skip
     start = torch.cat(
         [p[torch.randperm(len(p), generator=g)[: cfg.images_per_class]] for p in pools]
     )
@@ -144,9 +162,9 @@ def condense(data: ImageSet, cfg: CondenseConfig, num_classes: int = 10) -> Cond
     if cfg.method == "random":
         return CondenseResult(syn, labels)
     syn.requires_grad_(True)
-    opt = torch.optim.SGD([syn], lr=cfg.lr, momentum=0.5)
-    losses = []
     n = cfg.images_per_class
+    opt = torch.optim.SGD([syn], lr=cfg.lr * (n if cfg.scale_lr else 1), momentum=0.5)
+    losses = []
     for it in range(cfg.iterations):
         torch.manual_seed(cfg.seed * 1_000_003 + it)  # a fresh random network every iteration
         net = build_model(cfg.net)

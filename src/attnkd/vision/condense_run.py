@@ -5,6 +5,12 @@ seed train a freshly initialised ``cnn:condense`` network (ConvNet-3, as the pap
 synthetic images only (with shift/flip augmentation), report its accuracy on the 10k real test
 images, and write the run's folder: ``images.png`` (one row per class),
 ``synthetic.safetensors`` and ``results.json`` (every judge's accuracy, their mean and std).
+
+Selection hygiene: with ``val_images = V`` the LAST V training images are held out (a fixed
+slice, the same for every method and seed) and the set is condensed from the rest; the judges are
+also scored on the held-out slice. With ``select`` they are scored on that slice ONLY and the
+test set is never read: settings (lr, iterations, weights, judge steps) are chosen that way, and
+test accuracy is reported only for the settings chosen.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from attnkd.vision.condense import HIGH, LOW, CondenseConfig, condense
+from attnkd.errors import ConfigError
+from attnkd.vision.condense import HIGH, LOW, CondenseConfig, check_config, condense
 from attnkd.vision.data import accuracy, augment
-from attnkd.vision.idx import load_fashion_mnist
+from attnkd.vision.idx import ImageSet, load_fashion_mnist
 from attnkd.vision.models import build_model
 
 
@@ -68,11 +75,32 @@ def save_grid(images: Tensor, labels: Tensor, path: str | Path, max_per_class: i
     return path
 
 
+def hold_out(train: ImageSet, val_images: int) -> tuple[ImageSet, ImageSet | None]:
+    """(the first len − V training images, the last V) for ``val_images = V``; V = 0 gives
+    (all, None)."""
+    if not 0 <= val_images < len(train):
+        raise ConfigError("val_images", f"must be in [0, {len(train)}) (the training images), "
+                          f"got {val_images}")  # fmt: skip
+    if val_images == 0:
+        return train, None
+    cut = len(train) - val_images
+    return (ImageSet(train.images[:cut], train.labels[:cut]),
+            ImageSet(train.images[cut:], train.labels[cut:]))  # fmt: skip
+
+
 def run_condense(cfg: CondenseConfig, out_dir: str | Path, image_dir: str | None = None,
-                 eval_steps: int = 300, judge_seeds: list[int] | None = None) -> dict:  # fmt: skip
-    """Condense, judge (one fresh network per judge seed) and save one configuration; returns
-    (and writes) its results."""
-    train, test = load_fashion_mnist("train", image_dir), load_fashion_mnist("test", image_dir)
+                 eval_steps: int = 300, judge_seeds: list[int] | None = None,
+                 val_images: int = 0, select: bool = False) -> dict:  # fmt: skip
+    """Condense (from the training images less the last ``val_images``), judge (one fresh
+    network per judge seed; on the held-out slice, and on the test set unless ``select``) and
+    save one configuration; returns (and writes) its results."""
+    check_config(cfg)
+    if select and val_images < 1:
+        raise ConfigError("select", "choosing settings needs a held-out slice: val_images >= 1")
+    if eval_steps < 1:
+        raise ConfigError("eval_steps", f"the judge needs at least 1 step, got {eval_steps}")
+    train, val = hold_out(load_fashion_mnist("train", image_dir), val_images)
+    test = None if select else load_fashion_mnist("test", image_dir)
     folder = Path(out_dir) / f"condense-{cfg.method}-ipc{cfg.images_per_class}-s{cfg.seed}"
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -80,17 +108,23 @@ def run_condense(cfg: CondenseConfig, out_dir: str | Path, image_dir: str | None
     condense_s = time.time() - t0
     t1 = time.time()
     judges = [cfg.seed] if judge_seeds is None else list(judge_seeds)
-    accs = [accuracy(train_on_synthetic(res.images, res.labels, cfg.net, eval_steps, seed=j), test)
-            for j in judges]  # fmt: skip
+    accs, val_accs = [], []
+    for j in judges:
+        model = train_on_synthetic(res.images, res.labels, cfg.net, eval_steps, seed=j)
+        if test is not None:
+            accs.append(accuracy(model, test))
+        if val is not None:
+            val_accs.append(accuracy(model, val))
     judge_s = time.time() - t1
     save_grid(res.images, res.labels, folder / "images.png")
     save_file({"images": res.images.contiguous(), "labels": res.labels},
               str(folder / "synthetic.safetensors"))  # fmt: skip
     results = {
-        "config": asdict(cfg), "test_accuracy": statistics.fmean(accs),
-        "test_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else None,
-        "test_accuracies": accs, "judge_seeds": judges, "judge_net": cfg.net,
-        "test_images": len(test), "synthetic_images": len(res.labels), "eval_steps": eval_steps,
+        "config": asdict(cfg), **_scores("test", accs), **_scores("val", val_accs),
+        "judge_seeds": judges, "judge_net": cfg.net, "select": select,
+        "test_images": len(test) if test is not None else 0,
+        "val_images": val_images, "condensed_from_images": len(train),
+        "synthetic_images": len(res.labels), "eval_steps": eval_steps,
         "condense_seconds": condense_s, "judge_seconds": judge_s,
         "total_seconds": time.time() - t0,
         "loss_first": res.losses[0] if res.losses else None,
@@ -102,3 +136,11 @@ def run_condense(cfg: CondenseConfig, out_dir: str | Path, image_dir: str | None
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     tmp.replace(folder / "results.json")
     return results
+
+
+def _scores(split: str, accs: list[float]) -> dict:
+    """``<split>_accuracy`` (mean), ``<split>_accuracy_std`` and ``<split>_accuracies``; the
+    mean and std are None where the split was not scored."""
+    return {f"{split}_accuracy": statistics.fmean(accs) if accs else None,
+            f"{split}_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else None,
+            f"{split}_accuracies": accs}  # fmt: skip
