@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 from vision_condense import (
     SENSITIVITY,
+    _stats,
     final_cells,
     final_jobs,
     select_jobs,
@@ -249,13 +250,6 @@ def _read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _stats(values: list[float]) -> dict:
-    if not values:
-        return {"n": 0, "mean": None, "std": None}
-    std = statistics.stdev(values) if len(values) > 1 else None
-    return {"n": len(values), "mean": statistics.fmean(values), "std": std}
-
-
 def tables(out: Path, condense_only: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if condense_only:  # a checkout holding only the condensation runs leaves the rest alone
@@ -454,7 +448,6 @@ def _condense_table(out: Path) -> None:
     old = _read(path) or {}
     if old.get("cells") and "selection" not in old:  # the one-set table of earlier sessions
         old["cells_one_set_full_train"] = old.pop("cells")
-        _write(path, old)
     _write(path, {
         "what": "Fashion-MNIST test accuracy (10k) of fresh ConvNet-3 judges (cnn:condense) "
                 "trained only on N synthetic images/class; mean/std over condensation seeds "
@@ -463,10 +456,10 @@ def _condense_table(out: Path) -> None:
         "command": "python scripts/vision_repro.py run --parts condense-final --parallel 1 && "
                    "python scripts/vision_repro.py tables --condense-only",
         "under_load": True,
-        "cells": _carry(path, "cells", final_cells(_read, _copy_png, out)),
-        "selection": _carry(path, "selection", selection_table(_read)),
-        "cells_datadam_weight100_not_selected": _carry(
-            path, "cells_datadam_weight100_not_selected",
+        "cells": _carry_from(old, "cells", final_cells(_read, _copy_png, out)),
+        "selection": _carry_from(old, "selection", selection_table(_read)),
+        "cells_datadam_weight100_not_selected": _carry_from(
+            old, "cells_datadam_weight100_not_selected",
             final_cells(_read, None, out, SENSITIVITY["out"], ["datadam"], [SENSITIVITY["ipc"]])),
         "command_datadam_weight100_not_selected":
             "python scripts/vision_repro.py run --parts condense-w100 --parallel 1 && "
@@ -474,13 +467,13 @@ def _condense_table(out: Path) -> None:
         "selection_command": "python scripts/vision_repro.py run --parts condense-select "
                              "--parallel 1 && "
                              "python scripts/vision_repro.py tables --condense-only",
-        "cells_one_set_full_train": _carry(path, "cells_one_set_full_train", earlier),
+        "cells_one_set_full_train": _carry_from(old, "cells_one_set_full_train", earlier),
         "command_one_set_full_train": "python scripts/vision_repro.py run --parts condense && "
                                       "python scripts/vision_repro.py tables",
-        f"cells_{CONDENSE_LONG['iterations']}_iterations": _carry(
-            path, f"cells_{CONDENSE_LONG['iterations']}_iterations", cells_long),
-        "cells_datadam_v1": (_read(path) or {}).get(
-            "cells_datadam_v1", {}),  # the first DataDAM (attention ~1% of the gradient), as kept
+        f"cells_{CONDENSE_LONG['iterations']}_iterations": _carry_from(
+            old, f"cells_{CONDENSE_LONG['iterations']}_iterations", cells_long),
+        # the first DataDAM (attention ~1% of the gradient), as kept
+        "cells_datadam_v1": old.get("cells_datadam_v1", {}),
         f"command_{CONDENSE_LONG['iterations']}_iterations":
             "python scripts/vision_repro.py run --parts condense-long --parallel 1 && "
             "python scripts/vision_repro.py tables",
@@ -547,7 +540,12 @@ def _carry(path: Path, section: str, new: dict) -> dict:
     """``new`` with every entry this checkout has no finished run for (missing, or n = 0) taken
     from the committed ``path`` instead, marked ``carried_from_earlier_session`` (the runs of an
     earlier session are not always copied along; their figures stay as they were measured)."""
-    old = (_read(path) or {}).get(section, {})
+    return _carry_from(_read(path) or {}, section, new)
+
+
+def _carry_from(committed: dict, section: str, new: dict) -> dict:
+    """:func:`_carry` from an already-read ``committed`` table."""
+    old = committed.get(section, {})
     merged = dict(new)
     for key, entry in old.items():
         if (key not in new or not new[key].get("n", 1)) and entry.get("n", 1):
