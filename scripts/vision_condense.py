@@ -16,6 +16,8 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
+from attnkd.errors import DataError
+
 RUNS = Path("runs")
 VAL_IMAGES = 5000
 """The last 5000 training images: held out from condensing, used to choose settings."""
@@ -32,7 +34,7 @@ settings: judged once); then, for datadam alone, an attention weight of 1000 ins
 SELECT_IPC = 10
 FINAL = {
     "methods": ["datadam", "dm", "random"],
-    "seeds": {1: [0, 1, 2], 10: [0, 1, 2], 50: [0]},
+    "seeds": {1: [0, 1, 2], 10: [0, 1, 2], 50: [0, 1, 2]},
     "iterations": {1: 300, 10: 300, 50: 80},
     "judge_steps": {1: 300, 10: 300, 50: 600},
     "args": ["--real-batch", "32"],
@@ -45,10 +47,20 @@ DATADAM_WEIGHTS = {"lr1": "100", "lr1-w1000": "1000"}
 validation accuracy (the first on a tie); DM has no such knob and shares every other one."""
 
 
-SENSITIVITY = {"ipc": 1, "attention_weight": "100", "out": "condense-final-w100"}
-"""A row added after the final table, NOT a selected setting: DataDAM at 1 image per class with
-the authors' attention weight 100 instead of the 1000 chosen at 10 images per class, every other
-knob as in FINAL (test accuracy showed weight 1000 far below DM at 1 image per class)."""
+SENSITIVITY = {"sizes": [1, 10], "attention_weight": "100", "out": "condense-final-w100"}
+"""DataDAM with the authors' attention weight 100 instead of the 1000 chosen at 10 images per
+class (part ``condense-w100``), every other knob as in FINAL, at every final seed of these sizes.
+The size-1 cells were run after test accuracy showed weight 1000 far below DM there; the size-10
+cells after the per-size rule (WEIGHT_RULE) was written down."""
+WEIGHT_FOLDERS = ("condense-final", SENSITIVITY["out"])
+"""The runs/ folders holding DataDAM's final cells at one attention weight each; on a tie the
+first listed (the weight chosen at 10 images per class) is kept."""
+WEIGHT_RULE = (
+    "per size, DataDAM's attention weight is the candidate (one folder of final cells per weight) "
+    "with the higher mean validation accuracy (held-out training images 55,001-60,000) over the "
+    "condensation seeds, among the candidates that have every condensation seed of that size; "
+    "the first listed (1000) on a tie; test accuracy is never read for the choice"
+)  # fmt: skip
 
 
 def _stats(values: list[float]) -> dict:
@@ -115,10 +127,12 @@ def final_jobs(cli: Callable[[list[str], Path], int], logs: Path, methods: list[
     return jobs
 
 
-def sensitivity_jobs(cli: Callable[[list[str], Path], int], logs: Path) -> list[Callable]:
-    """DataDAM at SENSITIVITY's size and weight for every final seed not yet finished."""
-    ipc, base, jobs = SENSITIVITY["ipc"], RUNS / SENSITIVITY["out"], []
-    for seed in FINAL["seeds"][ipc]:
+def sensitivity_jobs(cli: Callable[[list[str], Path], int], logs: Path,
+                     sizes: list[int] | None = None) -> list[Callable]:  # fmt: skip
+    """DataDAM at SENSITIVITY's weight for every size (``sizes``: only these) and final seed not
+    yet finished, size by size."""
+    base, jobs = RUNS / SENSITIVITY["out"], []
+    for ipc, seed in ((i, s) for i in sizes or SENSITIVITY["sizes"] for s in FINAL["seeds"][i]):
         if (_folder(base, "datadam", ipc, seed) / "results.json").is_file():
             continue
         a = ["condense", "--method", "datadam", "--ipc", str(ipc), "--seeds", str(seed),
@@ -166,10 +180,11 @@ def final_cells(read: Callable[[Path], dict | None], copy_png: Callable[[Path, P
                 copy_png(_folder(base, m, ipc, 0) / "images.png",
                          out / "vision_condense_png" / f"{m}-ipc{ipc}-s0.png")  # fmt: skip
             test = [r["test_accuracy"] for _, r in found]
+            vals = [r.get("val_accuracy") for _, r in found]
             cfg = found[0][1]["config"]
             cells[f"{m}/ipc{ipc}"] = {
                 "accuracy": test, **_stats(test),
-                "val_accuracy": _stats([r["val_accuracy"] for _, r in found])["mean"],
+                "val_accuracy": None if None in vals else _stats(vals)["mean"],
                 "condense_seeds": [s for s, _ in found],
                 "judge_seeds": [r["judge_seeds"] for _, r in found],
                 "judge_steps": found[0][1]["eval_steps"], "iterations": cfg["iterations"],
@@ -183,3 +198,84 @@ def final_cells(read: Callable[[Path], dict | None], copy_png: Callable[[Path, P
                                                      for _, r in found],
             }  # fmt: skip
     return cells
+
+
+def weight_per_size(read: Callable[[Path], dict | None], sizes: list[int] | None = None) -> dict:
+    """DataDAM's attention weight chosen for each size by WEIGHT_RULE: the candidates' cells
+    (from WEIGHT_FOLDERS), which of them are complete, and the chosen weight (None when none is)."""
+    out = {}
+    for ipc in sizes or list(FINAL["seeds"]):
+        need, candidates = len(FINAL["seeds"][ipc]), {}
+        for folder in WEIGHT_FOLDERS:
+            weight = _one_weight(read, folder, ipc)  # checks the cells before they are read
+            if weight is not None:
+                cells = final_cells(read, None, Path("."), folder, ["datadam"], [ipc])
+                if weight in candidates:
+                    raise DataError(RUNS / folder, None, f"DataDAM at {ipc} images per class has "
+                                    f"attention weight {weight}, as in runs/"
+                                    f"{candidates[weight]['folder']}: one folder per weight")
+                candidates[weight] = {"folder": folder, **cells[f"datadam/ipc{ipc}"]}
+        complete = [w for w, c in candidates.items() if c["n"] == need]
+        chosen = max(complete, key=lambda w: candidates[w]["val_accuracy"], default=None)
+        out[f"ipc{ipc}"] = {"chosen_weight": chosen, "complete": complete,
+                            "candidates": candidates}  # fmt: skip
+    return out
+
+
+def _one_weight(read: Callable[[Path], dict | None], folder: str, ipc: int) -> str | None:
+    """The attention weight shared by every finished seed of DataDAM's cell (as text, '100';
+    None before any); a :class:`DataError` naming the file when seeds disagree or one has no
+    validation score."""
+    weights = set()
+    for seed in FINAL["seeds"][ipc]:
+        path = _folder(RUNS / folder, "datadam", ipc, seed) / "results.json"
+        r = read(path)
+        if not r or not r.get("test_accuracies"):
+            continue
+        if r.get("val_accuracy") is None:
+            raise DataError(path, None, "no 'val_accuracy': the attention weight is chosen on "
+                            "the held-out slice (condense --val-images)")  # fmt: skip
+        weights.add(f"{r['config']['attention_weight']:g}")
+        if len(weights) > 1:
+            raise DataError(path, None, f"attention weights {sorted(weights)} mixed in one cell "
+                            f"(runs/{folder}, {ipc} images per class): one weight per folder")
+    return weights.pop() if weights else None
+
+
+def headline(cells: dict, weights: dict) -> dict:
+    """Per size: the random subset, DM and DataDAM at its chosen weight (test accuracy over the
+    condensation seeds), and DataDAM's lead over each of the other two: the difference of the
+    means, the same-seed differences and ``separated`` (mean − std of the one above mean + std of
+    the other, both with a std)."""
+    table = {}
+    for key, choice in weights.items():
+        ipc = key.removeprefix("ipc")
+        dam = choice["candidates"].get(choice["chosen_weight"] or "", {"n": 0})
+        row = {"random": _brief(cells.get(f"random/ipc{ipc}", {"n": 0})),
+               "dm": _brief(cells.get(f"dm/ipc{ipc}", {"n": 0})), "datadam": _brief(dam),
+               "datadam_attention_weight": choice["chosen_weight"]}  # fmt: skip
+        for other in ("random", "dm"):
+            row[f"datadam_minus_{other}"] = _lead(dam, row[other])
+        table[key] = row
+    return table
+
+
+_BRIEF = ("n", "mean", "std", "accuracy", "condense_seeds", "val_accuracy", "iterations",
+          "judge_steps")  # fmt: skip
+
+
+def _brief(cell: dict) -> dict:
+    """The figures of one cell (the full cell is in 'cells' / 'cells_datadam_weight100')."""
+    return {k: cell[k] for k in _BRIEF if k in cell}
+
+
+def _lead(a: dict, b: dict) -> dict | None:
+    if not (a.get("n") and b.get("n")):
+        return None
+    paired = dict(zip(b["condense_seeds"], b["accuracy"], strict=True))
+    diffs = [x - paired[s] for s, x in zip(a["condense_seeds"], a["accuracy"], strict=True)
+             if s in paired]  # fmt: skip
+    spread = a["std"] is not None and b["std"] is not None
+    separated = spread and abs(a["mean"] - b["mean"]) > a["std"] + b["std"]
+    return {"mean_difference": a["mean"] - b["mean"], "same_seed_differences": diffs,
+            "separated": bool(separated)}  # fmt: skip

@@ -28,13 +28,18 @@ from pathlib import Path
 import yaml
 from vision_condense import (
     SENSITIVITY,
+    WEIGHT_RULE,
     _stats,
     final_cells,
     final_jobs,
+    headline,
     select_jobs,
     selection_table,
     sensitivity_jobs,
+    weight_per_size,
 )
+
+from attnkd.errors import AttnkdError
 
 STUDENTS = ["scratch", "kd", "at", "kd-at", "rkd", "vit-deit", "vit-deit-soft"]
 CONDENSE = {"methods": ["datadam", "dm", "random"], "ipc": [1, 10, 50]}
@@ -185,7 +190,7 @@ def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
     if "condense-final" in parts:
         jobs += final_jobs(_cli, logs, methods, condense_ipc)
     if "condense-w100" in parts:
-        jobs += sensitivity_jobs(_cli, logs)
+        jobs += sensitivity_jobs(_cli, logs, [i for i in SENSITIVITY["sizes"] if i in condense_ipc])
     with ThreadPoolExecutor(parallel) as pool:
         list(pool.map(lambda job: job(), jobs))
 
@@ -448,20 +453,28 @@ def _condense_table(out: Path) -> None:
     old = _read(path) or {}
     if old.get("cells") and "selection" not in old:  # the one-set table of earlier sessions
         old["cells_one_set_full_train"] = old.pop("cells")
+    weights = weight_per_size(_read)  # first: it checks the DataDAM cells (DataError)
+    cells = _carry_from(old, "cells", final_cells(_read, _copy_png, out))
+    w100 = final_cells(_read, lambda a, b: _copy_png(a, b.with_name(f"w100-{b.name}")), out,
+                       SENSITIVITY["out"], ["datadam"], SENSITIVITY["sizes"])  # fmt: skip
     _write(path, {
         "what": "Fashion-MNIST test accuracy (10k) of fresh ConvNet-3 judges (cnn:condense) "
                 "trained only on N synthetic images/class; mean/std over condensation seeds "
                 "(one judge each, judge seed = condensation seed); condensed from the first "
-                "55000 training images, settings chosen on the last 5000 ('selection')",
-        "command": "python scripts/vision_repro.py run --parts condense-final --parallel 1 && "
-                   "python scripts/vision_repro.py tables --condense-only",
-        "under_load": True,
-        "cells": _carry_from(old, "cells", final_cells(_read, _copy_png, out)),
+                "55000 training images, settings chosen on the last 5000 ('selection'); "
+                "'table': random subset, DM and DataDAM at the attention weight chosen per size "
+                "on validation ('datadam_weight_per_size', rule 'weight_rule')",
+        "command": "python scripts/vision_repro.py run --parts condense-final condense-w100 "
+                   "--parallel 1 && python scripts/vision_repro.py tables --condense-only",
+        "under_load": "one condensation run at a time, one thread, nice 10, while the "
+                      "coordinator's training runs and other jobs shared the 2 cores",
+        "table": headline(cells, weights),
+        "weight_rule": WEIGHT_RULE,
+        "datadam_weight_per_size": weights,
+        "cells": cells,
         "selection": _carry_from(old, "selection", selection_table(_read)),
-        "cells_datadam_weight100_not_selected": _carry_from(
-            old, "cells_datadam_weight100_not_selected",
-            final_cells(_read, None, out, SENSITIVITY["out"], ["datadam"], [SENSITIVITY["ipc"]])),
-        "command_datadam_weight100_not_selected":
+        "cells_datadam_weight100": _carry_from(old, "cells_datadam_weight100", w100),
+        "command_datadam_weight100":
             "python scripts/vision_repro.py run --parts condense-w100 --parallel 1 && "
             "python scripts/vision_repro.py tables --condense-only",
         "selection_command": "python scripts/vision_repro.py run --parts condense-select "
@@ -585,7 +598,11 @@ def main() -> None:
         run(a.seeds, a.parallel, dict(zip(sizes, a.condense_iterations)),
             dict(zip(sizes, a.judge_steps)), a.parts, a.methods, a.ipc)  # fmt: skip
     else:
-        tables(Path(a.out), a.condense_only)
+        try:
+            tables(Path(a.out), a.condense_only)
+        except AttnkdError as err:  # a malformed run folder: say which, no traceback
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":
