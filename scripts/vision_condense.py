@@ -16,8 +16,6 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-from attnkd.errors import DataError
-
 RUNS = Path("runs")
 VAL_IMAGES = 5000
 """The last 5000 training images: held out from condensing, used to choose settings."""
@@ -51,16 +49,7 @@ SENSITIVITY = {"sizes": [1, 10], "attention_weight": "100", "out": "condense-fin
 """DataDAM with the authors' attention weight 100 instead of the 1000 chosen at 10 images per
 class (part ``condense-w100``), every other knob as in FINAL, at every final seed of these sizes.
 The size-1 cells were run after test accuracy showed weight 1000 far below DM there; the size-10
-cells after the per-size rule (WEIGHT_RULE) was written down."""
-WEIGHT_FOLDERS = ("condense-final", SENSITIVITY["out"])
-"""The runs/ folders holding DataDAM's final cells at one attention weight each; on a tie the
-first listed (the weight chosen at 10 images per class) is kept."""
-WEIGHT_RULE = (
-    "per size, DataDAM's attention weight is the candidate (one folder of final cells per weight) "
-    "with the higher mean validation accuracy (held-out training images 55,001-60,000) over the "
-    "condensation seeds, among the candidates that have every condensation seed of that size; "
-    "the first listed (1000) on a tie; test accuracy is never read for the choice"
-)  # fmt: skip
+cells after the per-size rule (vision_condense_choice.RULE) was written down."""
 
 
 def _stats(values: list[float]) -> dict:
@@ -191,6 +180,7 @@ def final_cells(read: Callable[[Path], dict | None], copy_png: Callable[[Path, P
                 "lr": cfg["lr"], "scale_lr": cfg.get("scale_lr", False),
                 "real_batch": cfg["real_batch"], "augment": cfg["augment"],
                 "attention_weight": cfg["attention_weight"], "power": cfg["power"],
+                "nets": cfg.get("nets", 1),
                 "condensed_from_images": found[0][1]["condensed_from_images"],
                 "condense_seconds": [r["condense_seconds"] for _, r in found],
                 "judge_seconds": [r["judge_seconds"] for _, r in found],
@@ -198,84 +188,3 @@ def final_cells(read: Callable[[Path], dict | None], copy_png: Callable[[Path, P
                                                      for _, r in found],
             }  # fmt: skip
     return cells
-
-
-def weight_per_size(read: Callable[[Path], dict | None], sizes: list[int] | None = None) -> dict:
-    """DataDAM's attention weight chosen for each size by WEIGHT_RULE: the candidates' cells
-    (from WEIGHT_FOLDERS), which of them are complete, and the chosen weight (None when none is)."""
-    out = {}
-    for ipc in sizes or list(FINAL["seeds"]):
-        need, candidates = len(FINAL["seeds"][ipc]), {}
-        for folder in WEIGHT_FOLDERS:
-            weight = _one_weight(read, folder, ipc)  # checks the cells before they are read
-            if weight is not None:
-                cells = final_cells(read, None, Path("."), folder, ["datadam"], [ipc])
-                if weight in candidates:
-                    raise DataError(RUNS / folder, None, f"DataDAM at {ipc} images per class has "
-                                    f"attention weight {weight}, as in runs/"
-                                    f"{candidates[weight]['folder']}: one folder per weight")
-                candidates[weight] = {"folder": folder, **cells[f"datadam/ipc{ipc}"]}
-        complete = [w for w, c in candidates.items() if c["n"] == need]
-        chosen = max(complete, key=lambda w: candidates[w]["val_accuracy"], default=None)
-        out[f"ipc{ipc}"] = {"chosen_weight": chosen, "complete": complete,
-                            "candidates": candidates}  # fmt: skip
-    return out
-
-
-def _one_weight(read: Callable[[Path], dict | None], folder: str, ipc: int) -> str | None:
-    """The attention weight shared by every finished seed of DataDAM's cell (as text, '100';
-    None before any); a :class:`DataError` naming the file when seeds disagree or one has no
-    validation score."""
-    weights = set()
-    for seed in FINAL["seeds"][ipc]:
-        path = _folder(RUNS / folder, "datadam", ipc, seed) / "results.json"
-        r = read(path)
-        if not r or not r.get("test_accuracies"):
-            continue
-        if r.get("val_accuracy") is None:
-            raise DataError(path, None, "no 'val_accuracy': the attention weight is chosen on "
-                            "the held-out slice (condense --val-images)")  # fmt: skip
-        weights.add(f"{r['config']['attention_weight']:g}")
-        if len(weights) > 1:
-            raise DataError(path, None, f"attention weights {sorted(weights)} mixed in one cell "
-                            f"(runs/{folder}, {ipc} images per class): one weight per folder")
-    return weights.pop() if weights else None
-
-
-def headline(cells: dict, weights: dict) -> dict:
-    """Per size: the random subset, DM and DataDAM at its chosen weight (test accuracy over the
-    condensation seeds), and DataDAM's lead over each of the other two: the difference of the
-    means, the same-seed differences and ``separated`` (mean − std of the one above mean + std of
-    the other, both with a std)."""
-    table = {}
-    for key, choice in weights.items():
-        ipc = key.removeprefix("ipc")
-        dam = choice["candidates"].get(choice["chosen_weight"] or "", {"n": 0})
-        row = {"random": _brief(cells.get(f"random/ipc{ipc}", {"n": 0})),
-               "dm": _brief(cells.get(f"dm/ipc{ipc}", {"n": 0})), "datadam": _brief(dam),
-               "datadam_attention_weight": choice["chosen_weight"]}  # fmt: skip
-        for other in ("random", "dm"):
-            row[f"datadam_minus_{other}"] = _lead(dam, row[other])
-        table[key] = row
-    return table
-
-
-_BRIEF = ("n", "mean", "std", "accuracy", "condense_seeds", "val_accuracy", "iterations",
-          "judge_steps")  # fmt: skip
-
-
-def _brief(cell: dict) -> dict:
-    """The figures of one cell (the full cell is in 'cells' / 'cells_datadam_weight100')."""
-    return {k: cell[k] for k in _BRIEF if k in cell}
-
-
-def _lead(a: dict, b: dict) -> dict | None:
-    if not (a.get("n") and b.get("n")):
-        return None
-    paired = dict(zip(b["condense_seeds"], b["accuracy"], strict=True))
-    diffs = [x - paired[s] for s, x in zip(a["condense_seeds"], a["accuracy"], strict=True)
-             if s in paired]  # fmt: skip
-    spread = a["std"] is not None and b["std"] is not None
-    separated = spread and abs(a["mean"] - b["mean"]) > a["std"] + b["std"]
-    return {"mean_difference": a["mean"] - b["mean"], "same_seed_differences": diffs,
-            "separated": bool(separated)}  # fmt: skip

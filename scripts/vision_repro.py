@@ -28,15 +28,20 @@ from pathlib import Path
 import yaml
 from vision_condense import (
     SENSITIVITY,
-    WEIGHT_RULE,
     _stats,
     final_cells,
     final_jobs,
-    headline,
     select_jobs,
     selection_table,
     sensitivity_jobs,
-    weight_per_size,
+)
+from vision_condense_choice import (
+    RULE,
+    choose,
+    headline,
+    improve_candidates,
+    improve_jobs,
+    improve_table,
 )
 
 from attnkd.errors import AttnkdError
@@ -60,7 +65,7 @@ scarce), and β = 300 on the maps before pooling (at_group)."""
 RUNS = Path("runs")
 PARTS = ["teacher", "students", "vit", "condense", "prune", "at-select", "students-3000",
          "condense-long", "teacher-seeds", "limited-select", "limited", "condense-select",
-         "condense-final", "condense-w100"]  # fmt: skip
+         "condense-final", "condense-w100", "condense-improve"]  # fmt: skip
 TEACHER_SEEDS = (1, 2)
 """More seeds of the teacher recipe, one after the other (runs fmnist-teacher-s<seed>; seed 0 is
 runs/fmnist-teacher). A run stopped by SIGTERM has saved a checkpoint and continues from it."""
@@ -191,6 +196,8 @@ def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
         jobs += final_jobs(_cli, logs, methods, condense_ipc)
     if "condense-w100" in parts:
         jobs += sensitivity_jobs(_cli, logs, [i for i in SENSITIVITY["sizes"] if i in condense_ipc])
+    if "condense-improve" in parts:  # the screen; once adopted (run again), its other seeds
+        jobs += improve_jobs(_cli, logs, _read)
     with ThreadPoolExecutor(parallel) as pool:
         list(pool.map(lambda job: job(), jobs))
 
@@ -453,7 +460,7 @@ def _condense_table(out: Path) -> None:
     old = _read(path) or {}
     if old.get("cells") and "selection" not in old:  # the one-set table of earlier sessions
         old["cells_one_set_full_train"] = old.pop("cells")
-    weights = weight_per_size(_read)  # first: it checks the DataDAM cells (DataError)
+    choice = choose(_read, extra=improve_candidates(_read))  # first: checks DataDAM's cells
     cells = _carry_from(old, "cells", final_cells(_read, _copy_png, out))
     w100 = final_cells(_read, lambda a, b: _copy_png(a, b.with_name(f"w100-{b.name}")), out,
                        SENSITIVITY["out"], ["datadam"], SENSITIVITY["sizes"])  # fmt: skip
@@ -462,15 +469,18 @@ def _condense_table(out: Path) -> None:
                 "trained only on N synthetic images/class; mean/std over condensation seeds "
                 "(one judge each, judge seed = condensation seed); condensed from the first "
                 "55000 training images, settings chosen on the last 5000 ('selection'); "
-                "'table': random subset, DM and DataDAM at the attention weight chosen per size "
-                "on validation ('datadam_weight_per_size', rule 'weight_rule')",
+                "'table': random subset, DM and DataDAM at the setting chosen per size on "
+                "validation ('datadam_per_size', rule 'datadam_rule')",
         "command": "python scripts/vision_repro.py run --parts condense-final condense-w100 "
-                   "--parallel 1 && python scripts/vision_repro.py tables --condense-only",
+                   "--parallel 1 && python scripts/vision_repro.py run --parts condense-improve "
+                   "--parallel 1 (twice: the screen, then the adopted variant's seeds) && "
+                   "python scripts/vision_repro.py tables --condense-only",
         "under_load": "one condensation run at a time, one thread, nice 10, while the "
                       "coordinator's training runs and other jobs shared the 2 cores",
-        "table": headline(cells, weights),
-        "weight_rule": WEIGHT_RULE,
-        "datadam_weight_per_size": weights,
+        "table": headline(cells, choice),
+        "datadam_rule": RULE,
+        "datadam_per_size": choice,
+        "datadam_improve": improve_table(_read),
         "cells": cells,
         "selection": _carry_from(old, "selection", selection_table(_read)),
         "cells_datadam_weight100": _carry_from(old, "cells_datadam_weight100", w100),

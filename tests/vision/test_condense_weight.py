@@ -1,4 +1,5 @@
-"""DataDAM's attention weight chosen per size on validation; the headline table; resuming."""
+"""DataDAM's setting chosen per size on validation, the screened variant, the headline table,
+resuming finished cells."""
 
 import json
 import subprocess
@@ -10,10 +11,13 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 import vision_condense as plan  # noqa: E402
+import vision_condense_choice as choice  # noqa: E402
 
+from attnkd.cli import build_parser  # noqa: E402
 from attnkd.errors import DataError  # noqa: E402
 
-W1000, W100 = plan.WEIGHT_FOLDERS
+W1000, W100 = choice.CANDIDATES.values()
+L1000, L100 = choice.CANDIDATES
 
 
 def _read(path: Path):
@@ -45,38 +49,35 @@ def _weight(runs, folder, weight, ipc, tests, vals):
 def test_the_weight_is_chosen_by_validation_never_by_test(runs):
     _weight(runs, W1000, 1000.0, 1, (0.90, 0.90, 0.90), (0.60, 0.61, 0.62))
     _weight(runs, W100, 100.0, 1, (0.50, 0.50, 0.50), (0.70, 0.70, 0.70))
-    choice = plan.weight_per_size(_read, [1])["ipc1"]
-    assert choice["chosen_weight"] == "100" and choice["complete"] == ["1000", "100"]
-    assert choice["candidates"]["100"]["val_accuracy"] == pytest.approx(0.70)
-    assert choice["candidates"]["1000"]["mean"] == pytest.approx(0.90)  # reported, not used
+    pick = choice.choose(_read, [1])["ipc1"]
+    assert pick["chosen"] == L100 and pick["complete"] == [L1000, L100]
+    assert pick["candidates"][L100]["val_accuracy"] == pytest.approx(0.70)
+    assert pick["candidates"][L1000]["mean"] == pytest.approx(0.90)  # reported, not used
     _weight(runs, W100, 100.0, 1, (0.99, 0.99, 0.99), (0.61, 0.61, 0.61))  # val now equal
-    assert plan.weight_per_size(_read, [1])["ipc1"]["chosen_weight"] == "1000"  # first on a tie
+    assert choice.choose(_read, [1])["ipc1"]["chosen"] == L1000  # the first on a tie
 
 
 def test_a_weight_without_every_seed_cannot_be_chosen(runs):
     _weight(runs, W1000, 1000.0, 10, (0.7, 0.7, 0.7), (0.70, 0.70, 0.70))
     _weight(runs, W100, 100.0, 10, (0.8, 0.8), (0.90, 0.90))  # seed 2 missing
-    choice = plan.weight_per_size(_read, [10])["ipc10"]
-    assert choice["chosen_weight"] == "1000" and choice["complete"] == ["1000"]
-    assert choice["candidates"]["100"]["n"] == 2
-    assert plan.weight_per_size(_read, [50])["ipc50"] == {
-        "chosen_weight": None, "complete": [], "candidates": {}}
+    pick = choice.choose(_read, [10])["ipc10"]
+    assert pick["chosen"] == L1000 and pick["complete"] == [L1000]
+    assert pick["candidates"][L100]["n"] == 2
+    assert choice.choose(_read, [50])["ipc50"] == {"chosen": None, "complete": [],
+                                                   "candidates": {}}  # fmt: skip
 
 
-@pytest.mark.parametrize("bad", ["mixed", "no_val", "same_weight"])
+@pytest.mark.parametrize("bad", ["mixed", "no_val"])
 def test_malformed_cells_are_a_data_error_naming_the_file(runs, bad):
     _weight(runs, W1000, 1000.0, 1, (0.7, 0.7, 0.7), (0.70, 0.70, 0.70))
     if bad == "mixed":
         _cell(runs, W1000, "datadam", 1, 2, 0.7, 0.7, weight=100.0)
         match = "condense-datadam-ipc1-s2/results.json.*mixed"
-    elif bad == "no_val":
+    else:
         _cell(runs, W1000, "datadam", 1, 1, 0.7, None, weight=1000.0)
         match = "condense-datadam-ipc1-s1/results.json.*val_accuracy"
-    else:
-        _weight(runs, W100, 1000.0, 1, (0.7,), (0.7,))
-        match = "one folder per weight"
     with pytest.raises(DataError, match=match):
-        plan.weight_per_size(_read, [1])
+        choice.choose(_read, [1])
 
 
 def test_headline_puts_the_chosen_weight_against_random_and_dm(runs, tmp_path):
@@ -86,8 +87,8 @@ def test_headline_puts_the_chosen_weight_against_random_and_dm(runs, tmp_path):
     _weight(runs, W1000, 1000.0, 1, (0.60, 0.62, 0.61), (0.60, 0.62, 0.61))
     _weight(runs, W100, 100.0, 1, (0.65, 0.70, 0.66), (0.66, 0.70, 0.66))
     cells = plan.final_cells(_read, None, tmp_path / "out", sizes=[1])
-    row = plan.headline(cells, plan.weight_per_size(_read, [1]))["ipc1"]
-    assert row["datadam_attention_weight"] == "100"
+    row = choice.headline(cells, choice.choose(_read, [1]))["ipc1"]
+    assert row["datadam_setting"] == L100 and row["datadam"]["attention_weight"] == 100.0
     assert row["datadam"]["accuracy"] == [0.65, 0.70, 0.66]
     lead = row["datadam_minus_random"]
     assert lead["same_seed_differences"] == pytest.approx([0.15, 0.14, 0.13])
@@ -138,3 +139,47 @@ def test_tables_stop_with_exit_2_and_no_traceback_on_a_malformed_cell(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "val_accuracy" in proc.stderr
     assert not (tmp_path / "results" / "vision_condense.json").exists()
+
+
+def _screen(runs, label, val, test=0.5):
+    _cell(runs, f"{choice.IMPROVE['out']}/{label}", "datadam", 1, 0, test, val)
+
+
+def test_a_variant_is_adopted_only_when_it_beats_the_base_on_validation(runs):
+    _weight(runs, W1000, 1000.0, 1, (0.7, 0.7, 0.7), (0.60, 0.60, 0.60))
+    _weight(runs, W100, 100.0, 1, (0.6, 0.6, 0.6), (0.66, 0.70, 0.70))  # base: seed 0 at 0.66
+    first, second = choice.IMPROVE["variants"]
+    _screen(runs, first, 0.69, test=0.1)
+    assert choice.improve_adopted(_read) is None  # waits for every variant
+    _screen(runs, second, 0.67, test=0.99)
+    assert choice.improve_adopted(_read) == first  # validation, not test
+    _screen(runs, first, 0.65)
+    _screen(runs, second, 0.66)
+    assert choice.improve_adopted(_read) is None  # a tie with the base is no win
+
+
+def test_the_screen_then_the_adopted_variants_seeds_join_the_candidates(runs):
+    _weight(runs, W1000, 1000.0, 1, (0.7, 0.7, 0.7), (0.60, 0.60, 0.60))
+    _weight(runs, W100, 100.0, 1, (0.6, 0.6, 0.6), (0.66, 0.66, 0.66))
+    calls = []
+    for job in choice.improve_jobs(lambda a, f: calls.append(a), runs, _read):
+        job()
+    assert [a[a.index("--seeds") + 1] for a in calls] == ["0"] * len(choice.IMPROVE["variants"])
+    parsed = [build_parser().parse_args(a) for a in calls]  # what the CLI will run
+    assert [(x.nets, x.real_batch) for x in parsed] == [(4, 32), (1, 128)]
+    assert all(x.attention_weight == 100.0 and x.ipc == [1] and x.iterations == 300
+               and x.val_images == plan.VAL_IMAGES and not x.select for x in parsed)
+    first, second = choice.IMPROVE["variants"]
+    _screen(runs, first, 0.68)
+    _screen(runs, second, 0.60)
+    calls.clear()
+    for job in choice.improve_jobs(lambda a, f: calls.append(a), runs, _read):
+        job()
+    assert [a[a.index("--seeds") + 1] for a in calls] == ["1", "2"]
+    assert all(a[a.index("--out") + 1].endswith(first) for a in calls)
+    assert len(choice.choose(_read, [1], choice.improve_candidates(_read))["ipc1"]["complete"]) == 2
+    for seed, val in ((1, 0.69), (2, 0.70)):
+        _cell(runs, f"{choice.IMPROVE['out']}/{first}", "datadam", 1, seed, 0.5, val)
+    pick = choice.choose(_read, [1], choice.improve_candidates(_read))["ipc1"]
+    assert pick["chosen"] == f"{first} on the size's setting" and len(pick["complete"]) == 3
+    assert choice.choose(_read, [10], choice.improve_candidates(_read))["ipc10"]["candidates"] == {}
