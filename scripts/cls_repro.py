@@ -30,7 +30,9 @@ RUNS = ROOT / "runs"
 
 
 def run_name(recipe: str, seed: int) -> str:
-    return recipe if recipe.endswith("-teacher") else f"{recipe}-s{seed}"
+    """``RECIPE-sSEED``; a teacher's seed 0 keeps the recipe's name (its students read
+    ``runs/<dataset>-teacher/student``), its other seeds are ``RECIPE-sSEED`` (table rows only)."""
+    return recipe if recipe.endswith("-teacher") and seed == 0 else f"{recipe}-s{seed}"
 
 
 def cmd_run(items: list[str]) -> int:
@@ -77,18 +79,25 @@ def cmd_tables(dataset: str, out: Path | None, runs_dir: Path = RUNS, note: str 
     teacher_dir = runs_dir / f"{dataset}-teacher"
     teacher = json.loads((teacher_dir / "results.json").read_text())
     t_acc, t_f1 = teacher["student"]["accuracy"], teacher["student"]["f1"]
+    # the teacher row: the seed-0 run (the one that teaches) and any other teacher seeds
+    t_dirs = [teacher_dir] + sorted(
+        p for p in runs_dir.glob(f"{dataset}-teacher-s*") if (p / "results.json").is_file()
+    )
+    t_res = [json.loads((p / "results.json").read_text()) for p in t_dirs]
     rows = [
         {
             "recipe": f"{dataset}-teacher",
             "layers": teacher["student"]["layers"],
             "params": teacher["student"]["params"],
-            "seeds": [teacher.get("seed", 0)],
-            "accuracy": _mean_std([t_acc]),
-            "f1": _mean_std([t_f1]),
-            "retention": _mean_std([1.0]),
+            "seeds": [r.get("seed", 0) for r in t_res],
+            "accuracy": _mean_std([r["student"]["accuracy"] for r in t_res]),
+            "f1": _mean_std([r["student"]["f1"] for r in t_res]),
+            "retention": _mean_std([r["student"]["accuracy"] / t_acc for r in t_res]),
+            "teaches": f"{teacher['name']} (seed {teacher.get('seed', 0)}): every student's "
+            "retention is against this run",
             "steps": teacher["train"]["steps"],
-            "wall_s": _mean_std([_wall(teacher_dir)]),
-            "commands": [_command(teacher_dir)],
+            "wall_s": _mean_std([_wall(p) for p in t_dirs]),
+            "commands": [_command(p) for p in t_dirs],
         }
     ]
     recipes = sorted(

@@ -66,3 +66,20 @@ def test_bad_shapes_are_refused():
         similarity_rank_loss(torch.rand(3), torch.rand(4))
     with pytest.raises(ValueError, match="pairs"):
         pair_similarities(torch.rand(4, 2), torch.tensor([0, 1]))
+
+
+def test_gold_mixing_matches_the_elementwise_form_and_keeps_the_teacher_where_gold_is_unknown():
+    from attnkd.losses import mix_gold
+
+    teacher = torch.tensor([0.9, 0.2, 0.5, 0.4])
+    gold = torch.tensor([0.6, float("nan"), 1.0, 0.0])
+    for xi in (0.0, 0.3, 1.0):
+        got = mix_gold(teacher, gold, xi).tolist()
+        want = [t if g != g else xi * g + (1 - xi) * t for t, g in zip(teacher.tolist(),
+                                                                       gold.tolist())]  # fmt: skip
+        assert got == pytest.approx(want)
+    assert mix_gold(teacher, gold, 1.0)[1] == pytest.approx(0.2)  # no gold: the teacher's value
+    with pytest.raises(ValueError, match="gt_weight"):
+        mix_gold(teacher, gold, 1.5)
+    with pytest.raises(ValueError, match="differ"):
+        mix_gold(teacher, gold[:3], 0.5)

@@ -61,9 +61,27 @@ def test_tables_rows_retention_and_commands(tmp_path, capsys):
     assert not list(out.parent.glob("*.tmp"))  # written atomically, no leftover
 
 
-def test_run_names_keep_the_teacher_name():
-    assert cr.run_name("sst2-teacher", 2) == "sst2-teacher"
+def test_run_names_keep_the_teaching_seed_under_the_teacher_name():
+    assert cr.run_name("sst2-teacher", 0) == "sst2-teacher"  # the run students read
+    assert cr.run_name("sst2-teacher", 2) == "sst2-teacher-s2"  # table row only
     assert cr.run_name("sst2-l3-kd", 2) == "sst2-l3-kd-s2"
+
+
+def test_teacher_seeds_form_the_teacher_row_and_retention_stays_against_seed_0(tmp_path):
+    runs = tmp_path / "runs"
+    _run(runs, "sst2-teacher", 0.90, 6, 100.0)
+    _run(runs, "sst2-teacher-s1", 0.86, 6, 120.0, seed=1)
+    _run(runs, "sst2-teacher-s2", 0.88, 6, 110.0, seed=2)
+    _run(runs, "sst2-l3-s0", 0.81, 3, 10.0)
+    out = tmp_path / "t.json"
+    assert cr.cmd_tables("sst2", out, runs_dir=runs) == 0
+    rows = {r["recipe"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["sst2-teacher", "sst2-l3"]  # teacher seeds are no student row
+    t = rows["sst2-teacher"]
+    assert t["seeds"] == [0, 1, 2] and t["accuracy"]["values"] == [0.90, 0.86, 0.88]
+    assert t["accuracy"]["std"] == pytest.approx(statistics.stdev([0.90, 0.86, 0.88]))
+    assert t["wall_s"]["mean"] == pytest.approx(110.0) and "seed 0" in t["teaches"]
+    assert rows["sst2-l3"]["retention"]["mean"] == pytest.approx(0.81 / 0.90)
 
 
 def test_curves_record_selection_scores_per_step(tmp_path, capsys):

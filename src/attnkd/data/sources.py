@@ -189,6 +189,20 @@ def source_pairs(
     return [(texts[i].strip(), texts[i + 1].strip()) for i in range(0, len(texts), 2)]
 
 
+def source_pair_scores(
+    spec: str, data_dir: PathLike | None = None, *, bad_rows: str = "error"
+) -> list[float | None]:
+    """The gold similarity of each pair of :func:`source_pairs`, in the same order: the STS-B
+    score scaled to [0, 1] (``score / 5``) for ``stsb:*``, ``None`` for pair sources without a
+    graded score (MRPC, RTE), ``[]`` for a source of single sentences."""
+    if spec not in PAIR_SOURCES:
+        return []
+    name, _, split = spec.partition(":")
+    if name == "stsb":
+        return [p.score / 5.0 for p in bm.read_stsb(split, data_dir, bad_rows=bad_rows)]
+    return [None] * len(source_pairs(spec, data_dir, bad_rows=bad_rows))
+
+
 def source_sentences(
     spec: str, data_dir: PathLike | None = None, *, bad_rows: str = "error"
 ) -> list[str]:

@@ -29,6 +29,7 @@ from attnkd.losses.logits import KDLoss, hinton_kd, token_divergence, token_dive
 from attnkd.losses.sentence import (
     cosine_similarity_matrix,
     ensemble_similarity,
+    mix_gold,
     pair_similarities,
     similarity_matrix_mse,
     similarity_rank_loss,
@@ -49,6 +50,7 @@ __all__ = [
     "hinton_kd",
     "linear_cka",
     "mean_pool",
+    "mix_gold",
     "pair_similarities",
     "relation_kl",
     "sentence_embedding_cosine",

@@ -78,6 +78,21 @@ def similarity_rank_loss(student: Tensor, target: Tensor, scale: float = RANK_SC
     return torch.logsumexp(torch.cat([s.new_zeros(1), gaps.flatten()]), dim=0)
 
 
+def mix_gold(teacher: Tensor, gold: Tensor, gt_weight: float) -> Tensor:
+    """Ground-truth mixing of a pair target: ``gt_weight * gold + (1 - gt_weight) * teacher``
+    where the pair has a gold similarity, the teacher's value where ``gold`` is NaN.
+
+    Shapes: teacher (n,) and gold (n,), both similarities in [0, 1] for STS (gold = score / 5);
+    ``gt_weight`` in [0, 1]: 0 is the teacher alone, 1 the labels alone."""
+    if not 0.0 <= gt_weight <= 1.0:
+        raise ValueError(f"gt_weight must be in [0, 1], got {gt_weight}")
+    if teacher.shape != gold.shape:
+        raise ValueError(f"teacher {tuple(teacher.shape)} and gold {tuple(gold.shape)} differ")
+    gold = gold.to(teacher.device, teacher.dtype)
+    mixed = gt_weight * gold + (1.0 - gt_weight) * teacher
+    return torch.where(torch.isnan(gold), teacher, mixed)
+
+
 def pair_similarities(emb: Tensor, pairs: Tensor) -> Tensor:
     """Cosine similarity of each pair of rows: emb (batch, width), pairs (n, 2) row indices
     -> (n,)."""

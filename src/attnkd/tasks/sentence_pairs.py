@@ -25,7 +25,7 @@ from attnkd.config.schema import DistillConfig
 from attnkd.data.collate import DynamicPaddingCollator, TokenizedTexts
 from attnkd.data.corpus import Corpus
 from attnkd.data.overlap import sentence_key
-from attnkd.data.sources import PAIR_SOURCES, source_pairs
+from attnkd.data.sources import PAIR_SOURCES, source_pair_scores, source_pairs
 from attnkd.errors import ConfigError
 
 
@@ -34,6 +34,9 @@ class CorpusPairs:
     """The training pairs, as row indices into the corpus, and what was left out."""
 
     pairs: list[tuple[int, int]]
+    gold: list[float] = field(default_factory=list)
+    """Gold similarity in [0, 1] of each kept pair (STS-B ``score / 5``); NaN where the source
+    has no graded score (MRPC, RTE) and for mined pairs."""
     read: dict[str, int] = field(default_factory=dict)
     """Pairs in each pair source."""
     dropped: int = 0
@@ -48,6 +51,8 @@ class CorpusPairs:
     def as_dict(self) -> dict:
         out = asdict(self)
         out["kept"] = len(out.pop("pairs"))
+        gold = out.pop("gold")
+        out["scored"] = sum(1 for g in gold if g == g)
         return out
 
 
@@ -66,8 +71,9 @@ def corpus_pairs(
         if spec not in PAIR_SOURCES:
             continue
         pairs = source_pairs(spec, d.data_dir, bad_rows=d.bad_rows)
+        scores = source_pair_scores(spec, d.data_dir, bad_rows=d.bad_rows)
         out.read[spec] = len(pairs)
-        for a, b in pairs:
+        for (a, b), gold in zip(pairs, scores):
             ia, ib = index.get(sentence_key(a)), index.get(sentence_key(b))
             if ia is None or ib is None or ia == ib:
                 out.dropped += 1
@@ -76,10 +82,12 @@ def corpus_pairs(
             else:
                 seen.add(key)
                 out.pairs.append((ia, ib))
+                out.gold.append(float("nan") if gold is None else float(gold))
     for ia, ib in mined:
         if ia != ib and (key := (min(ia, ib), max(ia, ib))) not in seen:
             seen.add(key)
             out.pairs.append((ia, ib))
+            out.gold.append(float("nan"))
             out.mined += 1
     if not out.pairs:
         raise ConfigError("data.pair_batches", f"no training pair left in {d.train_sources}: "
@@ -118,8 +126,9 @@ def mine_pairs(
 class PairBatches:
     """Batches of ``batch_size // 2`` whole pairs, shuffled by ``(seed, epoch)``, addressable
     by (epoch, index) for exact resume. ``batch_at`` gives the padded token batch, ``rows``
-    (batch,) the corpus row of each sentence and ``pairs`` (batch // 2, 2) the batch rows of
-    each pair (``[[0, 1], [2, 3], ...]``)."""
+    (batch,) the corpus row of each sentence, ``pairs`` (batch // 2, 2) the batch rows of
+    each pair (``[[0, 1], [2, 3], ...]``) and ``gold`` (batch // 2,) each pair's gold
+    similarity (NaN where unknown; all NaN when ``gold`` is not given)."""
 
     def __init__(
         self,
@@ -129,6 +138,7 @@ class PairBatches:
         batch_size: int,
         max_length: int,
         seed: int,
+        gold: list[float] | None = None,
     ):
         if batch_size < 2 or batch_size % 2:
             raise ConfigError("train.batch_size", f"pair batches hold two sentences per pair: "
@@ -138,6 +148,9 @@ class PairBatches:
             raise ConfigError("train.batch_size", f"{batch_size} sentences is more than the "
                               f"{len(pairs)} training pairs hold")  # fmt: skip
         self.pairs = np.asarray(pairs, dtype=np.int64)
+        if gold is not None and len(gold) != len(pairs):
+            raise ValueError(f"{len(gold)} gold scores for {len(pairs)} pairs")
+        self.gold = np.full(len(pairs), np.nan) if gold is None else np.asarray(gold, float)
         self.seed = seed
         self.collate = DynamicPaddingCollator(tokenizer, max_length=max_length)
         self.tokens = TokenizedTexts(tokenizer, sentences, max_length)
@@ -147,16 +160,21 @@ class PairBatches:
     def num_batches(self) -> int:
         return len(self.pairs) // self.per_batch
 
-    def pairs_at(self, epoch: int, index: int) -> np.ndarray:
-        """(batch // 2, 2) corpus rows of the pairs of batch ``index`` of ``epoch``."""
+    def _picked(self, epoch: int, index: int) -> np.ndarray:
         if epoch != self._epoch:
             self._epoch = epoch
             self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.pairs))
-        return self.pairs[self._order[index * self.per_batch : (index + 1) * self.per_batch]]
+        return self._order[index * self.per_batch : (index + 1) * self.per_batch]
+
+    def pairs_at(self, epoch: int, index: int) -> np.ndarray:
+        """(batch // 2, 2) corpus rows of the pairs of batch ``index`` of ``epoch``."""
+        return self.pairs[self._picked(epoch, index)]
 
     def batch_at(self, epoch: int, index: int) -> dict[str, Tensor]:
-        rows = self.pairs_at(epoch, index).reshape(-1).tolist()
+        picked = self._picked(epoch, index)
+        rows = self.pairs[picked].reshape(-1).tolist()
         batch = self.collate.pad([self.tokens.ids(r) for r in rows])
         batch["rows"] = torch.tensor(rows, dtype=torch.long)
         batch["pairs"] = torch.arange(len(rows), dtype=torch.long).view(-1, 2)
+        batch["gold"] = torch.tensor(self.gold[picked], dtype=torch.float32)
         return batch

@@ -102,6 +102,15 @@ def check_teachers_static(cfg: DistillConfig) -> None:
         if term.name == "sentence_pair_rank" and not cfg.data.pair_batches:
             raise ConfigError(f"{key}.name", "sentence_pair_rank ranks the training pairs of "
                               "each batch: set data.pair_batches: true")  # fmt: skip
+        if term.gt_weight and term.name != "sentence_pair_rank":
+            raise ConfigError(f"{key}.gt_weight", f"'{term.name}' has no gold target to mix: "
+                              "gt_weight mixes STS-B gold scores into sentence_pair_rank "
+                              "only")  # fmt: skip
+        if not 0.0 <= term.gt_weight <= 1.0:
+            raise ConfigError(f"{key}.gt_weight", f"must be in [0, 1], got {term.gt_weight}")
+        if term.gt_weight and not any(s.startswith("stsb:") for s in cfg.data.train_sources):
+            raise ConfigError(f"{key}.gt_weight", "gold similarity scores come from STS-B "
+                              "training pairs: add stsb:train to data.train_sources")  # fmt: skip
     if cfg.data.mined_pairs and not cfg.data.pair_batches:
         raise ConfigError("data.mined_pairs", "mined pairs go into pair batches: set "
                           "data.pair_batches: true")  # fmt: skip
@@ -251,8 +260,10 @@ class SentenceTargetDistiller(nn.Module):
                     v = sim.similarity_matrix_mse(emb, target)
                 else:
                     pairs = batch["pairs"].to(emb.device)
-                    v = sim.similarity_rank_loss(sim.pair_similarities(emb, pairs),
-                                                 target[pairs[:, 0], pairs[:, 1]])  # fmt: skip
+                    t_pairs = target[pairs[:, 0], pairs[:, 1]]
+                    if term.gt_weight:
+                        t_pairs = sim.mix_gold(t_pairs, batch["gold"], float(term.gt_weight))
+                    v = sim.similarity_rank_loss(sim.pair_similarities(emb, pairs), t_pairs)
             else:
                 t = self.targets[i][rows].to(emb.device)
                 s = self.projectors[key](emb) if key else emb
@@ -342,7 +353,7 @@ def run_teachers(
     if pairs is not None:
         log.info("pair batches: %s", pairs.as_dict())
         batches = PairBatches(corpus.sentences, pairs.pairs, tok, cfg.train.batch_size,
-                              d.max_length, cfg.train.seed)  # fmt: skip
+                              d.max_length, cfg.train.seed, gold=pairs.gold)  # fmt: skip
     else:
         batches = _RowBatches(GroupedBatches(corpus.sentences, tok, cfg.train.batch_size,
                                              d.max_length, cfg.train.seed))  # fmt: skip
