@@ -165,15 +165,20 @@ def _lead(a: dict, b: dict) -> dict | None:
             "separated": bool(separated)}  # fmt: skip
 
 
-def improve_table(read: Read) -> dict:
+def improve_table(read: Read, copy_png: Callable[[Path, Path], None] | None = None,
+                  out: Path = Path(".")) -> dict:  # fmt: skip
     """The screen (validation accuracy of every variant's seed-0 cell and of the base setting's)
-    and the adopted variant's cell over the seeds found."""
+    and the adopted variant's cell over the seeds found; each variant's seed-0 grid is copied to
+    out/vision_condense_png/improve-<label>-ipc<n>-s0.png (unless ``copy_png`` is None)."""
     ipc = IMPROVE["ipc"]
     base = choose(read, [ipc])[f"ipc{ipc}"]["chosen"]
     screen = {}
     for label, folder in ([(base, CANDIDATES[base])] if base else []) + [
             (v, f"{IMPROVE['out']}/{v}") for v in IMPROVE["variants"]]:  # fmt: skip
         r = read(_cell_folder(folder, ipc, 0) / "results.json")
+        if r and copy_png is not None and label in IMPROVE["variants"]:
+            copy_png(_cell_folder(folder, ipc, 0) / "images.png",
+                     out / "vision_condense_png" / f"improve-{label}-ipc{ipc}-s0.png")
         screen[label] = {"val_accuracy": r["val_accuracy"] if r else None, "folder": folder,
                          "condense_seconds": r["condense_seconds"] if r else None}  # fmt: skip
     adopted = improve_adopted(read)

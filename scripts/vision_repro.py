@@ -480,7 +480,7 @@ def _condense_table(out: Path) -> None:
         "table": headline(cells, choice),
         "datadam_rule": RULE,
         "datadam_per_size": choice,
-        "datadam_improve": improve_table(_read),
+        "datadam_improve": improve_table(_read, _copy_png, out),
         "cells": cells,
         "selection": _carry_from(old, "selection", selection_table(_read)),
         "cells_datadam_weight100": _carry_from(old, "cells_datadam_weight100", w100),

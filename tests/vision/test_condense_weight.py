@@ -183,3 +183,16 @@ def test_the_screen_then_the_adopted_variants_seeds_join_the_candidates(runs):
     pick = choice.choose(_read, [1], choice.improve_candidates(_read))["ipc1"]
     assert pick["chosen"] == f"{first} on the size's setting" and len(pick["complete"]) == 3
     assert choice.choose(_read, [10], choice.improve_candidates(_read))["ipc10"]["candidates"] == {}
+
+
+def test_improve_table_reports_the_screen_on_validation_and_copies_the_grids(runs, tmp_path):
+    _weight(runs, W100, 100.0, 1, (0.6, 0.6, 0.6), (0.66, 0.66, 0.66))
+    first, second = choice.IMPROVE["variants"]
+    _screen(runs, first, 0.64)
+    _screen(runs, second, 0.65)
+    copied = []
+    table = choice.improve_table(_read, lambda a, b: copied.append(b.name), tmp_path)
+    assert table["base"] == L100 and table["adopted"] is None and table["cells"] == {}
+    vals = {k: v["val_accuracy"] for k, v in table["screen_seed0"].items()}
+    assert vals == {L100: 0.66, first: 0.64, second: 0.65}
+    assert copied == [f"improve-{first}-ipc1-s0.png", f"improve-{second}-ipc1-s0.png"]
