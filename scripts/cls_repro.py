@@ -156,7 +156,13 @@ def cmd_tables(dataset: str, out: Path | None, runs_dir: Path = RUNS, note: str 
     return 0
 
 
-def cmd_curves(names: list[str], out: Path | None, runs_dir: Path = RUNS, note: str = "") -> int:
+def cmd_curves(
+    names: list[str],
+    out: Path | None,
+    runs_dir: Path = RUNS,
+    note: str = "",
+    eval_seen: bool = False,
+) -> int:
     runs = {}
     for name in names:
         d = runs_dir / name
@@ -164,26 +170,31 @@ def cmd_curves(names: list[str], out: Path | None, runs_dir: Path = RUNS, note: 
             print(f"error: {d / 'results.json'}: no finished run called '{name}'", file=sys.stderr)
             return 2
         res = json.loads((d / "results.json").read_text())
+        # classification runs report accuracy (a fraction), sentence runs Spearman (x100)
+        metric = "accuracy" if "accuracy" in res["student"] else "spearman"
+        scale = 100.0 if metric == "accuracy" else 1.0
         curve = {}
         for line in (d / "metrics.jsonl").read_text().splitlines():
             ev = json.loads(line)
             if ev.get("event") == "eval":
-                curve[str(ev["step"])] = ev["metrics"]["accuracy"]
+                curve[str(ev["step"])] = ev["metrics"][metric]
         runs[name] = {
             "select_split": res["select_split"],
-            "select_accuracy_by_step": curve,
+            f"select_{metric}_by_step": curve,
             "best_step": res["student"]["best_step"],
-            "select_accuracy": res["student"]["select_accuracy"],
+            f"select_{metric}": res["student"][f"select_{metric}"],
             "eval_split": res["eval_split"],
-            "eval_accuracy_not_used_to_choose": res["student"]["accuracy"],
+            f"eval_{metric}_{'seen_before_choosing' if eval_seen else 'not_used_to_choose'}": res[
+                "student"
+            ][metric],
             "command": _command(d) or f"attnkd distill <recipe> name={name}",
         }
-        steps = ", ".join(f"{k}: {100 * v:.2f}" for k, v in curve.items())
+        steps = ", ".join(f"{k}: {scale * v:.2f}" for k, v in curve.items())
         r = runs[name]
-        best = f"best {100 * r['select_accuracy']:.2f} at step {r['best_step']}"
+        best = f"best {scale * r[f'select_{metric}']:.2f} at step {r['best_step']}"
         print(f"{name:24s} {best}  ({steps})")
     if out is not None:
-        what = "screening runs: selection-split accuracy per evaluation"
+        what = "screening runs: selection-split score per evaluation"
         _write(out, {"what": what, "note": note, "runs": runs})
     return 0
 
@@ -218,11 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("runs", nargs="+", help="run names under runs/")
     c.add_argument("--json", type=Path, default=None)
     c.add_argument("--note", default="", help="what the screen compares and its conditions")
+    c.add_argument("--eval-seen", action="store_true",
+                   help="the evaluation-split scores were looked at before the choice was made "
+                   "(recorded as such instead of 'not used to choose')")  # fmt: skip
     args = ap.parse_args(argv)
     if args.cmd == "run":
         return cmd_run(args.items)
     if args.cmd == "curves":
-        return cmd_curves(args.runs, args.json, note=args.note)
+        return cmd_curves(args.runs, args.json, note=args.note, eval_seen=args.eval_seen)
     return cmd_tables(args.dataset, args.json, note=args.note)
 
 

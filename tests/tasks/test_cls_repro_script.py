@@ -104,3 +104,21 @@ def test_curves_record_selection_scores_per_step(tmp_path, capsys):
     assert rec["command"] == "attnkd scr-a"
     assert cr.cmd_curves(["missing"], None, runs_dir=runs) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_curves_read_spearman_of_sentence_runs_and_mark_a_seen_eval_split(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    d = runs / "scr-s"
+    d.mkdir(parents=True)
+    student = {"spearman": 87.2, "best_step": 8, "select_spearman": 80.6}
+    res = {"select_split": "stsb:val", "eval_split": "stsb:dev", "student": student}
+    (d / "results.json").write_text(json.dumps(res))
+    events = [{"event": "eval", "step": s, "metrics": {"spearman": v}} for s, v in
+              ((0, 78.2), (8, 80.6))]  # fmt: skip
+    (d / "metrics.jsonl").write_text("\n".join(json.dumps(e) for e in events))
+    out = tmp_path / "c.json"
+    assert cr.cmd_curves(["scr-s"], out, runs_dir=runs, eval_seen=True) == 0
+    rec = json.loads(out.read_text())["runs"]["scr-s"]
+    assert rec["select_spearman_by_step"] == {"0": 78.2, "8": 80.6}
+    assert rec["eval_spearman_seen_before_choosing"] == 87.2 and rec["select_spearman"] == 80.6
+    assert "best 80.60 at step 8" in capsys.readouterr().out

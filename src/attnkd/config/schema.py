@@ -75,7 +75,9 @@ class LossTermConfig:
     """'auto', 'naive' or 'chunked' for attention/relation/vocabulary losses."""
     gt_weight: float = 0.0
     """'mixed_kd': weight ξ of the true label in the target ξ·y + (1−ξ)·p_T (self-distillation
-    with ground-truth mixing); 'exit_kd': weight of the exit's own cross-entropy."""
+    with ground-truth mixing); 'exit_kd': weight of the exit's own cross-entropy;
+    'sentence_pair_rank' (cached sentence teachers): weight ξ of each STS-B training pair's gold
+    score / 5 in the ranking target ξ·gold + (1−ξ)·teacher similarity."""
 
 
 @dataclass
