@@ -35,6 +35,16 @@ from vision_condense import (
     selection_table,
     sensitivity_jobs,
 )
+from vision_condense_choice import (
+    RULE,
+    choose,
+    headline,
+    improve_candidates,
+    improve_jobs,
+    improve_table,
+)
+
+from attnkd.errors import AttnkdError
 
 STUDENTS = ["scratch", "kd", "at", "kd-at", "rkd", "vit-deit", "vit-deit-soft"]
 CONDENSE = {"methods": ["datadam", "dm", "random"], "ipc": [1, 10, 50]}
@@ -55,7 +65,7 @@ scarce), and β = 300 on the maps before pooling (at_group)."""
 RUNS = Path("runs")
 PARTS = ["teacher", "students", "vit", "condense", "prune", "at-select", "students-3000",
          "condense-long", "teacher-seeds", "limited-select", "limited", "condense-select",
-         "condense-final", "condense-w100"]  # fmt: skip
+         "condense-final", "condense-w100", "condense-improve"]  # fmt: skip
 TEACHER_SEEDS = (1, 2)
 """More seeds of the teacher recipe, one after the other (runs fmnist-teacher-s<seed>; seed 0 is
 runs/fmnist-teacher). A run stopped by SIGTERM has saved a checkpoint and continues from it."""
@@ -185,7 +195,9 @@ def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
     if "condense-final" in parts:
         jobs += final_jobs(_cli, logs, methods, condense_ipc)
     if "condense-w100" in parts:
-        jobs += sensitivity_jobs(_cli, logs)
+        jobs += sensitivity_jobs(_cli, logs, [i for i in SENSITIVITY["sizes"] if i in condense_ipc])
+    if "condense-improve" in parts:  # the screen; once adopted (run again), its other seeds
+        jobs += improve_jobs(_cli, logs, _read)
     with ThreadPoolExecutor(parallel) as pool:
         list(pool.map(lambda job: job(), jobs))
 
@@ -448,20 +460,31 @@ def _condense_table(out: Path) -> None:
     old = _read(path) or {}
     if old.get("cells") and "selection" not in old:  # the one-set table of earlier sessions
         old["cells_one_set_full_train"] = old.pop("cells")
+    choice = choose(_read, extra=improve_candidates(_read))  # first: checks DataDAM's cells
+    cells = _carry_from(old, "cells", final_cells(_read, _copy_png, out))
+    w100 = final_cells(_read, lambda a, b: _copy_png(a, b.with_name(f"w100-{b.name}")), out,
+                       SENSITIVITY["out"], ["datadam"], SENSITIVITY["sizes"])  # fmt: skip
     _write(path, {
         "what": "Fashion-MNIST test accuracy (10k) of fresh ConvNet-3 judges (cnn:condense) "
                 "trained only on N synthetic images/class; mean/std over condensation seeds "
                 "(one judge each, judge seed = condensation seed); condensed from the first "
-                "55000 training images, settings chosen on the last 5000 ('selection')",
-        "command": "python scripts/vision_repro.py run --parts condense-final --parallel 1 && "
+                "55000 training images, settings chosen on the last 5000 ('selection'); "
+                "'table': random subset, DM and DataDAM at the setting chosen per size on "
+                "validation ('datadam_per_size', rule 'datadam_rule')",
+        "command": "python scripts/vision_repro.py run --parts condense-final condense-w100 "
+                   "--parallel 1 && python scripts/vision_repro.py run --parts condense-improve "
+                   "--parallel 1 (twice: the screen, then the adopted variant's seeds) && "
                    "python scripts/vision_repro.py tables --condense-only",
-        "under_load": True,
-        "cells": _carry_from(old, "cells", final_cells(_read, _copy_png, out)),
+        "under_load": "one condensation run at a time, one thread, nice 10, while the "
+                      "coordinator's training runs and other jobs shared the 2 cores",
+        "table": headline(cells, choice),
+        "datadam_rule": RULE,
+        "datadam_per_size": choice,
+        "datadam_improve": improve_table(_read, _copy_png, out),
+        "cells": cells,
         "selection": _carry_from(old, "selection", selection_table(_read)),
-        "cells_datadam_weight100_not_selected": _carry_from(
-            old, "cells_datadam_weight100_not_selected",
-            final_cells(_read, None, out, SENSITIVITY["out"], ["datadam"], [SENSITIVITY["ipc"]])),
-        "command_datadam_weight100_not_selected":
+        "cells_datadam_weight100": _carry_from(old, "cells_datadam_weight100", w100),
+        "command_datadam_weight100":
             "python scripts/vision_repro.py run --parts condense-w100 --parallel 1 && "
             "python scripts/vision_repro.py tables --condense-only",
         "selection_command": "python scripts/vision_repro.py run --parts condense-select "
@@ -585,7 +608,11 @@ def main() -> None:
         run(a.seeds, a.parallel, dict(zip(sizes, a.condense_iterations)),
             dict(zip(sizes, a.judge_steps)), a.parts, a.methods, a.ipc)  # fmt: skip
     else:
-        tables(Path(a.out), a.condense_only)
+        try:
+            tables(Path(a.out), a.condense_only)
+        except AttnkdError as err:  # a malformed run folder: say which, no traceback
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":

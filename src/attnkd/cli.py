@@ -342,7 +342,8 @@ def cmd_condense(args) -> int:
             cfg = CondenseConfig(args.method, ipc, args.iterations, args.lr, args.scale_lr,
                                  args.real_batch, args.power, seed=seed,
                                  augment=not args.no_augment,
-                                 attention_weight=args.attention_weight)  # fmt: skip
+                                 attention_weight=args.attention_weight,
+                                 nets=args.nets)  # fmt: skip
             r = run_condense(cfg, args.out, args.image_dir, args.eval_steps, args.judge_seeds,
                              args.val_images, args.select)  # fmt: skip
             split = "val" if args.select else "test"
@@ -462,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--power", type=float, default=1.0, help="datadam: attention map exponent p")
     k.add_argument("--attention-weight", type=float, default=100.0,
                    help="datadam: weight of attention matching against the embedding MMD's 1")
+    k.add_argument("--nets", type=int, default=1,
+                   help="random networks per matching iteration (the mean of their losses)")
     k.add_argument("--seeds", type=int, nargs="+", default=[0])
     k.add_argument("--eval-steps", type=int, default=300, help="steps training the judge network")
     k.add_argument("--judge-seeds", type=int, nargs="+", default=None,

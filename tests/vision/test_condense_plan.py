@@ -74,14 +74,17 @@ def test_final_cells_average_over_condensation_seeds(runs, tmp_path):
     assert [p.name for p in copied] == ["dm-ipc10-s0.png"]
 
 
-def test_sensitivity_row_is_datadam_at_the_authors_weight_with_the_final_knobs(runs):
+def test_weight100_cells_are_datadam_at_the_authors_weight_with_the_final_knobs(runs):
     calls = []
     for job in plan.sensitivity_jobs(lambda a, f: calls.append(a), runs):
         job()
-    ipc = plan.SENSITIVITY["ipc"]
-    assert len(calls) == len(plan.FINAL["seeds"][ipc])
+    sizes = plan.SENSITIVITY["sizes"]
+    assert len(calls) == sum(len(plan.FINAL["seeds"][i]) for i in sizes)
+    assert [a[a.index("--ipc") + 1] for a in calls][:: len(plan.FINAL["seeds"][1])] == [
+        str(i) for i in sizes]  # size by size
     for a in calls:
-        assert a[a.index("--method") + 1] == "datadam" and a[a.index("--ipc") + 1] == str(ipc)
+        ipc = int(a[a.index("--ipc") + 1])
+        assert a[a.index("--method") + 1] == "datadam" and ipc in sizes
         assert a[a.index("--attention-weight") + 1] == "100"
         assert a[a.index("--iterations") + 1] == str(plan.FINAL["iterations"][ipc])
         assert all(x in a for x in plan.FINAL["args"])

@@ -73,6 +73,10 @@ class CondenseConfig:
     """Siamese augmentation: the same random shift/flip for a class's real and synthetic images."""
     shift: int = 3
     """Largest shift (pixels) of the siamese augmentation."""
+    nets: int = 1
+    """Random networks freshly initialised per iteration; the step follows the mean of their
+    losses, each class matched on the same real batch and augmentation in every network (a
+    less noisy estimate of the expectation over initialisations the methods minimise)."""
 
 
 @dataclass
@@ -94,6 +98,7 @@ def check_config(cfg: CondenseConfig) -> None:
               ("iterations", cfg.iterations >= 0, "an integer >= 0"),
               ("lr", cfg.lr > 0, "a number > 0"), ("real_batch", cfg.real_batch >= 1, ">= 1"),
               ("power", cfg.power > 0, "a number > 0"), ("shift", cfg.shift >= 0, ">= 0"),
+              ("nets", cfg.nets >= 1, "an integer >= 1"),
               ("mmd_weight", cfg.mmd_weight >= 0, "a number >= 0"),
               ("attention_weight", cfg.attention_weight >= 0, "a number >= 0"))  # fmt: skip
     for key, ok, want in checks:
@@ -166,10 +171,8 @@ def condense(data: ImageSet, cfg: CondenseConfig, num_classes: int = 10) -> Cond
     opt = torch.optim.SGD([syn], lr=cfg.lr * (n if cfg.scale_lr else 1), momentum=0.5)
     losses = []
     for it in range(cfg.iterations):
-        torch.manual_seed(cfg.seed * 1_000_003 + it)  # a fresh random network every iteration
-        net = build_model(cfg.net)
-        for p in net.parameters():
-            p.requires_grad_(False)
+        torch.manual_seed(cfg.seed * 1_000_003 + it)  # fresh random networks every iteration
+        nets = [build_model(cfg.net).requires_grad_(False) for _ in range(cfg.nets)]
         total = syn.new_zeros(())
         for c, pool in enumerate(pools):
             pick = pool[torch.randint(len(pool), (cfg.real_batch,), generator=g)]
@@ -178,8 +181,9 @@ def condense(data: ImageSet, cfg: CondenseConfig, num_classes: int = 10) -> Cond
                 dy, dx = torch.randint(-cfg.shift, cfg.shift + 1, (2,), generator=g).tolist()
                 flip = bool(torch.rand((), generator=g) < 0.5)
                 real, mine = (siamese_augment(t, dy, dx, flip) for t in (real, mine))
-            total = total + matching_loss(net, real, mine, cfg.method, cfg.power,
-                                          cfg.mmd_weight, cfg.attention_weight)  # fmt: skip
+            for net in nets:
+                total = total + matching_loss(net, real, mine, cfg.method, cfg.power,
+                                              cfg.mmd_weight, cfg.attention_weight) / cfg.nets
         opt.zero_grad()
         total.backward()
         opt.step()
