@@ -38,7 +38,7 @@ def test_the_step_follows_the_mean_over_distinct_nets_on_the_same_real_batch(tin
 
     def spy(net, real, syn, *args):
         loss = real_loss(net, real, syn, *args)
-        calls.append((net, real.clone(), float(loss)))
+        calls.append((net, real.clone(), float(loss.detach())))
         return loss
 
     monkeypatch.setattr(condense_mod, "matching_loss", spy)

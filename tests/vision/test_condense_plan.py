@@ -8,21 +8,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import vision_condense as plan  # noqa: E402
+from vision_helpers import read_json  # noqa: E402
 
 
 def _write(path: Path, obj: dict) -> None:
     path.mkdir(parents=True, exist_ok=True)
     (path / "results.json").write_text(json.dumps(obj))
-
-
-def _read(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-@pytest.fixture
-def runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(plan, "RUNS", tmp_path)
-    return tmp_path
 
 
 def _select(runs, label, acc):
@@ -32,11 +23,11 @@ def _select(runs, label, acc):
 def test_attention_weight_waits_for_every_selection_run_then_takes_the_best(runs):
     labels = list(plan.DATADAM_WEIGHTS)
     _select(runs, labels[0], 0.79)
-    assert plan.chosen_attention_weight(_read) is None
+    assert plan.chosen_attention_weight(read_json) is None
     _select(runs, labels[1], 0.80)
-    assert plan.chosen_attention_weight(_read) == plan.DATADAM_WEIGHTS[labels[1]]
+    assert plan.chosen_attention_weight(read_json) == plan.DATADAM_WEIGHTS[labels[1]]
     _select(runs, labels[1], 0.79)  # a tie keeps the first
-    assert plan.chosen_attention_weight(_read) == plan.DATADAM_WEIGHTS[labels[0]]
+    assert plan.chosen_attention_weight(read_json) == plan.DATADAM_WEIGHTS[labels[0]]
 
 
 def test_final_jobs_hold_datadam_back_until_its_weight_is_chosen(runs):
@@ -65,7 +56,7 @@ def test_final_cells_average_over_condensation_seeds(runs, tmp_path):
             "condensed_from_images": 55000, "condense_seconds": 1.0, "judge_seconds": 2.0,
             "mean_abs_change_from_start": 0.1})  # fmt: skip
     copied = []
-    cells = plan.final_cells(_read, lambda a, b: copied.append(b), tmp_path / "out")
+    cells = plan.final_cells(read_json, lambda a, b: copied.append(b), tmp_path / "out")
     cell = cells["dm/ipc10"]
     assert cell["n"] == 3 and cell["mean"] == pytest.approx(0.72)
     assert cell["std"] == pytest.approx(0.02) and cell["condense_seeds"] == [0, 1, 2]

@@ -12,22 +12,13 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 import vision_condense as plan  # noqa: E402
 import vision_condense_choice as choice  # noqa: E402
+from vision_helpers import read_json  # noqa: E402
 
 from attnkd.cli import build_parser  # noqa: E402
 from attnkd.errors import DataError  # noqa: E402
 
 W1000, W100 = choice.CANDIDATES.values()
 L1000, L100 = choice.CANDIDATES
-
-
-def _read(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-@pytest.fixture
-def runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(plan, "RUNS", tmp_path)
-    return tmp_path
 
 
 def _cell(runs, folder, method, ipc, seed, test, val, weight=100.0):
@@ -49,21 +40,21 @@ def _weight(runs, folder, weight, ipc, tests, vals):
 def test_the_weight_is_chosen_by_validation_never_by_test(runs):
     _weight(runs, W1000, 1000.0, 1, (0.90, 0.90, 0.90), (0.60, 0.61, 0.62))
     _weight(runs, W100, 100.0, 1, (0.50, 0.50, 0.50), (0.70, 0.70, 0.70))
-    pick = choice.choose(_read, [1])["ipc1"]
+    pick = choice.choose(read_json, [1])["ipc1"]
     assert pick["chosen"] == L100 and pick["complete"] == [L1000, L100]
     assert pick["candidates"][L100]["val_accuracy"] == pytest.approx(0.70)
     assert pick["candidates"][L1000]["mean"] == pytest.approx(0.90)  # reported, not used
     _weight(runs, W100, 100.0, 1, (0.99, 0.99, 0.99), (0.61, 0.61, 0.61))  # val now equal
-    assert choice.choose(_read, [1])["ipc1"]["chosen"] == L1000  # the first on a tie
+    assert choice.choose(read_json, [1])["ipc1"]["chosen"] == L1000  # the first on a tie
 
 
 def test_a_weight_without_every_seed_cannot_be_chosen(runs):
     _weight(runs, W1000, 1000.0, 10, (0.7, 0.7, 0.7), (0.70, 0.70, 0.70))
     _weight(runs, W100, 100.0, 10, (0.8, 0.8), (0.90, 0.90))  # seed 2 missing
-    pick = choice.choose(_read, [10])["ipc10"]
+    pick = choice.choose(read_json, [10])["ipc10"]
     assert pick["chosen"] == L1000 and pick["complete"] == [L1000]
     assert pick["candidates"][L100]["n"] == 2
-    assert choice.choose(_read, [50])["ipc50"] == {"chosen": None, "complete": [],
+    assert choice.choose(read_json, [50])["ipc50"] == {"chosen": None, "complete": [],
                                                    "candidates": {}}  # fmt: skip
 
 
@@ -77,7 +68,7 @@ def test_malformed_cells_are_a_data_error_naming_the_file(runs, bad):
         _cell(runs, W1000, "datadam", 1, 1, 0.7, None, weight=1000.0)
         match = "condense-datadam-ipc1-s1/results.json.*val_accuracy"
     with pytest.raises(DataError, match=match):
-        choice.choose(_read, [1])
+        choice.choose(read_json, [1])
 
 
 def test_headline_puts_the_chosen_weight_against_random_and_dm(runs, tmp_path):
@@ -86,8 +77,8 @@ def test_headline_puts_the_chosen_weight_against_random_and_dm(runs, tmp_path):
         _cell(runs, W1000, "dm", 1, seed, d, d)
     _weight(runs, W1000, 1000.0, 1, (0.60, 0.62, 0.61), (0.60, 0.62, 0.61))
     _weight(runs, W100, 100.0, 1, (0.65, 0.70, 0.66), (0.66, 0.70, 0.66))
-    cells = plan.final_cells(_read, None, tmp_path / "out", sizes=[1])
-    row = choice.headline(cells, choice.choose(_read, [1]))["ipc1"]
+    cells = plan.final_cells(read_json, None, tmp_path / "out", sizes=[1])
+    row = choice.headline(cells, choice.choose(read_json, [1]))["ipc1"]
     assert row["datadam_setting"] == L100 and row["datadam"]["attention_weight"] == 100.0
     assert row["datadam"]["accuracy"] == [0.65, 0.70, 0.66]
     lead = row["datadam_minus_random"]
@@ -150,19 +141,19 @@ def test_a_variant_is_adopted_only_when_it_beats_the_base_on_validation(runs):
     _weight(runs, W100, 100.0, 1, (0.6, 0.6, 0.6), (0.66, 0.70, 0.70))  # base: seed 0 at 0.66
     first, second = choice.IMPROVE["variants"]
     _screen(runs, first, 0.69, test=0.1)
-    assert choice.improve_adopted(_read) is None  # waits for every variant
+    assert choice.improve_adopted(read_json) is None  # waits for every variant
     _screen(runs, second, 0.67, test=0.99)
-    assert choice.improve_adopted(_read) == first  # validation, not test
+    assert choice.improve_adopted(read_json) == first  # validation, not test
     _screen(runs, first, 0.65)
     _screen(runs, second, 0.66)
-    assert choice.improve_adopted(_read) is None  # a tie with the base is no win
+    assert choice.improve_adopted(read_json) is None  # a tie with the base is no win
 
 
 def test_the_screen_then_the_adopted_variants_seeds_join_the_candidates(runs):
     _weight(runs, W1000, 1000.0, 1, (0.7, 0.7, 0.7), (0.60, 0.60, 0.60))
     _weight(runs, W100, 100.0, 1, (0.6, 0.6, 0.6), (0.66, 0.66, 0.66))
     calls = []
-    for job in choice.improve_jobs(lambda a, f: calls.append(a), runs, _read):
+    for job in choice.improve_jobs(lambda a, f: calls.append(a), runs, read_json):
         job()
     assert [a[a.index("--seeds") + 1] for a in calls] == ["0"] * len(choice.IMPROVE["variants"])
     parsed = [build_parser().parse_args(a) for a in calls]  # what the CLI will run
@@ -173,16 +164,18 @@ def test_the_screen_then_the_adopted_variants_seeds_join_the_candidates(runs):
     _screen(runs, first, 0.68)
     _screen(runs, second, 0.60)
     calls.clear()
-    for job in choice.improve_jobs(lambda a, f: calls.append(a), runs, _read):
+    for job in choice.improve_jobs(lambda a, f: calls.append(a), runs, read_json):
         job()
     assert [a[a.index("--seeds") + 1] for a in calls] == ["1", "2"]
     assert all(a[a.index("--out") + 1].endswith(first) for a in calls)
-    assert len(choice.choose(_read, [1], choice.improve_candidates(_read))["ipc1"]["complete"]) == 2
+    extra = choice.improve_candidates(read_json)
+    assert len(choice.choose(read_json, [1], extra)["ipc1"]["complete"]) == 2
     for seed, val in ((1, 0.69), (2, 0.70)):
         _cell(runs, f"{choice.IMPROVE['out']}/{first}", "datadam", 1, seed, 0.5, val)
-    pick = choice.choose(_read, [1], choice.improve_candidates(_read))["ipc1"]
+    pick = choice.choose(read_json, [1], choice.improve_candidates(read_json))["ipc1"]
     assert pick["chosen"] == f"{first} on the size's setting" and len(pick["complete"]) == 3
-    assert choice.choose(_read, [10], choice.improve_candidates(_read))["ipc10"]["candidates"] == {}
+    extra = choice.improve_candidates(read_json)
+    assert choice.choose(read_json, [10], extra)["ipc10"]["candidates"] == {}
 
 
 def test_improve_table_reports_the_screen_on_validation_and_copies_the_grids(runs, tmp_path):
@@ -191,7 +184,7 @@ def test_improve_table_reports_the_screen_on_validation_and_copies_the_grids(run
     _screen(runs, first, 0.64)
     _screen(runs, second, 0.65)
     copied = []
-    table = choice.improve_table(_read, lambda a, b: copied.append(b.name), tmp_path)
+    table = choice.improve_table(read_json, lambda a, b: copied.append(b.name), tmp_path)
     assert table["base"] == L100 and table["adopted"] is None and table["cells"] == {}
     vals = {k: v["val_accuracy"] for k, v in table["screen_seed0"].items()}
     assert vals == {L100: 0.66, first: 0.64, second: 0.65}

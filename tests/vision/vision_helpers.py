@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import struct
 from pathlib import Path
 
@@ -40,3 +41,8 @@ def write_tiny_fmnist(folder: Path, n_train: int = 200, n_test: int = 100, gz: b
             else:
                 (folder / name).write_bytes(data)
     return folder
+
+
+def read_json(path: Path):
+    """A results.json as a dict, or None where there is none (the plan's ``read``)."""
+    return json.loads(path.read_text()) if path.is_file() else None
