@@ -104,10 +104,10 @@ def improve_jobs(cli: Callable[[list[str], Path], int], logs: Path, read: Read) 
     """The screen (seed 0 of every variant), then every final seed of the adopted variant; the
     cells not yet finished, on top of the setting RULE chose at IMPROVE's size (none: wait)."""
     ipc = IMPROVE["ipc"]
-    base = choose(read, [ipc])[f"ipc{ipc}"]["chosen"]
-    if base is None:
+    pick = choose(read, [ipc])[f"ipc{ipc}"]
+    if pick["chosen"] is None:
         return []
-    weight = choose(read, [ipc])[f"ipc{ipc}"]["candidates"][base]["attention_weight"]
+    weight = pick["candidates"][pick["chosen"]]["attention_weight"]
     adopted = improve_adopted(read)
     todo = [(label, 0) for label in IMPROVE["variants"]]
     todo += [(adopted, s) for s in plan.FINAL["seeds"][ipc] if adopted and s]

@@ -191,16 +191,14 @@ def source_pairs(
 
 def source_pair_scores(
     spec: str, data_dir: PathLike | None = None, *, bad_rows: str = "error"
-) -> list[float | None]:
+) -> list[float] | None:
     """The gold similarity of each pair of :func:`source_pairs`, in the same order: the STS-B
-    score scaled to [0, 1] (``score / 5``) for ``stsb:*``, ``None`` for pair sources without a
-    graded score (MRPC, RTE), ``[]`` for a source of single sentences."""
-    if spec not in PAIR_SOURCES:
-        return []
+    score scaled to [0, 1] (``score / 5``) for ``stsb:*``; ``None`` (nothing read) for every
+    other source, which has no graded score (MRPC, RTE) or no pairs."""
     name, _, split = spec.partition(":")
-    if name == "stsb":
-        return [p.score / 5.0 for p in bm.read_stsb(split, data_dir, bad_rows=bad_rows)]
-    return [None] * len(source_pairs(spec, data_dir, bad_rows=bad_rows))
+    if spec not in PAIR_SOURCES or name != "stsb":
+        return None
+    return [p.score / 5.0 for p in bm.read_stsb(split, data_dir, bad_rows=bad_rows)]
 
 
 def source_sentences(

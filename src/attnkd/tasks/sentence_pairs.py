@@ -71,9 +71,9 @@ def corpus_pairs(
         if spec not in PAIR_SOURCES:
             continue
         pairs = source_pairs(spec, d.data_dir, bad_rows=d.bad_rows)
-        scores = source_pair_scores(spec, d.data_dir, bad_rows=d.bad_rows)
+        scores = source_pair_scores(spec, d.data_dir, bad_rows=d.bad_rows) or [None] * len(pairs)
         out.read[spec] = len(pairs)
-        for (a, b), gold in zip(pairs, scores):
+        for (a, b), gold in zip(pairs, scores, strict=True):
             ia, ib = index.get(sentence_key(a)), index.get(sentence_key(b))
             if ia is None or ib is None or ia == ib:
                 out.dropped += 1
