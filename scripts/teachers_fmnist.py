@@ -1,7 +1,8 @@
 """Run the teacher-strategy recipes on Fashion-MNIST and collect results/teachers_fmnist.json.
 
     nice -n 15 env OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/teachers_fmnist.py \
-        [--only ensemble,selfdistill,mutual,multiexit] [--seeds 3] [--collect] [--json PATH]
+        [--only ensemble,selfdistill,mutual,multiexit,partitions] [--seeds 3] [--collect] \
+        [--json PATH]
 
 Each recipe is an ordinary run; a finished run is reused, not retrained (``--collect`` only reads
 finished runs and trains nothing). The JSON holds each run's test accuracy (10k), the teachers'
@@ -10,8 +11,9 @@ two labels-only cnn:small runs that teach the ensemble, and the multi-exit varia
 weight 1.0 that the validation split rejected (``--multiexit-w1``: train it too).
 
 ``--seeds N`` runs each strategy under its recipe's seed ``r`` and the next ``N - 1`` (``r + 1``,
-...), the extra ones named ``<run>-s<seed>``; the teachers stay the recipe's (the seed-0 labels-only
-runs), so the spread is that of the student's initialisation and data order. Each strategy row
+...), the extra ones named ``<run>-s<seed>``; the teachers stay the recipe's (fmnist-scratch and
+fmnist-ensemble-member, or the CNN teacher), so the spread is that of the student's initialisation
+and data order (and, for partitions, of the seeded split). Each strategy row
 then carries ``seeds``, per-seed ``student_accuracy`` values and their mean and sample std.
 """
 
