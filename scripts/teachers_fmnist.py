@@ -142,7 +142,7 @@ def main() -> None:
         cfg = apply_overrides(load_config(recipe), overrides)
         seeds = [cfg.train.seed + i for i in range(args.seeds)]
         per_seed = [_one(recipe, seed_overrides(cfg, overrides, s), collect) for s in seeds]
-        rows[key] = {**per_seed[0], "seeds": seeds, "per_seed": per_seed,
+        rows[key] = {"recipe": recipe, "seeds": seeds, "per_seed": per_seed,
                      **seed_summary(per_seed)}  # fmt: skip
     doc = {
         "what": "Fashion-MNIST test accuracy (10k) of the teacher-strategy recipes over "
