@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import vision_condense as plan
+from scipy import stats
 
 from attnkd.errors import DataError
 
@@ -125,15 +126,62 @@ def improve_jobs(cli: Callable[[list[str], Path], int], logs: Path, read: Read) 
     return jobs
 
 
-def headline(cells: dict, choice: dict) -> dict:
+def chosen_cells(read: Read, choice: dict) -> dict:
+    """Per size, DataDAM's cell at the setting ``choice`` chose (on FINAL's seeds) over every
+    seed found, MORE's included (``{"n": 0}`` where nothing was chosen)."""
+    out = {}
+    for key, pick in choice.items():
+        ipc = int(key.removeprefix("ipc"))
+        if pick["chosen"] is None:
+            out[key] = {"n": 0}
+            continue
+        folder = pick["candidates"][pick["chosen"]]["folder"]
+        cell = plan.final_cells(read, None, Path("."), folder, ["datadam"], [ipc], more=True)
+        out[key] = {"folder": folder, **cell[f"datadam/ipc{ipc}"]}
+    return out
+
+
+def more_jobs(cli: Callable[[list[str], Path], int], logs: Path, read: Read,
+              extra: dict[str, str] | None = None) -> list[Callable]:  # fmt: skip
+    """MORE's cells not yet finished: seed by seed, at each size DataDAM (at the setting RULE
+    chose on FINAL's seeds, with that setting's knobs; a size without a choice waits) and DM,
+    then every random subset last (its cells only judge)."""
+    picks = choose(read, plan.MORE["sizes"], extra)
+    first, last = [], []
+    for seed in plan.MORE["seeds"]:
+        for ipc in sorted(plan.MORE["sizes"], reverse=True):  # the slow size first
+            pick = picks[f"ipc{ipc}"]
+            dam = pick["candidates"].get(pick["chosen"] or "")
+            for m in plan.FINAL["methods"]:
+                if m == "datadam" and dam is None:
+                    continue
+                folder = plan.RUNS / (dam["folder"] if m == "datadam" else "condense-final")
+                if (folder / f"condense-{m}-ipc{ipc}-s{seed}" / "results.json").is_file():
+                    continue
+                knobs = (["--attention-weight", f"{dam['attention_weight']:g}", "--nets",
+                          str(dam["nets"]), "--real-batch", str(dam["real_batch"])]
+                         if m == "datadam" else [*plan.FINAL["args"]])  # fmt: skip
+                a = ["condense", "--method", m, "--ipc", str(ipc), "--seeds", str(seed),
+                     "--iterations", str(plan.FINAL["iterations"][ipc]), *knobs,
+                     "--eval-steps", str(plan.FINAL["judge_steps"][ipc]),
+                     "--val-images", str(plan.VAL_IMAGES), "--out", str(folder)]  # fmt: skip
+                job = lambda a=a, f=logs / f"condense-more-{m}-{ipc}-{seed}.log": cli(a, f)  # noqa: E731
+                (last if m == "random" else first).append(job)
+    return first + last
+
+
+def headline(cells: dict, choice: dict, dam_cells: dict | None = None) -> dict:
     """Per size: the random subset, DM and DataDAM at its chosen setting (test accuracy over the
-    condensation seeds), and DataDAM's lead over each of the other two: the difference of the
-    means, the same-seed differences and ``separated`` (mean − std of the one above mean + std of
-    the other, both with a std)."""
+    condensation seeds: its cells in ``dam_cells`` when given, else the candidate's), and
+    DataDAM's lead over each of the other two: the difference of the means, the same-seed
+    differences, ``separated`` (mean − std of the one above mean + std of the other, both with a
+    std) and the one-sided paired t-test of MORE (``p_one_sided``, ``beats``)."""
     table = {}
     for key, pick in choice.items():
         ipc = key.removeprefix("ipc")
         dam = pick["candidates"].get(pick["chosen"] or "", {"n": 0})
+        if dam_cells is not None and dam_cells.get(key, {}).get("n"):
+            dam = dam_cells[key]
         row = {"random": _brief(cells.get(f"random/ipc{ipc}", {"n": 0})),
                "dm": _brief(cells.get(f"dm/ipc{ipc}", {"n": 0})), "datadam": _brief(dam),
                "datadam_setting": pick["chosen"],
@@ -162,7 +210,19 @@ def _lead(a: dict, b: dict) -> dict | None:
     spread = a["std"] is not None and b["std"] is not None
     separated = spread and abs(a["mean"] - b["mean"]) > a["std"] + b["std"]
     return {"mean_difference": a["mean"] - b["mean"], "same_seed_differences": diffs,
-            "separated": bool(separated)}  # fmt: skip
+            "separated": bool(separated), **paired_test(diffs)}  # fmt: skip
+
+
+def paired_test(diffs: list[float]) -> dict:
+    """One-sided paired t-test that the same-seed differences are above 0: ``pairs``,
+    ``paired_t``, ``p_one_sided`` (None under 2 pairs, or when the differences are all equal)
+    and ``beats`` (p < MORE's alpha)."""
+    if len(diffs) < 2 or max(diffs) == min(diffs):
+        return {"pairs": len(diffs), "paired_t": None, "p_one_sided": None, "beats": False}
+    t = stats.ttest_1samp(diffs, 0.0, alternative="greater")
+    p = float(t.pvalue)
+    return {"pairs": len(diffs), "paired_t": float(t.statistic), "p_one_sided": p,
+            "beats": p < plan.MORE["alpha"]}  # fmt: skip
 
 
 def improve_table(read: Read, copy_png: Callable[[Path, Path], None] | None = None,

@@ -189,3 +189,76 @@ def test_improve_table_reports_the_screen_on_validation_and_copies_the_grids(run
     vals = {k: v["val_accuracy"] for k, v in table["screen_seed0"].items()}
     assert vals == {L100: 0.66, first: 0.64, second: 0.65}
     assert copied == [f"improve-{first}-ipc1-s0.png", f"improve-{second}-ipc1-s0.png"]
+
+
+def test_paired_test_matches_the_closed_form_at_two_degrees_of_freedom():
+    # t with 2 degrees of freedom: P(T > t) = 1/2 - t / (2 sqrt(2 + t^2))
+    out = choice.paired_test([0.01, 0.02, 0.03])
+    t = 0.02 / (0.01 / 3**0.5)
+    assert out["paired_t"] == pytest.approx(t)
+    assert out["p_one_sided"] == pytest.approx(0.5 - t / (2 * (2 + t * t) ** 0.5))
+    assert out["beats"] and out["pairs"] == 3
+    assert not choice.paired_test([0.01, -0.02, 0.015])["beats"]
+    assert not choice.paired_test([-0.01, -0.02, -0.03])["beats"]  # one-sided: below is no win
+    assert choice.paired_test([0.01])["p_one_sided"] is None
+    assert choice.paired_test([0.01, 0.01])["beats"] is False  # no spread: no test
+
+
+def _all_seeds(runs, ipc, dam, dm, weight=1000.0, folder=None):
+    folder = folder or W1000
+    seeds = plan.seeds_of(ipc, more=True)
+    for seed, a, b in zip(seeds, dam, dm, strict=True):
+        _cell(runs, folder, "datadam", ipc, seed, a, a, weight)
+        _cell(runs, W1000, "dm", ipc, seed, b, b)
+        _cell(runs, W1000, "random", ipc, seed, 0.5, 0.5)
+
+
+def test_more_seeds_never_change_the_choice_and_join_the_chosen_settings_row(runs, tmp_path):
+    ipc = plan.MORE["sizes"][0]
+    n = len(plan.seeds_of(ipc, more=True))
+    assert n > len(plan.FINAL["seeds"][ipc]) and plan.seeds_of(ipc) == plan.FINAL["seeds"][ipc]
+    dam = [0.80 + 0.001 * i for i in range(n)]
+    _all_seeds(runs, ipc, dam, [d - 0.002 - 0.0005 * (i % 2) for i, d in enumerate(dam)])
+    _weight(runs, W100, 100.0, ipc, (0.5, 0.5, 0.5), (0.79, 0.79, 0.79))
+    for seed in plan.MORE["seeds"]:  # great on validation, but not a seed the rule reads
+        _cell(runs, W100, "datadam", ipc, seed, 0.99, 0.99, 100.0)
+    pick = choice.choose(read_json, [ipc])
+    assert pick[f"ipc{ipc}"]["chosen"] == L1000  # 0.801 > 0.79 on FINAL's seeds
+    cells = plan.final_cells(read_json, None, tmp_path, sizes=[ipc], more=True)
+    assert cells[f"dm/ipc{ipc}"]["n"] == n
+    dam_cells = choice.chosen_cells(read_json, pick)
+    assert dam_cells[f"ipc{ipc}"]["n"] == n and dam_cells[f"ipc{ipc}"]["folder"] == W1000
+    row = choice.headline(cells, pick, dam_cells)[f"ipc{ipc}"]
+    lead = row["datadam_minus_dm"]
+    assert row["datadam"]["n"] == n and lead["pairs"] == n
+    assert lead["beats"] and lead["p_one_sided"] < plan.MORE["alpha"]
+    assert not lead["separated"]  # 0.002 apart, inside the spreads: the paired test sees it
+    three = choice.headline(cells, pick)[f"ipc{ipc}"]  # without dam_cells: FINAL's seeds only
+    assert three["datadam"]["n"] == len(plan.FINAL["seeds"][ipc])
+
+
+def test_more_jobs_run_the_chosen_setting_and_dm_first_then_the_random_subsets(runs):
+    ipc10, ipc50 = sorted(plan.MORE["sizes"])
+    _weight(runs, W1000, 1000.0, ipc10, (0.5, 0.5, 0.5), (0.70, 0.70, 0.70))
+    _weight(runs, W100, 100.0, ipc10, (0.5, 0.5, 0.5), (0.80, 0.80, 0.80))
+    first = plan.MORE["seeds"][0]
+    _cell(runs, W1000, "dm", ipc10, first, 0.8, 0.8)  # finished: skipped
+    calls = []
+    for job in choice.more_jobs(lambda a, f: calls.append(a), runs, read_json):
+        job()
+    got = [(a[a.index("--method") + 1], int(a[a.index("--ipc") + 1]), int(a[a.index("--seeds") + 1]))
+           for a in calls]  # fmt: skip
+    assert {s for _, _, s in got} == set(plan.MORE["seeds"])
+    assert ("dm", ipc10, first) not in got and ("dm", ipc10, first + 1) in got
+    assert not any(m == "datadam" and i == ipc50 for m, i, _ in got)  # nothing chosen there yet
+    methods = [m for m, _, _ in got]
+    assert methods.index("random") > max(i for i, m in enumerate(methods) if m != "random")
+    for a, (m, i, _) in zip(calls, got, strict=True):
+        assert a[a.index("--iterations") + 1] == str(plan.FINAL["iterations"][i])
+        assert a[a.index("--eval-steps") + 1] == str(plan.FINAL["judge_steps"][i])
+        assert "--select" not in a and a[a.index("--val-images") + 1] == str(plan.VAL_IMAGES)
+        if m == "datadam":
+            assert a[a.index("--attention-weight") + 1] == "100"
+            assert a[a.index("--out") + 1] == str(runs / W100)
+        else:
+            assert a[a.index("--out") + 1] == str(runs / "condense-final")
