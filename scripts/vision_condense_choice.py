@@ -158,16 +158,22 @@ def more_jobs(cli: Callable[[list[str], Path], int], logs: Path, read: Read,
                 folder = plan.RUNS / (dam["folder"] if m == "datadam" else "condense-final")
                 if (folder / f"condense-{m}-ipc{ipc}-s{seed}" / "results.json").is_file():
                     continue
-                knobs = (["--attention-weight", f"{dam['attention_weight']:g}", "--nets",
-                          str(dam["nets"]), "--real-batch", str(dam["real_batch"])]
-                         if m == "datadam" else [*plan.FINAL["args"]])  # fmt: skip
                 a = ["condense", "--method", m, "--ipc", str(ipc), "--seeds", str(seed),
-                     "--iterations", str(plan.FINAL["iterations"][ipc]), *knobs,
+                     "--iterations", str(plan.FINAL["iterations"][ipc]), *_knobs(m, dam),
                      "--eval-steps", str(plan.FINAL["judge_steps"][ipc]),
                      "--val-images", str(plan.VAL_IMAGES), "--out", str(folder)]  # fmt: skip
                 job = lambda a=a, f=logs / f"condense-more-{m}-{ipc}-{seed}.log": cli(a, f)  # noqa: E731
                 (last if m == "random" else first).append(job)
     return first + last
+
+
+def _knobs(method: str, dam: dict) -> list[str]:
+    """The knobs of a cell beyond FINAL's lengths: DataDAM's chosen setting (``dam``, a candidate
+    cell of :func:`choose`) or FINAL's arguments for the other methods."""
+    if method != "datadam":
+        return [*plan.FINAL["args"]]
+    return ["--attention-weight", f"{dam['attention_weight']:g}", "--nets", str(dam["nets"]),
+            "--real-batch", str(dam["real_batch"])]  # fmt: skip
 
 
 def headline(cells: dict, choice: dict, dam_cells: dict | None = None) -> dict:
@@ -246,3 +252,61 @@ def improve_table(read: Read, copy_png: Callable[[Path, Path], None] | None = No
                               [ipc]) if adopted else {})  # fmt: skip
     return {"size": ipc, "base": base, "variants": IMPROVE["variants"], "screen_seed0": screen,
             "adopted": adopted, "cells": cells}  # fmt: skip
+
+
+BUDGET = {"ipc": 10, "seed": 0, "iterations": [1000, 2000], "out": "condense-budget"}
+"""Longer matching at 10 images per class, condensation seed 0, scored on the held-out slice only
+(``--select``: the test set is never read): does DataDAM's lead over DM on validation grow with
+the matching budget (the papers run 20,000 iterations)? DataDAM at the setting RULE chose at this
+size, every other knob (real batch 32, one judge of FINAL's steps) as in FINAL. Runs
+runs/condense-budget/it<N>/ (part ``condense-budget``)."""
+
+
+def budget_jobs(cli: Callable[[list[str], Path], int], logs: Path, read: Read) -> list[Callable]:
+    """DataDAM and DM at every BUDGET length not yet finished, the shorter first (a size without
+    a chosen DataDAM setting waits)."""
+    ipc, seed = BUDGET["ipc"], BUDGET["seed"]
+    pick = choose(read, [ipc])[f"ipc{ipc}"]
+    dam = pick["candidates"].get(pick["chosen"] or "")
+    if dam is None:
+        return []
+    jobs = []
+    for n in BUDGET["iterations"]:
+        folder = plan.RUNS / BUDGET["out"] / f"it{n}"
+        for m in ("datadam", "dm"):
+            if (folder / f"condense-{m}-ipc{ipc}-s{seed}" / "results.json").is_file():
+                continue
+            a = ["condense", "--method", m, "--ipc", str(ipc), "--seeds", str(seed),
+                 "--iterations", str(n), *_knobs(m, dam),
+                 "--eval-steps", str(plan.FINAL["judge_steps"][ipc]),
+                 "--val-images", str(plan.VAL_IMAGES), "--select",
+                 "--out", str(folder)]  # fmt: skip
+            jobs.append(lambda a=a, f=logs / f"condense-budget-{m}-{ipc}-{n}.log": cli(a, f))
+    return jobs
+
+
+def budget_table(read: Read) -> dict:
+    """Validation accuracy of DataDAM (chosen setting) and DM at BUDGET's seed and size, per
+    matching length: FINAL's (from the final cells) and every BUDGET length finished."""
+    ipc, seed = BUDGET["ipc"], BUDGET["seed"]
+    pick = choose(read, [ipc])[f"ipc{ipc}"]
+    dam = pick["candidates"].get(pick["chosen"] or "")
+    folders = {plan.FINAL["iterations"][ipc]: {"datadam": dam["folder"] if dam else None,
+                                               "dm": "condense-final"}}  # fmt: skip
+    for n in BUDGET["iterations"]:
+        folders[n] = {m: f"{BUDGET['out']}/it{n}" for m in ("datadam", "dm")}
+    rows = {}
+    for n, by_method in folders.items():
+        row = {}
+        for m, folder in by_method.items():
+            cell = plan.RUNS / folder / f"condense-{m}-ipc{ipc}-s{seed}" if folder else None
+            r = read(cell / "results.json") if cell else None
+            if r:
+                row[m] = {"val_accuracy": r["val_accuracy"], "folder": folder,
+                          "condense_seconds": r["condense_seconds"],
+                          "loss_first": r.get("loss_first"), "loss_last": r.get("loss_last"),
+                          "mean_abs_pixel_change_from_start": r["mean_abs_change_from_start"]}
+        if len(row) == 2:
+            row["datadam_minus_dm"] = row["datadam"]["val_accuracy"] - row["dm"]["val_accuracy"]
+        rows[f"iterations{n}"] = row
+    return {"size": ipc, "seed": seed, "datadam_setting": pick["chosen"], "rows": rows}

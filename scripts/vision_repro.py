@@ -38,6 +38,8 @@ from vision_condense import (
 )
 from vision_condense_choice import (
     RULE,
+    budget_jobs,
+    budget_table,
     choose,
     chosen_cells,
     headline,
@@ -68,7 +70,8 @@ scarce), and β = 300 on the maps before pooling (at_group)."""
 RUNS = Path("runs")
 PARTS = ["teacher", "students", "vit", "condense", "prune", "at-select", "students-3000",
          "condense-long", "teacher-seeds", "limited-select", "limited", "condense-select",
-         "condense-final", "condense-w100", "condense-improve", "condense-more"]  # fmt: skip
+         "condense-final", "condense-w100", "condense-improve", "condense-more",
+         "condense-budget"]  # fmt: skip
 TEACHER_SEEDS = (1, 2)
 """More seeds of the teacher recipe, one after the other (runs fmnist-teacher-s<seed>; seed 0 is
 runs/fmnist-teacher). A run stopped by SIGTERM has saved a checkpoint and continues from it."""
@@ -203,6 +206,8 @@ def run(seeds: list[int], parallel: int, condense_iterations: dict[int, int],
         jobs += improve_jobs(_cli, logs, _read)
     if "condense-more" in parts:  # MORE's seeds, at the settings chosen on FINAL's
         jobs += more_jobs(_cli, logs, _read, improve_candidates(_read))
+    if "condense-budget" in parts:  # longer matching, seed 0, scored on validation only
+        jobs += budget_jobs(_cli, logs, _read)
     with ThreadPoolExecutor(parallel) as pool:
         list(pool.map(lambda job: job(), jobs))
 
@@ -491,6 +496,10 @@ def _condense_table(out: Path) -> None:
                        "table.ipcN.datadam_minus_dm: p_one_sided, beats"},
         "datadam_per_size": choice,
         "datadam_improve": improve_table(_read, _copy_png, out),
+        "budget": {**budget_table(_read), "command": "python scripts/vision_repro.py run "
+                   "--parts condense-budget --parallel 2 && python scripts/vision_repro.py "
+                   "tables --condense-only", "what": "validation accuracy (held-out training "
+                   "images 55,001-60,000; the test set never read) of one judge per set"},
         "cells": cells,
         "selection": _carry_from(old, "selection", selection_table(_read)),
         "cells_datadam_weight100": _carry_from(old, "cells_datadam_weight100", w100),

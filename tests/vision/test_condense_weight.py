@@ -246,8 +246,8 @@ def test_more_jobs_run_the_chosen_setting_and_dm_first_then_the_random_subsets(r
     calls = []
     for job in choice.more_jobs(lambda a, f: calls.append(a), runs, read_json):
         job()
-    got = [(a[a.index("--method") + 1], int(a[a.index("--ipc") + 1]), int(a[a.index("--seeds") + 1]))
-           for a in calls]  # fmt: skip
+    got = [(a[a.index("--method") + 1], int(a[a.index("--ipc") + 1]),
+            int(a[a.index("--seeds") + 1])) for a in calls]  # fmt: skip
     assert {s for _, _, s in got} == set(plan.MORE["seeds"])
     assert ("dm", ipc10, first) not in got and ("dm", ipc10, first + 1) in got
     assert not any(m == "datadam" and i == ipc50 for m, i, _ in got)  # nothing chosen there yet
@@ -262,3 +262,30 @@ def test_more_jobs_run_the_chosen_setting_and_dm_first_then_the_random_subsets(r
             assert a[a.index("--out") + 1] == str(runs / W100)
         else:
             assert a[a.index("--out") + 1] == str(runs / "condense-final")
+
+
+def test_budget_jobs_score_validation_only_at_the_chosen_setting_and_tabulate_the_gap(runs):
+    ipc, seed = choice.BUDGET["ipc"], choice.BUDGET["seed"]
+    assert choice.budget_jobs(lambda a, f: None, runs, read_json) == []  # nothing chosen yet
+    _weight(runs, W1000, 1000.0, ipc, (0.5, 0.5, 0.5), (0.70, 0.70, 0.70))
+    _weight(runs, W100, 100.0, ipc, (0.5, 0.5, 0.5), (0.80, 0.80, 0.80))
+    _cell(runs, W1000, "dm", ipc, seed, 0.5, 0.79)
+    short, long = choice.BUDGET["iterations"][0], choice.BUDGET["iterations"][-1]
+    _cell(runs, f"{choice.BUDGET['out']}/it{short}", "dm", ipc, seed, 0.5, 0.81)
+    calls = []
+    for job in choice.budget_jobs(lambda a, f: calls.append(a), runs, read_json):
+        job()
+    got = [(a[a.index("--method") + 1], a[a.index("--iterations") + 1]) for a in calls]
+    assert ("dm", str(short)) not in got and ("datadam", str(short)) in got
+    assert got[-1][1] == str(long) and len(got) == 2 * len(choice.BUDGET["iterations"]) - 1
+    for a in calls:  # validation only, never the test set
+        assert "--select" in a and a[a.index("--val-images") + 1] == str(plan.VAL_IMAGES)
+        if a[a.index("--method") + 1] == "datadam":
+            assert a[a.index("--attention-weight") + 1] == "100"
+    _cell(runs, f"{choice.BUDGET['out']}/it{short}", "datadam", ipc, seed, 0.5, 0.84)
+    rows = choice.budget_table(read_json)["rows"]
+    first = rows[f"iterations{plan.FINAL['iterations'][ipc]}"]
+    assert first["datadam"]["folder"] == W100
+    assert first["datadam_minus_dm"] == pytest.approx(0.80 - 0.79)
+    assert rows[f"iterations{short}"]["datadam_minus_dm"] == pytest.approx(0.84 - 0.81)
+    assert rows[f"iterations{long}"] == {}
