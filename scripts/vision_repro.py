@@ -486,8 +486,10 @@ def _condense_table(out: Path) -> None:
                    "--parallel 1 (twice: the screen, then the adopted variant's seeds) && "
                    "python scripts/vision_repro.py run --parts condense-more --parallel 2 && "
                    "python scripts/vision_repro.py tables --condense-only",
-        "under_load": "one condensation run at a time, one thread, nice 10, while the "
-                      "coordinator's training runs and other jobs shared the 2 cores",
+        "under_load": "seeds 0-2: one condensation run at a time, one thread, nice 10, while "
+                      "the coordinator's training runs and other jobs shared the 2 cores; "
+                      "seeds 3-6 (condense-more): two runs at a time, one thread each, "
+                      "nothing else heavy running",
         "table": headline(cells, choice, chosen_cells(_read, choice)),
         "datadam_rule": RULE,
         "more_seeds": {**MORE, "test": "DataDAM beats DM at a size when the one-sided paired "
