@@ -204,11 +204,10 @@ def test_paired_test_matches_the_closed_form_at_two_degrees_of_freedom():
     assert choice.paired_test([0.01, 0.01])["beats"] is False  # no spread: no test
 
 
-def _all_seeds(runs, ipc, dam, dm, weight=1000.0, folder=None):
-    folder = folder or W1000
+def _all_seeds(runs, ipc, dam, dm):
     seeds = plan.seeds_of(ipc, more=True)
     for seed, a, b in zip(seeds, dam, dm, strict=True):
-        _cell(runs, folder, "datadam", ipc, seed, a, a, weight)
+        _cell(runs, W1000, "datadam", ipc, seed, a, a, 1000.0)
         _cell(runs, W1000, "dm", ipc, seed, b, b)
         _cell(runs, W1000, "random", ipc, seed, 0.5, 0.5)
 
